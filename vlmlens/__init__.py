@@ -1,0 +1,21 @@
+"""vlmlens: where does a vision-language model compute spatial relations, and how much does each part matter?
+
+Example:
+    >>> import vlmlens as vl
+    >>> model = vl.load("toy")
+    >>> batch = model.prepare(vl.scenes.generate(4, seed=0))
+    >>> logits = model.run(batch, vl.Ablate("vision_projector.hook_out", region="background"))
+"""
+
+from vlmlens import scenes
+from vlmlens.batch import Batch
+from vlmlens.cache import Cache
+from vlmlens.interventions import (Ablate, Compose, Intervention, Patch, Scale, Steer, SwapDirection, grid,
+                                   random_directions)
+from vlmlens.layout import Layout, RegionError
+from vlmlens.models import VLM, load, supported_families
+from vlmlens.sites import UnknownSiteError
+
+__all__ = ["Ablate", "Batch", "Cache", "Compose", "Intervention", "Layout", "Patch", "RegionError", "Scale",
+           "Steer", "SwapDirection", "UnknownSiteError", "VLM", "grid", "load", "random_directions", "scenes",
+           "supported_families"]

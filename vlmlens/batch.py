@@ -1,0 +1,71 @@
+"""A prepared batch: the exact model inputs plus a `Layout` per example.
+
+Example:
+    >>> import vlmlens as vl
+    >>> model = vl.load("toy")
+    >>> batch = model.prepare(vl.scenes.generate(4, seed=0))
+    >>> len(batch), sorted(batch.inputs)[:2]
+    (4, ['attention_mask', 'input_ids'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from vlmlens.layout import Layout, RegionError
+
+if TYPE_CHECKING:
+    from vlmlens.scenes import Scene
+    from vlmlens.sites import SiteSpec
+
+Inputs = dict[str, Any]
+Selector = Callable[[Inputs, Sequence[int]], Inputs]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Model inputs (``inputs`` is passed to the model as is), layouts, and the scenes they came from."""
+
+    inputs: Inputs
+    layouts: tuple[Layout, ...]
+    prompts: tuple[str, ...]
+    scenes: tuple[Scene, ...] | None
+    select_inputs: Selector
+
+    def __len__(self) -> int:
+        return len(self.layouts)
+
+    def __getitem__(self, index: int | slice | Sequence[int]) -> Batch:
+        """A sub-batch (an int keeps the batch dimension)."""
+        if isinstance(index, int):
+            index = [index]
+        ids = list(range(len(self)))[index] if isinstance(index, slice) else [int(i) for i in index]
+        return replace(
+            self,
+            inputs=self.select_inputs(self.inputs, ids),
+            layouts=tuple(replace(self.layouts[i], example=n) for n, i in enumerate(ids)),
+            prompts=tuple(self.prompts[i] for i in ids),
+            scenes=None if self.scenes is None else tuple(self.scenes[i] for i in ids),
+        )
+
+    def to(self, device: str | torch.device) -> Batch:
+        """The same batch with its tensors on ``device`` (floating tensors keep their dtype)."""
+        moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.inputs.items()}
+        return replace(self, inputs=moved)
+
+    def positions(self, region: str, spec: SiteSpec) -> list[Tensor]:
+        """Per example, the indices of ``region`` along ``spec``'s token axis (grid order)."""
+        if spec.space not in ("vision", "lm", "logits"):
+            raise RegionError(f"site {spec.name} has no token axis; regions do not apply there")
+        space = "vision" if spec.space == "vision" else "lm"
+        return [layout.positions(region, space, spec.prefix) for layout in self.layouts]
+
+    def __repr__(self) -> str:
+        n_img = sorted({lay.n_image_tokens for lay in self.layouts})
+        shapes = {k: tuple(v.shape) for k, v in self.inputs.items() if isinstance(v, Tensor)}
+        return f"Batch(n={len(self)}, image_tokens={n_img}, inputs={shapes})"

@@ -1,0 +1,30 @@
+"""`Cache`: activations by site name, a plain dict with a couple of helpers.
+
+Example:
+    >>> import torch
+    >>> cache = Cache({"blocks.0.hook_resid_post": torch.zeros(2, 5, 8), "blocks.1.hook_resid_post": torch.ones(2, 5, 8)})
+    >>> tuple(cache.stack("blocks.*.hook_resid_post").shape)
+    (2, 2, 5, 8)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from vlmlens.sites import SiteTable, SiteSpec
+
+
+class Cache(dict[str, Tensor]):
+    """Site name -> tensor, holding only the sites that were asked for; ``logits`` of the same run."""
+
+    logits: Tensor | None = None
+
+    def stack(self, pattern: str) -> Tensor:
+        """Stack the cached sites matching a pattern along a new first axis, in forward order."""
+        table = SiteTable([SiteSpec(name, "", "output", None, "none", "") for name in self])
+        return torch.stack([self[spec.name] for spec in table.expand(pattern)])
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k!r}: {tuple(v.shape)}" for k, v in self.items())
+        return f"Cache({{{shapes}}})"

@@ -1,0 +1,417 @@
+"""Interventions: small frozen objects that edit one site's tokens in a region, composable with `+`.
+
+An intervention knows *what* it does to a tensor slice; its ``site`` and ``region`` say *where*; the
+`VLM` decides how to run it (one nnsight trace, edits applied in forward order).
+
+Example:
+    >>> import vlmlens as vl
+    >>> iv = vl.Ablate("vision_projector.hook_out", region="background", how="mean") \\
+    ...    + vl.Scale("vision_projector.hook_out", direction=torch.ones(64), alpha=2.0)
+    >>> len(iv.parts)
+    2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from vlmlens.batch import Batch
+from vlmlens.cache import Cache
+
+if TYPE_CHECKING:
+    from vlmlens.models.vlm import VLM
+    from vlmlens.sites import SiteSpec
+
+Sources = dict[tuple[int, str], Tensor]
+Direction = Float[Tensor, "d"] | Float[Tensor, "k d"]
+KINDS: dict[str, type[Intervention]] = {}
+
+
+class Intervention:
+    """Base class: ``site``, ``region``, ``apply`` (in place, inside a trace), ``+``, dict round trip."""
+
+    kind: ClassVar[str] = ""
+    site: str
+    region: str
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            KINDS[cls.kind] = cls
+
+    @property
+    def parts(self) -> tuple[Intervention, ...]:
+        return (self,)
+
+    def __add__(self, other: Intervention) -> Compose:
+        return Compose(self.parts + other.parts)
+
+    def sources(self) -> Iterable[Batch | Cache]:
+        """Batches or caches whose activations at ``site`` this intervention reads."""
+        return ()
+
+    def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
+        """Edit ``x`` (the live activation at ``spec``, documented shape) in place."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description; tensors become lists, batch/cache sources a placeholder."""
+        out: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                value = value.tolist()
+            elif isinstance(value, (Batch, Cache)):
+                value = {"source": type(value).__name__, "n": len(value)}
+            out[f.name] = value
+        return out
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any], sources: Mapping[str, Batch | Cache] | None = None) -> Intervention:
+        """Rebuild from `to_dict`; batch/cache placeholders are filled from ``sources`` by field name."""
+        data = dict(data)
+        kind = data.pop("kind")
+        if kind == "compose":
+            return Compose(tuple(Intervention.from_dict(p, sources) for p in data["parts"]))
+        if kind not in KINDS:
+            raise ValueError(f"unknown intervention kind {kind!r}; known: {sorted(KINDS)}")
+        for key, value in data.items():
+            if isinstance(value, dict) and "source" in value:
+                if not sources or key not in sources:
+                    raise ValueError(f"{kind}.{key} was a {value['source']}: pass it as sources={{{key!r}: ...}}")
+                data[key] = sources[key]
+            elif isinstance(value, list) and key in ("direction", "vector"):
+                data[key] = torch.tensor(value)
+        return KINDS[kind](**data)
+
+    def __repr__(self) -> str:
+        args = []
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            is_default = not isinstance(value, (Tensor, Batch, Cache)) and value == f.default
+            if f.name != "site" and is_default:
+                continue
+            if isinstance(value, Tensor):
+                text = f"<tensor {'x'.join(map(str, value.shape))}>"
+            elif isinstance(value, (Batch, Cache)):
+                text = f"<{type(value).__name__} n={len(value)}>"
+            else:
+                text = repr(value)
+            args.append(text if f.name == "site" else f"{f.name}={text}")
+        return f"{type(self).__name__}({', '.join(args)})"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Compose(Intervention):
+    """Several interventions applied in forward order (two at one site: in the order given)."""
+
+    kind: ClassVar[str] = "compose"
+    items: tuple[Intervention, ...] = ()
+
+    @property
+    def parts(self) -> tuple[Intervention, ...]:
+        return self.items
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "compose", "parts": [p.to_dict() for p in self.items]}
+
+    def __repr__(self) -> str:
+        return " + ".join(map(repr, self.items))
+
+
+def flatten(interventions: Intervention | Iterable[Intervention] | None) -> list[Intervention]:
+    """A flat list of simple interventions from one, a composition, or an iterable of them."""
+    if interventions is None:
+        return []
+    if isinstance(interventions, Intervention):
+        return list(interventions.parts)
+    return [part for iv in interventions for part in flatten(iv)]
+
+
+def prepare_sources(model: VLM, batch: Batch, edits: Sequence[Intervention]) -> Sources:
+    """Run each source batch once, caching every site any edit reads from it."""
+    wanted: dict[int, tuple[Batch | Cache, set[str]]] = {}
+    for edit in edits:
+        for source in edit.sources():
+            wanted.setdefault(id(source), (source, set()))[1].add(model.site(edit.site).name)
+    out: Sources = {}
+    for key, (source, sites) in wanted.items():
+        if isinstance(source, Cache):
+            missing = sites - set(source)
+            if missing:
+                raise KeyError(f"source cache lacks sites {sorted(missing)}; it has {sorted(source)}")
+            out.update({(key, s): source[s] for s in sites})
+        else:
+            _, cache = model.run_with_cache(source, sites=sorted(sites))
+            out.update({(key, s): v for s, v in cache.items()})
+    return out
+
+
+# -- reading and writing the tokens of a region ---------------------------------------------------
+
+def _edit(x: Tensor, where: Sequence[Tensor], fn: Callable[..., Tensor], *aligned: Sequence[Tensor]) -> None:
+    """``x[b, where[b]] = fn(x[b, where[b]], *aligned[b])``, vectorised when every example has as many."""
+    if all(w.numel() == where[0].numel() for w in where):
+        idx = torch.stack(list(where)).to(x.device)
+        rows = torch.arange(len(where), device=x.device)[:, None]
+        x[rows, idx] = fn(x[rows, idx], *(torch.stack(list(a)).to(x) for a in aligned)).to(x.dtype)
+        return
+    for b, w in enumerate(where):
+        w = w.to(x.device)
+        x[b, w] = fn(x[b, w], *(a[b].to(x) for a in aligned)).to(x.dtype)
+
+
+def _check_batch(source: Batch | Cache, batch: Batch, what: str) -> None:
+    size = len(source) if isinstance(source, Batch) else next(iter(source.values())).shape[0]
+    if size != len(batch):
+        raise ValueError(f"{what} has {size} examples but the batch has {len(batch)}; sources pair up by index")
+
+
+def _source_tokens(source: Batch | Cache, region: str, batch: Batch, spec: SiteSpec, sources: Sources,
+                   n_target: Sequence[int]) -> list[Tensor]:
+    """Per example, the source activation's tokens of ``region`` (grid order), checked against target sizes."""
+    _check_batch(source, batch, "source")
+    values = sources[(id(source), spec.name)]
+    layout_batch = source if isinstance(source, Batch) else batch
+    where = layout_batch.positions(region, spec)
+    for b, (w, n) in enumerate(zip(where, n_target)):
+        if w.numel() != n:
+            raise ValueError(f"example {b}: source region {region!r} has {w.numel()} tokens, target has {n}; "
+                             "paired regions must be the same size")
+    return [values[b, w.to(values.device)] for b, w in enumerate(where)]
+
+
+def _basis(direction: Tensor, width: int, site: str) -> Float[Tensor, "k d"]:
+    """An orthonormal basis (rows) of the span of one direction or of several."""
+    basis = direction.reshape(-1, direction.shape[-1]).float()
+    if basis.shape[-1] != width:
+        raise ValueError(f"direction has width {basis.shape[-1]} but {site} has width {width}")
+    q, _ = torch.linalg.qr(basis.T)
+    return q.T
+
+
+def _project(v: Tensor, basis: Tensor) -> Tensor:
+    return (v.float() @ basis.T.to(v.device)) @ basis.to(v.device)
+
+
+# -- the interventions ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Ablate(Intervention):
+    """Replace a region's activations: ``zero``; ``mean`` (per patch / per position from the end, over
+    ``reference`` or the batch itself); ``resample`` (from another example at the same slot); or add
+    ``noise`` with the region's standard deviation times ``scale``.
+
+    Example:
+        >>> vl.Ablate("blocks.3.hook_resid_post", region="object", how="mean")
+        Ablate('blocks.3.hook_resid_post', region='object', how='mean')
+    """
+
+    kind: ClassVar[str] = "ablate"
+    site: str
+    region: str = "image"
+    how: Literal["zero", "mean", "resample", "noise"] = "zero"
+    reference: Batch | Cache | None = None
+    scale: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.how not in ("zero", "mean", "resample", "noise"):
+            raise ValueError(f"Ablate(how={self.how!r}): use 'zero', 'mean', 'resample' or 'noise'")
+
+    def sources(self) -> Iterable[Batch | Cache]:
+        return (self.reference,) if self.reference is not None else ()
+
+    def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
+        where = batch.positions(self.region, spec)
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.how == "zero":
+            _edit(x, where, torch.zeros_like)
+        elif self.how == "noise":
+            std = torch.cat([x[b, w.to(x.device)].flatten() for b, w in enumerate(where)]).float().std()
+            noise = [torch.randn((w.numel(), *x.shape[2:]), generator=generator) * std.cpu() * self.scale
+                     for w in where]
+            _edit(x, where, torch.add, noise)
+        else:
+            values = self._reference_values(x, batch, spec, sources, generator)
+            _edit(x, where, lambda _old, new: new, values)
+
+    def _reference_values(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources,
+                          generator: torch.Generator) -> list[Tensor]:
+        """Per target example, reference activations at the same slots (grid cell / position from end)."""
+        ref = self.reference if isinstance(self.reference, Batch) else batch
+        acts = sources[(id(self.reference), spec.name)] if self.reference is not None else x.detach().clone()
+        space = "vision" if spec.space == "vision" else "lm"
+        out = []
+        for b, layout in enumerate(batch.layouts):
+            keys = layout.keys(self.region, space)
+            idx = torch.stack([lay.at_keys(keys, space, spec.prefix) for lay in ref.layouts]).to(acts.device)
+            slots = acts[torch.arange(len(ref.layouts), device=acts.device)[:, None], idx]
+            if self.how == "mean":
+                out.append(slots.float().mean(0))
+            else:
+                pick = (b + 1 + int(torch.randint(len(ref) - 1, (1,), generator=generator))) % len(ref) \
+                    if ref is batch and len(ref) > 1 else b % len(ref)
+                out.append(slots[pick])
+        return out
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Patch(Intervention):
+    """Activation patching: the region's tokens take ``source``'s (a Batch paired by index, or a Cache of
+    the same batch); with ``source_region``, the source's tokens of that region, in grid order.
+
+    Example:
+        >>> vl.Patch("blocks.4.hook_resid_post", region="strip:left", source=cf, source_region="strip:right")
+    """
+
+    kind: ClassVar[str] = "patch"
+    site: str
+    region: str = "image"
+    source: Batch | Cache | None = None
+    source_region: str | None = None
+
+    def sources(self) -> Iterable[Batch | Cache]:
+        if self.source is None:
+            raise ValueError(f"{self!r} needs a source batch or cache")
+        return (self.source,)
+
+    def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
+        where = batch.positions(self.region, spec)
+        new = _source_tokens(self.source, self.source_region or self.region, batch, spec, sources,  # type: ignore[arg-type]
+                             [w.numel() for w in where])
+        _edit(x, where, lambda _old, src: src, new)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class SwapDirection(Intervention):
+    """Replace the component along ``direction`` (a vector, or rows spanning a subspace) with the
+    source's component at the same tokens; the orthogonal part stays.
+
+    Example:
+        >>> vl.SwapDirection("blocks.2.hook_resid_post", direction=d, region="object", source=cf)
+    """
+
+    kind: ClassVar[str] = "swap_direction"
+    site: str
+    direction: Tensor | None = None
+    region: str = "image"
+    source: Batch | Cache | None = None
+    source_region: str | None = None
+
+    def sources(self) -> Iterable[Batch | Cache]:
+        if self.source is None or self.direction is None:
+            raise ValueError(f"{self!r} needs a direction and a source batch or cache")
+        return (self.source,)
+
+    def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
+        basis = _basis(self.direction, x.shape[-1], self.site)  # type: ignore[arg-type]
+        where = batch.positions(self.region, spec)
+        src = _source_tokens(self.source, self.source_region or self.region, batch, spec, sources,  # type: ignore[arg-type]
+                             [w.numel() for w in where])
+        _edit(x, where, lambda old, s: old.float() - _project(old, basis) + _project(s, basis), src)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Scale(Intervention):
+    """Scale the component along a direction or subspace: ``x <- x + (alpha - 1) * proj(x)``.
+
+    Example:
+        >>> vl.Scale("vision_projector.hook_out", direction=d, alpha=2.0, region="image")
+    """
+
+    kind: ClassVar[str] = "scale"
+    site: str
+    direction: Tensor | None = None
+    alpha: float = 1.0
+    region: str = "image"
+
+    def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
+        if self.direction is None:
+            raise ValueError(f"{self!r} needs a direction")
+        basis = _basis(self.direction, x.shape[-1], self.site)
+        _edit(x, batch.positions(self.region, spec), lambda old: old.float() + (self.alpha - 1) * _project(old, basis))
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Steer(Intervention):
+    """Add ``alpha * vector`` to each token; with ``norm=k`` the vector is rescaled to k times each
+    token's norm first (as spatial-ID steering does).
+
+    Example:
+        >>> vl.Steer("blocks.5.hook_resid_post", vector=v, alpha=1.0, region="object:left", norm=5.0)
+    """
+
+    kind: ClassVar[str] = "steer"
+    site: str
+    vector: Tensor | None = None
+    alpha: float = 1.0
+    region: str = "image"
+    norm: float | None = None
+
+    def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
+        if self.vector is None or self.vector.shape[-1] != x.shape[-1]:
+            width = None if self.vector is None else self.vector.shape[-1]
+            raise ValueError(f"Steer vector has width {width} but {self.site} has width {x.shape[-1]}")
+        v = self.vector.float().to(x.device)
+
+        def add(old: Tensor) -> Tensor:
+            if self.norm is None:
+                return old.float() + self.alpha * v
+            unit = v / v.norm()
+            return old.float() + self.alpha * self.norm * old.float().norm(dim=-1, keepdim=True) * unit
+
+        _edit(x, batch.positions(self.region, spec), add)
+
+
+def random_directions(like: Tensor, n: int, seed: int = 0) -> Float[Tensor, "n d"]:
+    """``n`` random directions with the same norm as ``like`` (the control for any direction experiment).
+
+    Example:
+        >>> random_directions(torch.ones(4) * 2, n=3).norm(dim=-1)
+        tensor([4., 4., 4.])
+    """
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.randn((n, like.shape[-1]), generator=generator)
+    return out / out.norm(dim=-1, keepdim=True) * like.float().norm()
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """An intervention with the grid coordinates it was built from."""
+
+    intervention: Intervention
+    labels: Mapping[str, Any] = field(default_factory=dict)
+
+
+def grid(kind: type[Intervention], **axes: Any) -> list[Labelled]:
+    """A labelled family: every combination of the list-valued ``axes``; ``{name}`` placeholders in
+    string arguments are filled from the axis of that name.
+
+    Example:
+        >>> family = vl.grid(vl.Ablate, site="blocks.{layer}.hook_resid_post", layer=[0, 1],
+        ...                  region=["object", "background"])
+        >>> len(family), family[0].labels
+        (4, {'layer': 0, 'region': 'object'})
+    """
+    import itertools
+    varying = {k: list(v) for k, v in axes.items() if isinstance(v, (list, tuple, range))}
+    fixed = {k: v for k, v in axes.items() if k not in varying}
+    names = {f.name for f in fields(kind)}  # type: ignore[arg-type]
+    out = []
+    for combo in itertools.product(*varying.values()):
+        labels = dict(zip(varying, combo))
+        args = {k: v.format(**labels) if isinstance(v, str) else v for k, v in fixed.items()}
+        args |= {k: v for k, v in labels.items() if k in names}
+        out.append(Labelled(kind(**args), labels))
+    return out
+
+
+__all__ = ["Intervention", "Compose", "Ablate", "Patch", "SwapDirection", "Scale", "Steer",
+           "random_directions", "grid", "Labelled", "flatten", "prepare_sources"]

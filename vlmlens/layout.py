@@ -1,0 +1,240 @@
+"""Where every image token sits: patch grid, sequence position, objects it covers; regions from that.
+
+A `Layout` describes one example. Adapters build it from the real processor's geometry (resize, crop,
+patch size, merging, tiles) and the positions of image tokens in the padded ``input_ids``. Regions are
+resolved here and nowhere else, always in grid order (row-major), so two regions of equal size pair up
+token by token.
+
+Example:
+    >>> lay = grid_layout(rows=2, cols=3, cell=(10, 10), boxes={"cup": (0, 0, 10, 20)},
+    ...                   seq_positions=range(4, 10), seq_len=12)
+    >>> lay.positions("object:cup", "lm").tolist()
+    [4, 7]
+    >>> lay.positions("background", "vision").tolist()
+    [1, 2, 4, 5]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+Box = tuple[float, float, float, float]
+Axis = Literal["columns", "rows"]
+
+REGION_HELP = ("regions: image, object, object:<name>, background, strip:<name>, "
+               "cells:<r0>:<r1>,<c0>:<c1>, text, last")
+
+
+class RegionError(ValueError):
+    """A region name that cannot be resolved for an example (unknown, empty, or wrong space)."""
+
+
+@dataclass(frozen=True)
+class BoxMap:
+    """Affine map from original-image pixels to the processed image the patch grid lives on.
+
+    Example:
+        >>> BoxMap(scale_x=2.0, scale_y=2.0, offset_x=4.0, offset_y=0.0).map((2, 0, 6, 5))
+        (0.0, 0.0, 8.0, 10.0)
+    """
+
+    scale_x: float = 1.0
+    scale_y: float = 1.0
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+
+    def map(self, box: Box) -> Box:
+        x0, y0, x1, y1 = box
+        return (float(x0 * self.scale_x - self.offset_x), float(y0 * self.scale_y - self.offset_y),
+                float(x1 * self.scale_x - self.offset_x), float(y1 * self.scale_y - self.offset_y))
+
+
+def resize_crop_map(image_size: tuple[int, int], size: Mapping[str, int] | None,
+                    crop_size: Mapping[str, int] | None) -> tuple[BoxMap, tuple[int, int]]:
+    """The BoxMap and output (width, height) of a CLIP-style resize then centre crop.
+
+    ``size`` is ``{"shortest_edge": s}`` or ``{"height": h, "width": w}`` (None: no resize);
+    ``crop_size`` is ``{"height": h, "width": w}`` (None: no crop), as in transformers' processors.
+
+    Example:
+        >>> resize_crop_map((200, 100), {"shortest_edge": 50}, {"height": 50, "width": 50})
+        (BoxMap(scale_x=0.5, scale_y=0.5, offset_x=25.0, offset_y=0.0), (50, 50))
+    """
+    width, height = image_size
+    new_w, new_h = width, height
+    if size:
+        if "shortest_edge" in size:
+            short, long = sorted((width, height))
+            new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
+            new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        elif "height" in size and "width" in size:
+            new_w, new_h = size["width"], size["height"]
+        else:
+            raise ValueError(f"unsupported resize spec {dict(size)!r}: expected shortest_edge or height/width")
+    off_x = off_y = 0
+    out_w, out_h = new_w, new_h
+    if crop_size:
+        out_w, out_h = crop_size["width"], crop_size["height"]
+        off_x, off_y = (new_w - out_w) // 2, (new_h - out_h) // 2
+    return BoxMap(new_w / width, new_h / height, float(off_x), float(off_y)), (out_w, out_h)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The image tokens of one example, in grid order, and what they cover.
+
+    ``rows``/``cols`` place each image token on the example's patch grid (after merging and tiling,
+    a single global grid); ``seq_pos`` is its position in the padded LM sequence; ``vision_pos`` its
+    index along the vision tower's patch axis (before any prefix token such as CLS).
+    ``covers[name]`` marks the tokens whose cell overlaps that object's box with positive area.
+    """
+
+    grid: tuple[int, int]
+    rows: Int[Tensor, " tok"]
+    cols: Int[Tensor, " tok"]
+    seq_pos: Int[Tensor, " tok"]
+    vision_pos: Int[Tensor, " tok"]
+    covers: Mapping[str, Bool[Tensor, " tok"]]
+    seq_len: int
+    text_pos: Int[Tensor, " text"]
+    axis: Axis | None = None
+    example: int = field(default=0, compare=False)
+
+    @property
+    def n_image_tokens(self) -> int:
+        return int(self.rows.numel())
+
+    def mask(self, region: str) -> Bool[Tensor, " tok"]:
+        """Which image tokens belong to an image region (raises for text regions)."""
+        kind, _, arg = region.partition(":")
+        if kind == "image" and not arg:
+            return torch.ones_like(self.rows, dtype=torch.bool)
+        if kind == "object" and not arg:
+            return self._any_object()
+        if kind == "background" and not arg:
+            return ~self._any_object()
+        if kind == "object":
+            return self._object(arg).clone()
+        if kind == "strip":
+            return self._strip(arg)
+        if kind == "cells":
+            return self._cells(arg)
+        raise RegionError(f"unknown region {region!r}; {REGION_HELP}")
+
+    def positions(self, region: str, space: Literal["vision", "lm"], prefix: int = 0) -> Int[Tensor, " k"]:
+        """Token indices of a region along a site's token axis, in grid order.
+
+        ``space="lm"``: sequence positions; ``space="vision"``: patch indices plus ``prefix``
+        (1 for a CLS token in front). Text regions (``text``, ``last``) exist only in LM space.
+        """
+        if region in ("text", "last"):
+            if space != "lm":
+                raise RegionError(f"region {region!r} has no tokens at a vision site; use an image region "
+                                  f"({REGION_HELP})")
+            return self.text_pos.clone() if region == "text" else torch.tensor([self.seq_len - 1])
+        chosen = self.mask(region)
+        if not bool(chosen.any()):
+            raise RegionError(f"region {region!r} is empty for example {self.example}")
+        index = self.seq_pos if space == "lm" else self.vision_pos + prefix
+        return index[chosen]
+
+    def keys(self, region: str, space: Literal["vision", "lm"]) -> Int[Tensor, " k"]:
+        """Slot keys of a region's tokens, comparable across examples: an image token's grid index
+        (row-major), or minus its distance from the end of the sequence for a text token."""
+        if region in ("text", "last"):
+            pos = self.positions(region, space)
+            return pos - self.seq_len
+        chosen = self.mask(region)
+        if not bool(chosen.any()):
+            raise RegionError(f"region {region!r} is empty for example {self.example}")
+        return self.rows[chosen] * self.grid[1] + self.cols[chosen]
+
+    def at_keys(self, keys: Int[Tensor, " k"], space: Literal["vision", "lm"], prefix: int = 0) -> Int[Tensor, " k"]:
+        """Token indices of the slots named by `keys` (see `keys`) in this example."""
+        flat = self.rows * self.grid[1] + self.cols
+        lookup = torch.full((self.grid[0] * self.grid[1],), -1, dtype=torch.long)
+        lookup[flat] = self.seq_pos if space == "lm" else self.vision_pos + prefix
+        image_keys = keys.clamp(min=0).clamp(max=lookup.numel() - 1)
+        out = torch.where(keys >= 0, lookup[image_keys], keys + self.seq_len)
+        if bool(((keys >= lookup.numel()) | (out < 0)).any()):
+            raise RegionError(f"example {self.example} has no token for some slots (grid {self.grid}, "
+                              f"{self.seq_len} positions); reference and target layouts differ")
+        return out
+
+    def grid_of(self, values: Tensor) -> Tensor:
+        """Scatter per-token values (grid order, first axis) onto a ``(rows, cols, ...)`` grid (NaN elsewhere)."""
+        out = torch.full((*self.grid, *values.shape[1:]), float("nan"), dtype=torch.float32)
+        out[self.rows, self.cols] = values.float()
+        return out
+
+    def _any_object(self) -> Bool[Tensor, " tok"]:
+        mask = torch.zeros_like(self.rows, dtype=torch.bool)
+        for covered in self.covers.values():
+            mask |= covered
+        return mask
+
+    def _object(self, name: str) -> Bool[Tensor, " tok"]:
+        if name not in self.covers:
+            raise RegionError(f"no object {name!r} in example {self.example}; objects: {sorted(self.covers)}")
+        return self.covers[name]
+
+    def _strip(self, name: str) -> Bool[Tensor, " tok"]:
+        if self.axis is None:
+            raise RegionError(f"strip:{name} needs to know whether objects sit in a row or a column; "
+                              "prepare the batch from scenes (whose direction says so)")
+        covered = self._object(name)
+        along = self.cols if self.axis == "columns" else self.rows
+        band = torch.unique(along[covered])
+        return torch.isin(along, band)
+
+    def _cells(self, spec: str) -> Bool[Tensor, " tok"]:
+        match = re.fullmatch(r"(\d+):(\d+),(\d+):(\d+)", spec)
+        if not match:
+            raise RegionError(f"cells region must look like cells:<r0>:<r1>,<c0>:<c1> (half-open), got cells:{spec}")
+        r0, r1, c0, c1 = map(int, match.groups())
+        return (self.rows >= r0) & (self.rows < r1) & (self.cols >= c0) & (self.cols < c1)
+
+
+def overlap(box: Box, rows: Tensor, cols: Tensor, cell: tuple[float, float]) -> Bool[Tensor, " tok"]:
+    """Tokens whose cell (``cell`` = (width, height) in processed pixels) overlaps a box with positive area."""
+    cw, ch = cell
+    x0, y0, x1, y1 = box
+    inside_x = torch.minimum((cols + 1) * cw, torch.tensor(x1)) - torch.maximum(cols * cw, torch.tensor(x0))
+    inside_y = torch.minimum((rows + 1) * ch, torch.tensor(y1)) - torch.maximum(rows * ch, torch.tensor(y0))
+    return (inside_x > 0) & (inside_y > 0)
+
+
+def grid_layout(rows: int, cols: int, cell: tuple[float, float], boxes: Mapping[str, Box],
+                seq_positions: Iterable[int], seq_len: int, text_positions: Iterable[int] | None = None,
+                axis: Axis | None = None, example: int = 0) -> Layout:
+    """Layout of one row-major ``rows x cols`` grid of image tokens; boxes in processed-image pixels.
+
+    Example:
+        >>> grid_layout(1, 2, (8, 8), {}, [0, 1], seq_len=3).n_image_tokens
+        2
+    """
+    flat = torch.arange(rows * cols)
+    r, c = flat // cols, flat % cols
+    seq = torch.as_tensor(list(seq_positions), dtype=torch.long)
+    if seq.numel() != rows * cols:
+        raise ValueError(f"example {example}: {seq.numel()} image tokens in the sequence but the grid is "
+                         f"{rows}x{cols}={rows * cols}; the processor and the adapter disagree")
+    if text_positions is None:
+        text = torch.tensor(sorted(set(range(seq_len)) - set(seq.tolist())), dtype=torch.long)
+    else:
+        text = torch.as_tensor(list(text_positions), dtype=torch.long)
+    covers = {name: overlap(box, r, c, cell) for name, box in boxes.items()}
+    return Layout(grid=(rows, cols), rows=r, cols=c, seq_pos=seq, vision_pos=flat, covers=covers,
+                  seq_len=seq_len, text_pos=text, axis=axis, example=example)
+
+
+def axis_of(direction: str | None) -> Axis | None:
+    """Objects asked about left/right sit in a row (strips are columns); above/below, in a column."""
+    return {"left": "columns", "right": "columns", "above": "rows", "below": "rows"}.get(direction or "")

@@ -1,0 +1,146 @@
+"""The adapter interface: everything that differs between VLM families, and nothing else.
+
+An adapter knows one family's module paths (as `SiteSpec`s in forward order), how its processor maps an
+image onto image tokens (`layouts`), and how to slice its inputs. Adding a family is one new file with
+one `@register`-ed subclass. The shared site builders below cover the common decoder and ViT shapes.
+
+Example:
+    >>> from vlmlens.models.adapter import supported_families
+    >>> "llava" in supported_families()
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from PIL import Image
+from torch import Tensor
+
+from vlmlens.layout import Layout
+from vlmlens.sites import SiteSpec
+
+ADAPTERS: dict[str, type[Adapter]] = {}
+
+
+def register(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: make an adapter available for its ``model_types``."""
+    for model_type in cls.model_types:
+        ADAPTERS[model_type] = cls
+    return cls
+
+
+def supported_families() -> list[str]:
+    """The ``config.model_type`` values vlmlens can load.
+
+    Example:
+        >>> import vlmlens as vl
+        >>> "llava" in vl.supported_families()
+        True
+    """
+    return sorted(ADAPTERS)
+
+
+def adapter_for(model_type: str) -> type[Adapter]:
+    """The adapter class for a ``config.model_type``, or an error listing what is supported."""
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"vlmlens has no adapter for model_type {model_type!r}. Supported: {', '.join(supported_families())}. "
+            "To add one, write vlmlens/models/<family>.py with a @register-ed Adapter subclass "
+            "(see docs 'Adding a model family').")
+    return ADAPTERS[model_type]
+
+
+class Adapter:
+    """Family-specific knowledge for one loaded model. Subclasses set ``model_types`` and implement
+    `sites` and `layouts`; the rest has defaults that suit LLaVA-like models."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, hf: Any, processor: Any):
+        self.hf = hf
+        self.processor = processor
+        self.config = hf.config
+
+    # -- what the model has -------------------------------------------------------------------
+    @property
+    def n_lm_layers(self) -> int:
+        return int(self.config.get_text_config().num_hidden_layers)
+
+    @property
+    def n_vision_layers(self) -> int:
+        return int(self.config.vision_config.num_hidden_layers)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(getattr(self.config, "image_token_id", None) or self.config.image_token_index)
+
+    def sites(self) -> list[SiteSpec]:
+        """Every site of this model, in the order the forward pass reaches them."""
+        raise NotImplementedError
+
+    # -- inputs -------------------------------------------------------------------------------
+    def prompt(self, question: str) -> str:
+        """The text fed to the processor for one question: the chat template if the processor has
+        one (answer follows the generation prompt), else the image token, a newline, the question."""
+        template = getattr(self.processor, "chat_template", None)
+        if template:
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return f"{self.processor.image_token}\n{question}"
+
+    def layouts(self, inputs: dict[str, Any], images: Sequence[Image.Image],
+                boxes: Sequence[dict[str, tuple[float, float, float, float]]],
+                directions: Sequence[str | None]) -> list[Layout]:
+        """One `Layout` per example from the processed inputs and the original images' boxes."""
+        raise NotImplementedError
+
+    def select_inputs(self, inputs: dict[str, Any], ids: Sequence[int]) -> dict[str, Any]:
+        """Inputs of a sub-batch; default: every tensor is indexed along its first (batch) axis."""
+        return {k: v[list(ids)] if isinstance(v, Tensor) else v for k, v in inputs.items()}
+
+
+def decoder_sites(layers: str, n_layers: int, *, inputs_of: str, mid_norm: str, lm_head: str,
+                  d_model: str = "d_model") -> list[SiteSpec]:
+    """LM sites of a pre-norm decoder whose layers have ``self_attn``, ``mlp`` and a norm (``mid_norm``)
+    that receives the residual stream between attention and MLP.
+
+    ``inputs_of`` is the language model module: its ``inputs_embeds`` is ``hook_embed``, the embeddings
+    the LM receives with the image features already in place.
+    """
+    lm = f"batch pos {d_model}"
+    specs = [SiteSpec("hook_embed", inputs_of, "input", "inputs_embeds", "lm", lm)]
+    for i in range(n_layers):
+        block, path = f"blocks.{i}", f"{layers}.{i}"
+        specs += [
+            SiteSpec(f"{block}.hook_resid_pre", path, "input", "hidden_states", "lm", lm),
+            SiteSpec(f"{block}.attn.hook_pattern", f"{path}.self_attn", "output", 1, "none",
+                     "batch head query_pos key_pos", needs_eager_attention=True),
+            SiteSpec(f"{block}.attn.hook_out", f"{path}.self_attn", "output", 0, "lm", lm),
+            SiteSpec(f"{block}.hook_resid_mid", f"{path}.{mid_norm}", "input", "hidden_states", "lm", lm),
+            SiteSpec(f"{block}.mlp.hook_out", f"{path}.mlp", "output", None, "lm", lm),
+            SiteSpec(f"{block}.hook_resid_post", path, "output", None, "lm", lm),
+        ]
+    specs.append(SiteSpec("unembed.hook_out", lm_head, "output", None, "logits", "batch pos d_vocab"))
+    return specs
+
+
+def vit_layer_sites(layers: str, n_layers: int, prefix: int, d: str = "d_vision") -> list[SiteSpec]:
+    """Residual stream and attention pattern of each vision-encoder layer (``prefix`` CLS-like tokens)."""
+    vis = f"batch pos {d}"
+    specs: list[SiteSpec] = []
+    for i in range(n_layers):
+        name, path = f"vision_encoder.encoder_layers.{i}", f"{layers}.{i}"
+        specs += [
+            SiteSpec(f"{name}.hook_resid_pre", path, "input", "hidden_states", "vision", vis, prefix),
+            SiteSpec(f"{name}.attn.hook_pattern", f"{path}.self_attn", "output", 1, "none",
+                     "batch head query_pos key_pos", needs_eager_attention=True),
+            SiteSpec(f"{name}.hook_resid_post", path, "output", None, "vision", vis, prefix),
+        ]
+    return specs
+
+
+def conv_patches(x: Tensor) -> Tensor:
+    """View a conv patch embedding ``(batch, d, rows, cols)`` as ``(batch, pos, d)`` (no copy)."""
+    return x.flatten(2).transpose(1, 2)

@@ -1,0 +1,56 @@
+"""`load()`: a Hugging Face id, a local directory, or "toy" -> a `VLM` with the right adapter.
+
+Example:
+    >>> import vlmlens as vl
+    >>> vl.load("toy")  # doctest: +ELLIPSIS
+    VLM('toy', family=llava, ...)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+from vlmlens.models import llava  # noqa: F401  (registers its adapter)
+from vlmlens.models.adapter import adapter_for
+from vlmlens.models.vlm import VLM
+
+TOY_CHECKPOINT = Path(__file__).parent / "toy_checkpoint"
+
+
+def _dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype | str:
+    if dtype is None:
+        return torch.float32 if device == "cpu" else "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'")
+    return getattr(torch, dtype)
+
+
+def load(name_or_path: str | Path = "toy", device: str | None = None, dtype: str | torch.dtype | None = None,
+         **from_pretrained_kwargs) -> VLM:
+    """Load a VLM: ``"toy"`` (shipped), a Hugging Face model id, or a local ``save_pretrained`` folder.
+
+    ``device`` defaults to ``"cuda"`` when available, else ``"cpu"``; ``dtype`` to float32 on CPU and the
+    checkpoint's own dtype on GPU. Extra keyword arguments go to ``from_pretrained``.
+
+    Example:
+        >>> model = vl.load("toy", device="cpu")
+        >>> model.hf.config.model_type
+        'llava'
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = str(name_or_path)
+    path = str(TOY_CHECKPOINT) if name == "toy" else name
+    if name == "toy" and not (TOY_CHECKPOINT / "config.json").exists():
+        raise FileNotFoundError(f"the toy checkpoint is missing from {TOY_CHECKPOINT}; "
+                                "rebuild it with `vlmlens train-toy`")
+    config = AutoConfig.from_pretrained(path)
+    adapter_cls = adapter_for(config.model_type)
+    hf = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=_dtype(dtype, device), **from_pretrained_kwargs).to(device).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    return VLM(hf, processor, adapter_cls(hf, processor), name=name)

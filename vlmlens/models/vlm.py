@@ -1,0 +1,231 @@
+"""`VLM`: one loaded vision-language model, traced with nnsight, addressed by site names and regions.
+
+All nnsight calls of the package live in this file, so an nnsight upgrade touches one place.
+
+Example:
+    >>> import vlmlens as vl
+    >>> model = vl.load("toy")
+    >>> batch = model.prepare(vl.scenes.generate(2, seed=0))
+    >>> logits, cache = model.run_with_cache(batch, sites=["blocks.0.hook_resid_post"])
+    >>> tuple(cache["blocks.0.hook_resid_post"].shape[:1])
+    (2,)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float
+from nnsight import NNsight
+from PIL import Image
+from torch import Tensor
+
+from vlmlens.batch import Batch
+from vlmlens.cache import Cache
+from vlmlens.models.adapter import Adapter
+from vlmlens.sites import SiteSpec, SiteTable
+
+if TYPE_CHECKING:
+    from vlmlens.interventions import Intervention
+    from vlmlens.scenes import Scene
+
+Logits = Float[Tensor, "batch pos d_vocab"]
+
+
+class VLM:
+    """A Hugging Face VLM with named sites, regions and interventions.
+
+    ``model.hf`` is the transformers model, ``model.processor`` its processor, ``model.nn`` the
+    nnsight wrapper (``with model.trace(batch):`` opens a plain nnsight trace on a prepared batch).
+    """
+
+    def __init__(self, hf: Any, processor: Any, adapter: Adapter, name: str = ""):
+        self.hf = hf
+        self.processor = processor
+        self.adapter = adapter
+        self.name = name or getattr(hf.config, "_name_or_path", "")
+        self.nn = NNsight(hf)
+        self.site_table = SiteTable(adapter.sites())
+        processor.tokenizer.padding_side = "left"  # the answer position is the last one for every example
+
+    # -- vocabulary ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def lm_layers(self) -> list[int]:
+        return list(range(self.adapter.n_lm_layers))
+
+    @property
+    def vision_layers(self) -> list[int]:
+        return list(range(self.adapter.n_vision_layers))
+
+    def sites(self, pattern: str | None = None) -> list[str]:
+        """All site names in forward order, or those matching a pattern (``*``/``{layer}`` expand).
+
+        Example:
+            >>> vl.load("toy").sites("blocks.0.*")[:2]
+            ['blocks.0.hook_resid_pre', 'blocks.0.attn.hook_pattern']
+        """
+        if pattern is None:
+            return self.site_table.names()
+        return [spec.name for spec in self.site_table.expand(pattern)]
+
+    def site(self, name: str) -> SiteSpec:
+        """The `SiteSpec` for one site name (module path, shape, token space)."""
+        return self.site_table[name]
+
+    # -- inputs -------------------------------------------------------------------------------
+    def prepare(self, scenes_or_inputs: Sequence[Scene] | tuple[Sequence[Image.Image], Sequence[str]],
+                boxes: Sequence[dict[str, tuple[float, float, float, float]]] | None = None) -> Batch:
+        """Model inputs and layouts for scenes, or for ``(images, questions)`` with optional boxes.
+
+        A question that already contains the processor's image token is used verbatim; otherwise the
+        adapter wraps it (chat template, or image token + newline).
+
+        Example:
+            >>> batch = model.prepare(vl.scenes.generate(3, seed=1))
+            >>> batch.layouts[0].n_image_tokens
+            100
+        """
+        scenes: tuple[Scene, ...] | None
+        if isinstance(scenes_or_inputs, tuple) and len(scenes_or_inputs) == 2 and \
+                isinstance(scenes_or_inputs[1], (list, tuple)) and scenes_or_inputs[1] and \
+                isinstance(scenes_or_inputs[1][0], str):
+            images, questions = list(scenes_or_inputs[0]), list(scenes_or_inputs[1])
+            scenes, directions = None, [None] * len(images)
+            box_list = list(boxes) if boxes is not None else [{} for _ in images]
+        else:
+            scenes = tuple(scenes_or_inputs)
+            if not scenes or not hasattr(scenes[0], "image"):
+                raise TypeError("prepare() takes a list of Scenes or a tuple (images, questions); "
+                                f"got {type(scenes_or_inputs).__name__}")
+            images = [s.image for s in scenes]
+            questions = [s.question for s in scenes]
+            directions = [s.direction for s in scenes]
+            box_list = [{o.name: o.box for o in s.objects} for s in scenes]
+        if not (len(images) == len(questions) == len(box_list)):
+            raise ValueError(f"{len(images)} images, {len(questions)} questions and {len(box_list)} box sets: "
+                             "give one of each per example")
+        image_token = self.processor.image_token
+        prompts = [q if image_token in q else self.adapter.prompt(q) for q in questions]
+        inputs = dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True))
+        inputs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.hf.dtype)
+        layouts = self.adapter.layouts({k: v.cpu() if isinstance(v, Tensor) else v for k, v in inputs.items()},
+                                       images, box_list, directions)
+        return Batch(inputs=inputs, layouts=tuple(layouts), prompts=tuple(prompts), scenes=scenes,
+                     select_inputs=self.adapter.select_inputs)
+
+    def answer_ids(self, word: str) -> list[int]:
+        """Token ids that start the spellings of an answer word (" red", "red", " Red", "Red")."""
+        from vlmlens.scenes import answer_spellings
+        ids = []
+        for spelling in answer_spellings(word):
+            tokens = self.tokenizer.encode(spelling, add_special_tokens=False)
+            if tokens and tokens[0] not in ids and tokens[0] != self.tokenizer.unk_token_id:
+                ids.append(tokens[0])
+        if not ids:
+            raise ValueError(f"answer {word!r} has no token in {self.name}'s vocabulary")
+        return ids
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, batch: Batch, interventions: Intervention | Iterable[Intervention] | None = None) -> Logits:
+        """Logits of a forward pass, with interventions applied.
+
+        Example:
+            >>> logits = model.run(batch, vl.Ablate("vision_projector.hook_out", region="object"))
+        """
+        logits, _ = self.run_with_cache(batch, sites=(), interventions=interventions)
+        return logits
+
+    def run_with_cache(self, batch: Batch, sites: str | Iterable[str] = (),
+                       interventions: Intervention | Iterable[Intervention] | None = None,
+                       grad: bool = False) -> tuple[Logits, Cache]:
+        """Logits and a `Cache` of the requested sites (patterns expand), after interventions.
+
+        Cached tensors have their site's documented shape (``model.site(name).shape``); attention
+        patterns switch the model to eager attention for this call only.
+        """
+        from vlmlens.interventions import flatten, prepare_sources
+        reads = self.site_table.expand(sites) if sites else []
+        edits = flatten(interventions)
+        sources = prepare_sources(self, batch, edits)
+        by_site: dict[str, list[Intervention]] = defaultdict(list)
+        for edit in edits:
+            by_site[self.site_table[edit.site].name].append(edit)
+        specs = {s.name: s for s in reads} | {name: self.site_table[name] for name in by_site}
+        ordered = sorted(specs.values(), key=lambda s: self.site_table.order(s.name))
+        read_names = {s.name for s in reads}
+        cache = Cache()
+        eager = any(s.needs_eager_attention for s in ordered)
+        grad_mode = torch.enable_grad() if grad else torch.inference_mode()
+        with self._attention("eager" if eager else None), grad_mode:
+            with self.nn.trace(**batch.inputs):
+                for spec in ordered:
+                    value = self._value(spec)
+                    for edit in by_site.get(spec.name, ()):
+                        edit.apply(value, batch, spec, sources)
+                    if spec.name in read_names:
+                        cache[spec.name] = value if grad or not edits else value.clone()
+                cache.logits = self.nn.output.logits  # stored on an object: the trace body cannot bind locals
+        return cache.logits, cache
+
+    @contextlib.contextmanager
+    def trace(self, batch: Batch, **kwargs: Any) -> Iterator[Any]:
+        """A plain nnsight trace on a prepared batch; inside it, ``model.nn`` mirrors ``model.hf``.
+
+        Example:
+            >>> with model.trace(batch):
+            ...     hidden = model.nn.model.language_model.layers[0].output.save()
+        """
+        with self.nn.trace(**batch.inputs, **kwargs) as tracer:
+            yield tracer
+
+    def envoy(self, site: str) -> Any:
+        """The nnsight envoy of the module behind a site (for use inside `trace`)."""
+        return self.nn.get(self.site_table[site].module)
+
+    def _value(self, spec: SiteSpec) -> Tensor:
+        """The live tensor of a site inside a trace, in its documented shape (edits write through)."""
+        envoy = self.nn.get(spec.module)
+        if spec.io == "input":
+            args, kwargs = envoy.inputs
+            value = kwargs[spec.key] if spec.key in kwargs else args[0]
+        else:
+            value = envoy.output
+            if isinstance(spec.key, int):
+                value = value[spec.key]
+            elif isinstance(spec.key, str):
+                value = getattr(value, spec.key)
+        if value is None:
+            raise RuntimeError(f"site {spec.name} produced no tensor (module {spec.module} returned None); "
+                               "attention patterns need eager attention")
+        return spec.view(value) if spec.view else value
+
+    @contextlib.contextmanager
+    def _attention(self, implementation: str | None) -> Iterator[None]:
+        """Switch every sub-model's attention implementation for one call, then restore it."""
+        if implementation is None or self.hf.config._attn_implementation == implementation:
+            yield
+            return
+        previous = self.hf.config._attn_implementation
+        self.hf.set_attn_implementation(implementation)
+        try:
+            yield
+        finally:
+            self.hf.set_attn_implementation(previous)
+
+    def __repr__(self) -> str:
+        return (f"VLM({self.name!r}, family={self.hf.config.model_type}, lm_layers={self.adapter.n_lm_layers}, "
+                f"vision_layers={self.adapter.n_vision_layers}, device={self.device})")
