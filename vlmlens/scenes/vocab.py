@@ -1,0 +1,55 @@
+"""The words scenes are made of: colours, shapes, relations, and checks that a name is one of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+#: Object colours. The first six are the study's; every channel triple has a channel <= 140, so
+#: backgrounds built from light tints (all channels >= 150) can never produce an object colour.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 0, 0),
+    "green": (0, 140, 0),
+    "blue": (0, 0, 230),
+    "black": (0, 0, 0),
+    "brown": (139, 69, 19),
+    "gray": (128, 128, 128),
+    "yellow": (250, 210, 0),
+    "purple": (128, 0, 160),
+    "orange": (255, 130, 0),
+}
+STUDY_COLOURS: tuple[str, ...] = ("red", "green", "blue", "black", "brown", "gray")
+SHAPES: tuple[str, ...] = ("square", "circle", "triangle", "diamond", "cross", "star")
+RELATIONS: tuple[str, ...] = ("left", "right", "above", "below")
+OPPOSITE: dict[str, str] = {"left": "right", "right": "left", "above": "below", "below": "above"}
+#: Image axis a relation is read along: 0 = x (columns), 1 = y (rows).
+AXIS: dict[str, int] = {"left": 0, "right": 0, "above": 1, "below": 1}
+BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "texture", "gradient", "clutter")
+
+
+def check_choice(what: str, value: object, valid: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``valid``, else raise a ValueError naming both.
+
+    >>> check_choice("shape", "circle", SHAPES)
+    'circle'
+    """
+    valid = tuple(valid)
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(map(repr, valid))}")
+    return value
+
+
+def check_choices(what: str, values: str | Sequence[str], valid: Iterable[str], at_least: int = 1) -> tuple[str, ...]:
+    """Check a non-empty, duplicate-free list of names (a single name counts as a list of one).
+
+    >>> check_choices("colour", ["red", "blue"], COLOURS)
+    ('red', 'blue')
+    """
+    names = (values,) if isinstance(values, str) else tuple(values)
+    valid = tuple(valid)
+    for name in names:
+        check_choice(what, name, valid)
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} list {list(names)} repeats a name; give each {what} once")
+    if len(names) < at_least:
+        raise ValueError(f"need at least {at_least} {what}s, got {list(names)}; choose from {', '.join(valid)}")
+    return names
