@@ -34,7 +34,9 @@ class SiteSpec:
     plain tensor). ``space`` says which token axis the tensor has: ``vision`` (patch space, with
     ``prefix`` non-patch tokens such as CLS in front), ``lm`` (sequence positions), ``logits``
     (sequence positions over the vocabulary) or ``none`` (no token axis an intervention can address).
-    ``view`` turns the raw tensor into the documented shape without copying (so edits write through).
+    ``view(tensor, n_examples)`` turns the raw tensor into the documented shape without copying, so edits
+    write through (e.g. a conv output to ``batch pos d``, or tiles stacked along the batch axis to one row
+    per example).
     """
 
     name: str
@@ -44,7 +46,7 @@ class SiteSpec:
     space: Space
     shape: str
     prefix: int = 0
-    view: Callable[[Tensor], Tensor] | None = None
+    view: Callable[[Tensor, int], Tensor] | None = None
     needs_eager_attention: bool = False
 
     @property

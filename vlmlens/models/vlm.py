@@ -173,7 +173,7 @@ class VLM:
         with self._attention("eager" if eager else None), grad_mode:
             with self.nn.trace(**batch.inputs):
                 for spec in ordered:
-                    value = self._value(spec)
+                    value = self._value(spec, len(batch))
                     for edit in by_site.get(spec.name, ()):
                         edit.apply(value, batch, spec, sources)
                     if spec.name in read_names:
@@ -196,7 +196,7 @@ class VLM:
         """The nnsight envoy of the module behind a site (for use inside `trace`)."""
         return self.nn.get(self.site_table[site].module)
 
-    def _value(self, spec: SiteSpec) -> Tensor:
+    def _value(self, spec: SiteSpec, n_examples: int) -> Tensor:
         """The live tensor of a site inside a trace, in its documented shape (edits write through)."""
         envoy = self.nn.get(spec.module)
         if spec.io == "input":
@@ -211,7 +211,7 @@ class VLM:
         if value is None:
             raise RuntimeError(f"site {spec.name} produced no tensor (module {spec.module} returned None); "
                                "attention patterns need eager attention")
-        return spec.view(value) if spec.view else value
+        return spec.view(value, n_examples) if spec.view else value
 
     @contextlib.contextmanager
     def _attention(self, implementation: str | None) -> Iterator[None]:

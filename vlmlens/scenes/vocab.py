@@ -7,9 +7,9 @@ from collections.abc import Iterable, Sequence
 #: Object colours. The first six are the study's; every channel triple has a channel <= 140, so
 #: backgrounds built from light tints (all channels >= 150) can never produce an object colour.
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 0, 0),
-    "green": (0, 140, 0),
-    "blue": (0, 0, 230),
+    "red": (255, 0, 0),
+    "green": (0, 128, 0),
+    "blue": (0, 0, 255),
     "black": (0, 0, 0),
     "brown": (139, 69, 19),
     "gray": (128, 128, 128),
