@@ -10,12 +10,15 @@ Example:
 from vlmlens import scenes
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
+from vlmlens.effects import Effects, attribute, sweep
 from vlmlens.interventions import (Ablate, Compose, Intervention, Patch, Scale, Steer, SwapDirection, grid,
                                    random_directions)
 from vlmlens.layout import Layout, RegionError
+from vlmlens.metrics import Accuracy, FlipRate, LogitDiff, Prob, StrictAccuracy
 from vlmlens.models import VLM, load, supported_families
 from vlmlens.sites import UnknownSiteError
 
-__all__ = ["Ablate", "Batch", "Cache", "Compose", "Intervention", "Layout", "Patch", "RegionError", "Scale",
-           "Steer", "SwapDirection", "UnknownSiteError", "VLM", "grid", "load", "random_directions", "scenes",
-           "supported_families"]
+__all__ = ["Ablate", "Accuracy", "Batch", "Cache", "Compose", "Effects", "FlipRate", "Intervention", "Layout",
+           "LogitDiff", "Patch", "Prob", "RegionError", "Scale", "Steer", "StrictAccuracy", "SwapDirection",
+           "UnknownSiteError", "VLM", "attribute", "grid", "load", "random_directions", "scenes", "supported_families",
+           "sweep"]

@@ -96,6 +96,16 @@ class Adapter:
         """One `Layout` per example from the processed inputs and the original images' boxes."""
         raise NotImplementedError
 
+    def repeat_inputs(self, inputs: dict[str, Any], times: int) -> dict[str, Any]:
+        """Inputs of the batch repeated ``times`` times along the batch axis (one copy per group)."""
+        return {k: v.repeat(times, *[1] * (v.dim() - 1)) if isinstance(v, Tensor) else v
+                for k, v in inputs.items()}
+
+    def lm_inputs(self, inputs: dict[str, Any], embeds: Tensor) -> dict[str, Any] | None:
+        """Inputs that run the language model alone on precomputed ``hook_embed`` embeddings (the
+        vision tower is skipped), or None where the family needs more than embeddings (e.g. M-RoPE)."""
+        return {"inputs_embeds": embeds, "attention_mask": inputs["attention_mask"]}
+
     def select_inputs(self, inputs: dict[str, Any], ids: Sequence[int]) -> dict[str, Any]:
         """Inputs of a sub-batch; default: every tensor is indexed along its first (batch) axis."""
         return {k: v[list(ids)] if isinstance(v, Tensor) else v for k, v in inputs.items()}

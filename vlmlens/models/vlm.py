@@ -155,29 +155,60 @@ class VLM:
         """Logits and a `Cache` of the requested sites (patterns expand), after interventions.
 
         Cached tensors have their site's documented shape (``model.site(name).shape``); attention
-        patterns switch the model to eager attention for this call only.
+        patterns switch the model to eager attention for this call only. With ``grad=True`` the
+        cached tensors keep their graph and retain gradients (for attribution).
         """
-        from vlmlens.interventions import flatten, prepare_sources
+        from vlmlens.interventions import flatten
+        return self._forward(batch, [flatten(interventions)], sites, grad=grad)
+
+    def run_many(self, batch: Batch, groups: Sequence[Sequence[Intervention]],
+                 inputs: dict[str, Any] | None = None) -> Float[Tensor, "group batch d_vocab"]:
+        """Answer-position logits of one forward pass that runs ``batch`` once per group of interventions.
+
+        The batch is repeated along the batch axis and each copy gets its own group, so many
+        interventions cost one forward. ``inputs`` replaces ``batch.inputs`` (e.g. LM-only inputs).
+        """
+        logits, _ = self._forward(batch, groups, (), inputs=inputs, last_only=True)
+        return logits[:, -1].reshape(len(groups), len(batch), -1)
+
+    def _forward(self, batch: Batch, groups: Sequence[Sequence[Intervention]], sites: str | Iterable[str],
+                 grad: bool = False, inputs: dict[str, Any] | None = None,
+                 last_only: bool = False) -> tuple[Logits, Cache]:
+        from vlmlens.interventions import prepare_sources
         reads = self.site_table.expand(sites) if sites else []
-        edits = flatten(interventions)
-        sources = prepare_sources(self, batch, edits)
-        by_site: dict[str, list[Intervention]] = defaultdict(list)
-        for edit in edits:
-            by_site[self.site_table[edit.site].name].append(edit)
-        specs = {s.name: s for s in reads} | {name: self.site_table[name] for name in by_site}
+        n, size = len(groups), len(batch)
+        sources: dict = {}
+        edits: list[dict[str, list[Intervention]]] = []
+        for group in groups:
+            sources |= prepare_sources(self, batch, group)
+            by_site: dict[str, list[Intervention]] = defaultdict(list)
+            for edit in group:
+                by_site[self.site_table[edit.site].name].append(edit)
+            edits.append(by_site)
+        specs = {s.name: s for s in reads} | {name: self.site_table[name] for g in edits for name in g}
         ordered = sorted(specs.values(), key=lambda s: self.site_table.order(s.name))
         read_names = {s.name for s in reads}
+        inputs = dict(batch.inputs if inputs is None else inputs)
+        if n > 1:
+            inputs = self.adapter.repeat_inputs(inputs, n)
+        if last_only:
+            inputs["logits_to_keep"] = 1
         cache = Cache()
         eager = any(s.needs_eager_attention for s in ordered)
+        edited = any(edits)
         grad_mode = torch.enable_grad() if grad else torch.inference_mode()
         with self._attention("eager" if eager else None), grad_mode:
-            with self.nn.trace(**batch.inputs):
+            with self.nn.trace(**inputs):
                 for spec in ordered:
-                    value = self._value(spec, len(batch))
-                    for edit in by_site.get(spec.name, ()):
-                        edit.apply(value, batch, spec, sources)
+                    value = self._value(spec, n * size)
+                    for g, by_site in enumerate(edits):
+                        part = value[g * size:(g + 1) * size] if n > 1 else value
+                        for edit in by_site.get(spec.name, ()):
+                            edit.apply(part, batch, spec, sources)
                     if spec.name in read_names:
-                        cache[spec.name] = value if grad or not edits else value.clone()
+                        if grad:
+                            value.retain_grad()
+                        cache[spec.name] = value if grad or not edited else value.clone()
                 cache.logits = self.nn.output.logits  # stored on an object: the trace body cannot bind locals
         return cache.logits, cache
 

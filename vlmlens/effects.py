@@ -1,0 +1,196 @@
+"""Causal effects: run a family of interventions, score each with a metric, summarise with CIs.
+
+Example:
+    >>> import vlmlens as vl
+    >>> model = vl.load("toy")
+    >>> batch = model.prepare(vl.scenes.generate(16, seed=0))
+    >>> family = vl.grid(vl.Ablate, site="blocks.{layer}.hook_resid_post", layer=model.lm_layers,
+    ...                  region=["object", "background"])
+    >>> effects = vl.sweep(model, batch, family, metric=vl.LogitDiff())
+    >>> effects.to_pandas().columns[:2].tolist()
+    ['layer', 'region']
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vlmlens.batch import Batch
+from vlmlens.interventions import Intervention, Labelled, flatten
+from vlmlens.metrics import as_metric, call_metric, metric_name
+
+if TYPE_CHECKING:
+    from vlmlens.models.vlm import VLM
+
+
+@dataclass
+class Effects:
+    """Metric values per intervention and example, with the clean (and corrupt) baselines.
+
+    ``normalised()`` is ``(value - corrupt) / (clean - corrupt)`` per intervention, where clean is the
+    batch without intervention and corrupt the baseline run.
+    """
+
+    values: Float[Tensor, "intervention example"]
+    labels: list[dict[str, Any]]
+    clean: Float[Tensor, " example"]
+    corrupt: Float[Tensor, " example"] | None = None
+    metric: str = ""
+    interventions: list[dict[str, Any]] = field(default_factory=list)
+
+    def mean(self) -> Float[Tensor, " intervention"]:
+        return self.values.mean(-1)
+
+    def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> Float[Tensor, "intervention 2"]:
+        """Bootstrap confidence interval of each intervention's mean over examples."""
+        generator = torch.Generator().manual_seed(seed)
+        n = self.values.shape[-1]
+        picks = torch.randint(n, (n_boot, n), generator=generator)
+        means = self.values[:, picks].mean(-1)
+        tail = (1 - level) / 2
+        return torch.quantile(means, torch.tensor([tail, 1 - tail]), dim=-1).T
+
+    def normalised(self) -> Float[Tensor, " intervention"]:
+        if self.corrupt is None:
+            raise ValueError("normalised effects need a corrupt baseline: sweep(..., baseline=...)")
+        gap = (self.clean - self.corrupt).mean()
+        if abs(float(gap)) < 1e-12:
+            raise ValueError("clean and corrupt runs score the same on average; the normalised effect is undefined")
+        return (self.mean() - self.corrupt.mean()) / gap
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per intervention: its labels, mean, CI and (with a baseline) normalised effect."""
+        ci = self.ci()
+        rows = [dict(labels, mean=float(m), ci_low=float(lo), ci_high=float(hi))
+                for labels, m, (lo, hi) in zip(self.labels, self.mean(), ci)]
+        frame = pd.DataFrame(rows)
+        frame["clean"] = float(self.clean.mean())
+        if self.corrupt is not None:
+            frame["corrupt"] = float(self.corrupt.mean())
+            frame["normalised"] = self.normalised().tolist()
+        return frame
+
+    def heatmap(self, x: str | None = None, y: str | None = None, value: str = "mean", **kwargs: Any) -> Any:
+        """A plotly heatmap over two label axes (default: the first two), RdBu centred at 0."""
+        from vlmlens.plot import effects_heatmap
+        return effects_heatmap(self, x=x, y=y, value=value, **kwargs)
+
+    def save(self, path: str | Path) -> None:
+        """Write everything to one JSON file (values included), so replotting needs no recompute."""
+        data = {"metric": self.metric, "labels": self.labels, "interventions": self.interventions,
+                "values": self.values.tolist(), "clean": self.clean.tolist(),
+                "corrupt": None if self.corrupt is None else self.corrupt.tolist()}
+        Path(path).write_text(json.dumps(data))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Effects:
+        data = json.loads(Path(path).read_text())
+        return cls(values=torch.tensor(data["values"]), labels=data["labels"], clean=torch.tensor(data["clean"]),
+                   corrupt=None if data["corrupt"] is None else torch.tensor(data["corrupt"]),
+                   metric=data["metric"], interventions=data["interventions"])
+
+
+def _labelled(interventions: Sequence[Intervention | Labelled] | Intervention) -> list[Labelled]:
+    if isinstance(interventions, Intervention):
+        interventions = [interventions]
+    return [iv if isinstance(iv, Labelled) else Labelled(iv, {"intervention": repr(iv)}) for iv in interventions]
+
+
+def _default_max_batch(model: VLM) -> int:
+    return 64 if model.device.type == "cpu" else 256
+
+
+def sweep(model: VLM, batch: Batch, interventions: Sequence[Intervention | Labelled] | Intervention,
+          metric: Callable[..., Tensor], baseline: Batch | Intervention | None = None,
+          max_batch: int | None = None, progress: bool = True) -> Effects:
+    """Score every intervention (or composition) by ``metric`` on ``batch``, many per forward pass.
+
+    Interventions are grouped so that each forward pass holds at most ``max_batch`` rows (the batch
+    repeated once per intervention); when every edit is at a language-model site, the vision tower runs
+    once and its embeddings are reused. ``baseline``: a corrupt batch (paired by index) or an
+    intervention that corrupts, for normalised effects.
+
+    Example:
+        >>> effects = vl.sweep(model, batch, [vl.Ablate("hook_embed", region="object")], vl.LogitDiff())
+        >>> effects.values.shape
+        torch.Size([1, 16])
+    """
+    family = _labelled(interventions)
+    score = as_metric(metric)
+    max_batch = max_batch or _default_max_batch(model)
+    if max_batch < len(batch):
+        raise ValueError(f"max_batch={max_batch} is smaller than the batch ({len(batch)}); "
+                         "split the batch or raise max_batch")
+    embed_order = model.site_table.order("hook_embed")
+    lm_only = all(model.site_table.order(p.site) >= embed_order for iv in family for p in flatten(iv.intervention))
+    inputs = None
+    if lm_only:
+        _, cache = model.run_with_cache(batch, sites=["hook_embed"])
+        inputs = model.adapter.lm_inputs(batch.inputs, cache["hook_embed"])
+    clean = score(model.run_many(batch, [[]], inputs=inputs)[0], batch, model)
+    corrupt = None
+    if isinstance(baseline, Batch):
+        corrupt = score(model.run_many(baseline, [[]])[0], baseline, model)
+    elif isinstance(baseline, Intervention):
+        corrupt = score(model.run_many(batch, [flatten(baseline)])[0], batch, model)
+    per_pass = max(1, max_batch // len(batch))
+    values = []
+    chunks = range(0, len(family), per_pass)
+    for start in tqdm(chunks, desc="sweep", unit="pass", disable=not progress or len(chunks) < 2):
+        groups = [flatten(iv.intervention) for iv in family[start:start + per_pass]]
+        logits = model.run_many(batch, groups, inputs=inputs)
+        values += [score(group_logits, batch, model) for group_logits in logits]
+    return Effects(values=torch.stack(values), labels=[dict(iv.labels) for iv in family], clean=clean,
+                   corrupt=corrupt, metric=metric_name(metric), interventions=[iv.intervention.to_dict() for iv in family])
+
+
+def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: Sequence[str],
+              metric: Callable[..., Tensor], baseline: Batch | str = "zero") -> Effects:
+    """Attribution patching: the first-order estimate of each (site, region) patch's effect on the
+    metric, from one forward and one backward pass (plus one for a baseline batch).
+
+    ``baseline`` is a corrupt batch (patching its activations in) or ``"zero"`` / ``"mean"`` (ablation).
+    The estimate is ``sum over the region's tokens of (a_baseline - a) . d metric / d a``.
+
+    Example:
+        >>> est = vl.attribute(model, batch, "blocks.*.hook_resid_post", ["object", "background"], vl.LogitDiff())
+    """
+    score = as_metric(metric)
+    specs = model.site_table.expand(sites)
+    names = [s.name for s in specs]
+    logits, cache = model.run_with_cache(batch, sites=names, grad=True)
+    clean = score(logits[:, -1].detach(), batch, model)
+    per_example = call_metric(metric, logits[:, -1], batch, model)
+    per_example.sum().backward()
+    if isinstance(baseline, Batch):
+        _, base_cache = model.run_with_cache(baseline, sites=names)
+    elif baseline not in ("zero", "mean"):
+        raise ValueError(f"baseline must be a Batch, 'zero' or 'mean'; got {baseline!r}")
+    values, labels = [], []
+    for spec in specs:
+        act = cache[spec.name].detach()
+        grad = cache[spec.name].grad
+        if isinstance(baseline, Batch):
+            delta = base_cache[spec.name] - act
+        elif baseline == "zero":
+            delta = -act
+        else:
+            delta = act.mean(0, keepdim=True) - act
+        contrib = (delta * grad).sum(-1)  # (batch, pos)
+        for region in regions:
+            where = batch.positions(region, spec)
+            values.append(torch.stack([contrib[b, w.to(contrib.device)].sum() for b, w in enumerate(where)]))
+            labels.append({"site": spec.name, "region": region})
+    model.hf.zero_grad(set_to_none=True)
+    return Effects(values=torch.stack(values).detach().cpu() + clean, labels=labels, clean=clean,
+                   metric=f"attribution:{metric_name(metric)}")

@@ -1,0 +1,160 @@
+"""The study's stimuli: three grid-aligned entities in a row or column ("squares" and "shapes" tasks)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import permutations
+from typing import Any
+
+import numpy as np
+
+from .geometry import Geometry
+from .placement import direction_schedule, spread
+from .render import render
+from .scene import Scene, SceneObject
+from .vocab import BACKGROUNDS, COLOURS, RELATIONS, SHAPES, STUDY_COLOURS, check_choices
+
+#: Entity names in reading order for each orientation.
+SLOTS: dict[str, tuple[str, str, str]] = {"row": ("left", "middle", "right"), "column": ("top", "middle", "bottom")}
+ORIENTATION: dict[str, str] = {"left": "row", "right": "row", "above": "column", "below": "column"}
+#: The entity each direction's question asks about (its neighbour of the middle entity).
+ASKED: dict[str, str] = {"left": "left", "right": "right", "above": "top", "below": "bottom"}
+_PHRASE = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
+_NOUN = {"squares": "square", "shapes": "shape"}
+
+
+def entity_question(task: str, direction: str) -> str:
+    """The study's prompt for ``task`` ("squares" or "shapes") asking in ``direction``.
+
+    >>> entity_question("squares", "left")
+    'The color of the square to the left of the middle square is'
+    """
+    noun = _NOUN[task]
+    return f"The color of the {noun} {_PHRASE[direction]} the middle {noun} is"
+
+
+def entity_scene(
+    task: str,
+    direction: str,
+    objects: Sequence[SceneObject],
+    candidates: Sequence[str],
+    image_size: tuple[int, int],
+    meta: Mapping[str, Any],
+) -> Scene:
+    """Render three entities (in slot order) and ask about the middle one's neighbour in ``direction``.
+
+    ``meta`` must give ``background`` and ``background_seed``; the pair builders reuse this to restyle a scene.
+
+    >>> objs = [SceneObject(n, c, "square", (x, 0, x + 16, 16)) for n, c, x in
+    ...         [("left", "red", 0), ("middle", "blue", 24), ("right", "gray", 48)]]
+    >>> entity_scene("squares", "right", objs, STUDY_COLOURS, (80, 80),
+    ...              {"background": "plain", "background_seed": 0}).answer
+    'gray'
+    """
+    asked = ASKED[direction]
+    by_name = {obj.name: obj for obj in objects}
+    if tuple(by_name) != SLOTS[ORIENTATION[direction]]:
+        raise ValueError(
+            f"direction {direction!r} needs entities named {SLOTS[ORIENTATION[direction]]} in that order, "
+            f"got {tuple(by_name)}"
+        )
+    image = render(image_size, objects, meta["background"], meta["background_seed"])
+    return Scene(
+        image=image,
+        objects=tuple(objects),
+        question=entity_question(task, direction),
+        answer=by_name[asked].colour,
+        foils=tuple(obj.colour for obj in objects if obj.name != asked),
+        candidates=tuple(candidates),
+        task=task,
+        direction=direction,
+        meta=meta,
+    )
+
+
+def _check_fits(geometry: Geometry, directions: Sequence[str]) -> None:
+    rows, cols = geometry.grid
+    k, gap = geometry.object_tokens, geometry.gap_tokens
+    need = 3 * k + 2 * gap
+    for orientation in sorted({ORIENTATION[d] for d in directions}):
+        along, across, unit = (cols, rows, "columns") if orientation == "row" else (rows, cols, "rows")
+        if along < need or across < k:
+            raise ValueError(
+                f"grid {geometry.grid} (rows, cols) is too small for three {k}x{k}-token entities in a {orientation} "
+                f"with {gap}-token gaps: needs at least {need} {unit}; use a larger grid or fewer object_tokens"
+            )
+
+
+def _cells(rng: np.random.Generator, geometry: Geometry, orientation: str) -> list[tuple[int, int, int, int]]:
+    """Token cells ``(row0, col0, row1, col1)`` (exclusive ends) of the three slots, in slot order."""
+    rows, cols = geometry.grid
+    k = geometry.object_tokens
+    along_extent, across_extent = (cols, rows) if orientation == "row" else (rows, cols)
+    along = spread(rng, along_extent, [k, k, k], geometry.gap_tokens)
+    across = int(rng.integers(0, across_extent - k + 1))
+    if orientation == "row":
+        return [(across, a, across + k, a + k) for a in along]
+    return [(a, across, a + k, across + k) for a in along]
+
+
+def generate_entities(
+    task: str,
+    n: int | None,
+    rng: np.random.Generator,
+    geometry: Geometry,
+    meta: Mapping[str, Any],
+    colours: Sequence[str] = STUDY_COLOURS,
+    shapes: Sequence[str] = SHAPES,
+    directions: Sequence[str] = RELATIONS,
+    background: str | Sequence[str] = "plain",
+    balanced: bool = True,
+) -> list[Scene]:
+    """Scenes of the "squares" or "shapes" task; ``n=None`` enumerates every (colour triple, direction).
+
+    Positions (the row/column band and the gaps) are drawn from ``rng`` per scene.
+
+    >>> len(generate_entities("squares", None, np.random.default_rng(0), Geometry((10, 10), 8, 2), {}))
+    480
+    """
+    colours = check_choices("colour", colours, COLOURS, at_least=3)
+    shapes = check_choices("shape", shapes, SHAPES, at_least=3 if task == "shapes" else 1)
+    directions = check_choices("direction", directions, RELATIONS)
+    backgrounds = check_choices("background", background, BACKGROUNDS)
+    _check_fits(geometry, directions)
+
+    triples = list(permutations(colours, 3))
+    if n is None:
+        plan = [(d, t) for d in directions for t in triples]
+    else:
+        # Without replacement per direction: no repeated (triple, direction) until all have been used.
+        queues: dict[str, list[tuple[str, ...]]] = {}
+        plan = []
+        for d in direction_schedule(rng, n, directions, balanced):
+            if not queues.get(d):
+                queues[d] = [triples[i] for i in rng.permutation(len(triples))]
+            plan.append((d, queues[d].pop()))
+
+    scenes = []
+    p = geometry.patch_px
+    for index, (direction, triple) in enumerate(plan):
+        orientation = ORIENTATION[direction]
+        cells = _cells(rng, geometry, orientation)
+        if task == "shapes":
+            entity_shapes = [shapes[i] for i in rng.choice(len(shapes), size=3, replace=False)]
+        else:
+            entity_shapes = ["square"] * 3
+        names = SLOTS[orientation]
+        objects = [
+            SceneObject(name, colour, shape, (c0 * p, r0 * p, c1 * p, r1 * p))
+            for name, colour, shape, (r0, c0, r1, c1) in zip(names, triple, entity_shapes, cells)
+        ]
+        scene_meta = {
+            **meta,
+            "index": index,
+            "orientation": orientation,
+            "cells": {name: list(cell) for name, cell in zip(names, cells)},
+            "background": backgrounds[int(rng.integers(len(backgrounds)))],
+            "background_seed": int(rng.integers(2**31)),
+        }
+        scenes.append(entity_scene(task, direction, objects, colours, geometry.image_size, scene_meta))
+    return scenes
