@@ -179,3 +179,19 @@ def test_attribution_is_exact_for_a_no_op_and_first_order_otherwise(model, batch
                      diff, progress=False)
     assert est.values.shape == exact.values.shape
     assert not any(p.grad is not None for p in model.hf.parameters())
+
+
+def test_scale_attention_multiplies_only_the_chosen_logits(model, batch):
+    site = "blocks.1.attn.hook_pattern"
+    clean_logits, clean = model.run_with_cache(batch, sites=[site])
+    same = model.run(batch, vl.ScaleAttention(layer=1, alpha=1.0))
+    assert torch.allclose(same, clean_logits, atol=1e-5)
+    logits, scaled = model.run_with_cache(batch, sites=[site], interventions=vl.ScaleAttention(layer=1, alpha=0.0))
+    assert not torch.allclose(logits[:, -1], clean_logits[:, -1], atol=1e-4)
+    image = batch.positions("image", model.site("blocks.1.hook_resid_pre"))
+    for b, keys in enumerate(image):
+        to_image = scaled[site][b, :, -1, keys]          # logit 0 for every image key: equal weights
+        assert torch.allclose(to_image, to_image[:, :1].expand_as(to_image), atol=1e-6)
+        assert torch.allclose(scaled[site][b, :, :-1], clean[site][b, :, :-1], atol=1e-5)
+    assert torch.allclose(model.run(batch), clean_logits, atol=1e-5)
+    assert not any(hasattr(m, "vlmlens_logit_scale") for m in model.hf.modules())

@@ -11,7 +11,7 @@ from vlmlens import scenes
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
 from vlmlens.effects import Effects, attribute, sweep
-from vlmlens.interventions import (Ablate, Compose, Intervention, Patch, Scale, Steer, SwapDirection, grid,
+from vlmlens.interventions import (Ablate, Compose, Intervention, Patch, Scale, ScaleAttention, Steer, SwapDirection, grid,
                                    random_directions)
 from vlmlens.layout import Layout, RegionError
 from vlmlens.metrics import Accuracy, FlipRate, LogitDiff, Prob, StrictAccuracy
@@ -19,6 +19,6 @@ from vlmlens.models import VLM, load, supported_families
 from vlmlens.sites import UnknownSiteError
 
 __all__ = ["Ablate", "Accuracy", "Batch", "Cache", "Compose", "Effects", "FlipRate", "Intervention", "Layout",
-           "LogitDiff", "Patch", "Prob", "RegionError", "Scale", "Steer", "StrictAccuracy", "SwapDirection",
+           "LogitDiff", "Patch", "Prob", "RegionError", "Scale", "ScaleAttention", "Steer", "StrictAccuracy", "SwapDirection",
            "UnknownSiteError", "VLM", "attribute", "grid", "load", "random_directions", "scenes", "supported_families",
            "sweep"]

@@ -370,6 +370,47 @@ class Steer(Intervention):
         _edit(x, batch.positions(self.region, spec), add)
 
 
+@dataclass(frozen=True, eq=False, repr=False)
+class ScaleAttention(Intervention):
+    """Multiply the attention logits from the ``query`` region to the ``key_region`` tokens by ``alpha``
+    at one LM layer, before the softmax (the AdaptVis intervention).
+
+    Example:
+        >>> vl.ScaleAttention(layer=3, alpha=1.5, query="last", key_region="image")
+        ScaleAttention('blocks.3.attn.hook_pattern', alpha=1.5)
+    """
+
+    kind: ClassVar[str] = "scale_attention"
+    site: str = ""
+    alpha: float = 1.0
+    query: str = "last"
+    key_region: str = "image"
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.layer is not None:
+            object.__setattr__(self, "site", f"blocks.{self.layer}.attn.hook_pattern")
+            object.__setattr__(self, "layer", None)
+        if not self.site.endswith("attn.hook_pattern"):
+            raise ValueError(f"ScaleAttention needs layer=<int> (or an attention pattern site), got {self.site!r}")
+
+    @property
+    def region(self) -> str:
+        return self.key_region
+
+    def logit_scale(self, batch: Batch, spec: SiteSpec, seq_len: int) -> Float[Tensor, "batch 1 query key"]:
+        """Multipliers for this layer's attention logits: alpha at (query, key) pairs, 1 elsewhere."""
+        scale = torch.ones(len(batch), 1, seq_len, seq_len)
+        queries = [lay.positions(self.query, "lm") for lay in batch.layouts]
+        keys = [lay.positions(self.key_region, "lm") for lay in batch.layouts]
+        for b, (q, k) in enumerate(zip(queries, keys)):
+            scale[b, 0, q[:, None], k[None, :]] = self.alpha
+        return scale
+
+    def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
+        """Nothing to do inside the trace: the logits were scaled while attention ran."""
+
+
 def random_directions(like: Tensor, n: int, seed: int = 0) -> Float[Tensor, "n d"]:
     """``n`` random directions with the same norm as ``like`` (the control for any direction experiment).
 
@@ -413,5 +454,5 @@ def grid(kind: type[Intervention], **axes: Any) -> list[Labelled]:
     return out
 
 
-__all__ = ["Intervention", "Compose", "Ablate", "Patch", "SwapDirection", "Scale", "Steer",
+__all__ = ["Intervention", "Compose", "Ablate", "Patch", "SwapDirection", "Scale", "Steer", "ScaleAttention",
            "random_directions", "grid", "Labelled", "flatten", "prepare_sources"]

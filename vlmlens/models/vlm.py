@@ -24,6 +24,8 @@ from nnsight import NNsight
 from PIL import Image
 from torch import Tensor
 
+from vlmlens.attention import NAME as ATTENTION_NAME
+from vlmlens.attention import SCALE_ATTR
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
 from vlmlens.models.adapter import Adapter
@@ -194,10 +196,13 @@ class VLM:
         if last_only:
             inputs["logits_to_keep"] = 1
         cache = Cache()
+        scales = self._attention_scales(batch, groups, inputs["input_ids"].shape[1] if "input_ids" in inputs
+                                        else inputs["inputs_embeds"].shape[1])
         eager = any(s.needs_eager_attention for s in ordered)
+        implementation = ATTENTION_NAME if scales else ("eager" if eager else None)
         edited = any(edits)
         grad_mode = torch.enable_grad() if grad else torch.inference_mode()
-        with self._attention("eager" if eager else None), grad_mode:
+        with self._attention(implementation), self._logit_scales(scales), grad_mode:
             with self.nn.trace(**inputs):
                 for spec in ordered:
                     value = self._value(spec, n * size)
@@ -243,6 +248,33 @@ class VLM:
             raise RuntimeError(f"site {spec.name} produced no tensor (module {spec.module} returned None); "
                                "attention patterns need eager attention")
         return spec.view(value, n_examples) if spec.view else value
+
+    def _attention_scales(self, batch: Batch, groups: Sequence[Sequence[Intervention]],
+                          seq_len: int) -> dict[str, Tensor]:
+        """Per attention module, logit multipliers for every row of the (repeated) batch."""
+        from vlmlens.interventions import ScaleAttention
+        scales: dict[str, Tensor] = {}
+        for g, group in enumerate(groups):
+            for edit in group:
+                if not isinstance(edit, ScaleAttention):
+                    continue
+                spec = self.site_table[edit.site]
+                rows = scales.setdefault(spec.module, torch.ones(len(groups) * len(batch), 1, seq_len, seq_len))
+                rows[g * len(batch):(g + 1) * len(batch)] *= edit.logit_scale(batch, spec, seq_len)
+        return scales
+
+    @contextlib.contextmanager
+    def _logit_scales(self, scales: dict[str, Tensor]) -> Iterator[None]:
+        """Attach logit multipliers to attention modules for one call (always removed afterwards)."""
+        modules = {path: self.hf.get_submodule(path) for path in scales}
+        try:
+            for path, module in modules.items():
+                setattr(module, SCALE_ATTR, scales[path].to(self.device))
+            yield
+        finally:
+            for module in modules.values():
+                if hasattr(module, SCALE_ATTR):
+                    delattr(module, SCALE_ATTR)
 
     @contextlib.contextmanager
     def _attention(self, implementation: str | None) -> Iterator[None]:
