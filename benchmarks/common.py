@@ -6,6 +6,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 
 def interleaved_times(fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
@@ -28,3 +29,19 @@ def report(rows: list[tuple[str, ...]], header: tuple[str, ...], figures: Mappin
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
     print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
+
+
+def widened_toy(path: Path, width: int = 4, seed: int = 0) -> Path:
+    """A randomly initialised LLaVA of the toy's shape, ``width`` times wider, saved with the toy's processor."""
+    import torch
+    from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
+
+    from vlmlens.models.loading import TOY_CHECKPOINT
+    config = LlavaConfig.from_pretrained(TOY_CHECKPOINT)
+    for sub in (config.vision_config, config.text_config):
+        sub.hidden_size *= width
+        sub.intermediate_size *= width
+    torch.manual_seed(seed)
+    LlavaForConditionalGeneration(config).save_pretrained(path)
+    AutoProcessor.from_pretrained(TOY_CHECKPOINT).save_pretrained(path)
+    return path

@@ -7,10 +7,11 @@ Example:
     >>> logits = model.run(batch, vl.Ablate("vision_projector.hook_out", region="background"))
 """
 
-from vlmlens import scenes
+from vlmlens import directions, probes, scenes
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
 from vlmlens.effects import Effects, attribute, sweep
+from vlmlens.evaluate import Evaluation, evaluate
 from vlmlens.interventions import (Ablate, Compose, Intervention, Patch, Scale, ScaleAttention, Steer, SwapDirection, grid,
                                    random_directions)
 from vlmlens.layout import Layout, RegionError
@@ -18,7 +19,7 @@ from vlmlens.metrics import Accuracy, FlipRate, LogitDiff, Prob, StrictAccuracy
 from vlmlens.models import VLM, load, supported_families
 from vlmlens.sites import UnknownSiteError
 
-__all__ = ["Ablate", "Accuracy", "Batch", "Cache", "Compose", "Effects", "FlipRate", "Intervention", "Layout",
+__all__ = ["Ablate", "Accuracy", "Batch", "Cache", "Compose", "Effects", "Evaluation", "FlipRate", "Intervention", "Layout",
            "LogitDiff", "Patch", "Prob", "RegionError", "Scale", "ScaleAttention", "Steer", "StrictAccuracy", "SwapDirection",
-           "UnknownSiteError", "VLM", "attribute", "grid", "load", "random_directions", "scenes", "supported_families",
+           "UnknownSiteError", "VLM", "attribute", "evaluate", "grid", "load", "random_directions", "directions", "probes", "scenes", "supported_families",
            "sweep"]

@@ -62,8 +62,26 @@ class Batch:
         """Per example, the indices of ``region`` along ``spec``'s token axis (grid order)."""
         if spec.space not in ("vision", "lm", "logits"):
             raise RegionError(f"site {spec.name} has no token axis; regions do not apply there")
-        space = "vision" if spec.space == "vision" else "lm"
-        return [layout.positions(region, space, spec.prefix) for layout in self.layouts]
+        return [layout.positions(region, spec.layout_space, spec.prefix) for layout in self.layouts]
+
+    def where_correct(self, model: Any, *paired: Batch) -> Batch | tuple[Batch, ...]:
+        """Keep the examples the model answers right (top-1 among candidates), as the study does before
+        patching; with paired batches, keep the pairs right on every side, and return them all.
+
+        Example:
+            >>> clean, cf = clean.where_correct(model, cf)
+        """
+        from vlmlens.evaluate import answer_logits
+        from vlmlens.metrics import Accuracy
+        for other in paired:
+            if len(other) != len(self):
+                raise ValueError(f"paired batch has {len(other)} examples, this one {len(self)}")
+        keep = torch.ones(len(self), dtype=torch.bool)
+        for part in (self, *paired):
+            keep &= Accuracy()(answer_logits(model, part), part, model).bool()
+        ids = torch.nonzero(keep).flatten().tolist()
+        kept = tuple(part[ids] for part in (self, *paired))
+        return kept if paired else kept[0]
 
     def __repr__(self) -> str:
         n_img = sorted({lay.n_image_tokens for lay in self.layouts})

@@ -1,0 +1,154 @@
+"""Sweep engine speed and memory, measured side by side in one run.
+
+For an activation-patching sweep over every LM layer x {object, background} (clean <- counterfactual at
+``blocks.{l}.hook_resid_pre``), on the toy and on a wider random LLaVA of the toy's shape:
+(1) `vl.sweep` vs a naive loop of one nnsight trace per intervention vs TransformerLens's bridge
+    (`run_with_hooks`, one forward per intervention);
+(2) attribution patching vs the exact sweep: time ratio and Spearman correlation of the estimates;
+(3) peak memory of the sweep vs a clean forward of one chunk (separate processes, peak RSS on CPU,
+    `max_memory_allocated` on GPU).
+
+Run: python benchmarks/sweep.py [--n 16] [--repeats 3] [--device cpu]
+Targets: sweep <= 0.6x the faster of naive / TransformerLens; attribution Spearman >= 0.9 on the toy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from scipy.stats import spearmanr
+
+import vlmlens as vl
+from common import interleaved_times, report, widened_toy
+
+
+def setup(model_path: str, n: int, device: str | None):
+    model = vl.load(model_path, device=device)
+    scenes = vl.scenes.generate(n, seed=7, task="squares")
+    pairs = vl.scenes.criss_cross_pairs(scenes)
+    clean = model.prepare([a for a, _ in pairs])
+    cf = model.prepare([b for _, b in pairs])
+    family = vl.grid(vl.Patch, site="blocks.{layer}.hook_resid_pre", layer=model.lm_layers,
+                     region=["object", "background"], source=cf)
+    return model, clean, cf, family
+
+
+def transformerlens_patching(model_path: str, model: vl.VLM, clean: vl.Batch, cf: vl.Batch, family):
+    """One `run_with_hooks` forward per intervention on TransformerLens's bridge (same checkpoint)."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources.transformers import helpers
+    helpers._ensure_torchvision = lambda: False
+    bridge = TransformerBridge.boot_transformers(model_path, device=str(model.device), dtype=model.hf.dtype)
+    _, cf_cache = bridge.run_with_cache(cf.inputs["input_ids"], pixel_values=cf.inputs["pixel_values"],
+                                        attention_mask=cf.inputs["attention_mask"])
+    hooks = []
+    for item in family:
+        spec = model.site(item.intervention.site)
+        where = clean.positions(item.intervention.region, spec)
+
+        def hook(act, hook, name=spec.name, where=where):
+            for b, w in enumerate(where):
+                act[b, w] = cf_cache[name][b, w]
+            return act
+        hooks.append((spec.name, hook))
+
+    def run() -> None:
+        with torch.inference_mode():
+            for name, hook in hooks:
+                bridge.run_with_hooks(clean.inputs["input_ids"], pixel_values=clean.inputs["pixel_values"],
+                                      attention_mask=clean.inputs["attention_mask"], fwd_hooks=[(name, hook)])
+    return run
+
+
+def speed(model_path: str, label: str, n: int, repeats: int, device: str | None) -> dict[str, float]:
+    model, clean, cf, family = setup(model_path, n, device)
+    metric = vl.LogitDiff()
+    fns = {
+        "sweep": lambda: vl.sweep(model, clean, family, metric, progress=False),
+        "naive": lambda: [model.run(clean, item.intervention) for item in family],
+        "transformerlens": transformerlens_patching(model_path, model, clean, cf, family),
+        "attribution": lambda: vl.attribute(model, clean, "blocks.*.hook_resid_pre", ["object", "background"],
+                                            metric, baseline=cf),
+    }
+    times = interleaved_times(fns, repeats=repeats, warmup=1)
+    exact = vl.sweep(model, clean, family, metric, progress=False).mean()
+    estimate = fns["attribution"]().mean()
+    rho = float(spearmanr(exact.numpy(), estimate.numpy()).statistic)
+    return {f"{label}_{k}_s": v for k, v in times.items()} | {
+        f"{label}_sweep_vs_naive": times["sweep"] / times["naive"],
+        f"{label}_sweep_vs_transformerlens": times["sweep"] / times["transformerlens"],
+        f"{label}_attribution_time_vs_exact": times["attribution"] / times["sweep"],
+        f"{label}_attribution_spearman": rho,
+        f"{label}_interventions": len(family),
+    }
+
+
+def peak_memory(model_path: str, n: int, device: str | None, what: str) -> float:
+    """Run in a fresh process: bytes of peak memory added by one workload after loading and preparing."""
+    model, clean, cf, family = setup(model_path, n, device)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+    else:
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if what == "forward":
+        model.run(clean)
+    else:
+        vl.sweep(model, clean, family, vl.LogitDiff(), progress=False)
+    if model.device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated() - start)
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start)
+
+
+def memory_ratio(model_path: str, n: int, device: str | None) -> float:
+    def child(what: str) -> float:
+        out = subprocess.run([sys.executable, __file__, "--memory-child", what, "--model-path", model_path,
+                              "--n", str(n)] + (["--device", device] if device else []),
+                             check=True, capture_output=True, text=True).stdout
+        return float(out.strip().splitlines()[-1])
+    return child("sweep") / max(child("forward"), 1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--memory-child", choices=["forward", "sweep"])
+    parser.add_argument("--model-path")
+    args = parser.parse_args()
+    if args.memory_child:
+        print(peak_memory(args.model_path, args.n, args.device, args.memory_child))
+        return
+    torch.manual_seed(0)
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {"toy": str(vl.models.loading.TOY_CHECKPOINT), "wide": str(widened_toy(Path(tmp) / "wide"))}
+        for label, path in models.items():
+            figures |= speed(path, label, args.n, args.repeats, args.device)
+        figures["peak_memory_vs_forward"] = memory_ratio(models["toy"], args.n, args.device)
+    rows = [(label, f"{figures[f'{label}_interventions']:.0f}", f"{figures[f'{label}_sweep_s']:.2f}",
+             f"{figures[f'{label}_naive_s']:.2f}", f"{figures[f'{label}_transformerlens_s']:.2f}",
+             f"{figures[f'{label}_sweep_vs_naive']:.2f}", f"{figures[f'{label}_sweep_vs_transformerlens']:.2f}",
+             f"{figures[f'{label}_attribution_s']:.2f}", f"{figures[f'{label}_attribution_spearman']:.2f}")
+            for label in models]
+    headline = {
+        "sweep_vs_naive": figures["toy_sweep_vs_naive"],
+        "sweep_vs_transformerlens": figures["toy_sweep_vs_transformerlens"],
+        "attribution_time_vs_exact": figures["toy_attribution_time_vs_exact"],
+        "attribution_spearman": figures["toy_attribution_spearman"],
+        "peak_memory_vs_forward": figures["peak_memory_vs_forward"],
+    }
+    report(rows, ("model", "interventions", "sweep s", "naive s", "TL s", "sweep/naive", "sweep/TL",
+                  "attribution s", "spearman"), headline | {k: v for k, v in figures.items() if k.startswith("wide")})
+
+
+if __name__ == "__main__":
+    main()
