@@ -76,7 +76,9 @@ def generate(
     if unknown:
         raise ValueError(f"unknown control(s) {unknown} for task {task!r}; valid controls: {', '.join(CONTROLS[task])}")
     if n is None and task == "relation":
-        raise ValueError("n=None enumerates only the three-entity tasks ('squares', 'shapes'); give an int n for 'relation'")
+        raise ValueError(
+            "n=None enumerates only the three-entity tasks ('squares', 'shapes'); give an int n for 'relation'"
+        )
     if n is not None and (not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0):
         raise ValueError(f"n={n!r} must be an int >= 0 (or None to enumerate a three-entity task)")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):

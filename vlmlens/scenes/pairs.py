@@ -86,14 +86,17 @@ def reference_images(scene: Scene) -> dict[str, Scene]:
     entities = _slots(scene, "reference_images")
     middle_box = entities[1].box
     background = scene.meta.get("background", "plain"), scene.meta.get("background_seed", 0)
+    middle_cells = scene.meta.get("cells", {}).get("middle")
     references = {}
     for entity in entities:
         alone = (replace(entity, box=middle_box),)
+        cells = {entity.name: middle_cells} if middle_cells else {}
         references[entity.name] = replace(
             scene, image=render(scene.image.size, alone, *background), objects=alone,
-            meta={**scene.meta, "reference_of": entity.name},
+            meta={**scene.meta, "cells": cells, "reference_of": entity.name},
         )
     references["white"] = replace(
-        scene, image=render(scene.image.size, (), "plain"), objects=(), meta={**scene.meta, "reference_of": "white"}
+        scene, image=render(scene.image.size, (), "plain"), objects=(),
+        meta={**scene.meta, "cells": {}, "reference_of": "white"},
     )
     return references

@@ -84,7 +84,9 @@ def _fractions_to_px(size_range: int | Sequence[float], shortest: int) -> int | 
     return size_range
 
 
-def _check_layout(image_size: tuple[int, int], size_range: tuple[int, int], min_gap: int, directions: Sequence[str]) -> None:
+def _check_layout(
+    image_size: tuple[int, int], size_range: tuple[int, int], min_gap: int, directions: Sequence[str]
+) -> None:
     width, height = image_size
     if size_range[1] > min(width, height):
         raise ValueError(
@@ -107,7 +109,7 @@ def generate_relation(
     meta: Mapping[str, Any],
     n_distractors: int | Sequence[int] = 0,
     background: str | Sequence[str] = "plain",
-    size_range: Sequence[float] = (0.15, 0.25),
+    size_range: int | Sequence[float] = (0.15, 0.25),
     min_gap: int | None = None,
     balanced: bool = True,
     occlusion: float = 0.0,

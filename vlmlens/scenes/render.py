@@ -72,7 +72,7 @@ def _ramp(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
 def make_background(kind: str, size: tuple[int, int], seed: int) -> Image.Image:
     """A ``size=(width, height)`` background of ``kind`` (one of BACKGROUNDS), reproducible from ``seed``.
 
-    Non-plain backgrounds use light tints only (all channels >= 150), never an object colour.
+    Non-plain backgrounds use light tints only (all channels >= 170), never an object colour.
 
     >>> make_background("noise", (32, 16), seed=0).size
     (32, 16)
@@ -83,7 +83,7 @@ def make_background(kind: str, size: tuple[int, int], seed: int) -> Image.Image:
         return Image.new("RGB", size, "white")
     rng = np.random.default_rng(seed)
     if kind == "noise":
-        pixels = _tint(rng) + rng.normal(0, 14, size=(height, width, 3))
+        pixels = _tint(rng) + rng.normal(0, 10, size=(height, width, 3))
     elif kind == "gradient":
         pixels = _blend(_tint(rng), _tint(rng), _ramp(rng, width, height))
     elif kind == "texture":
@@ -100,7 +100,7 @@ def make_background(kind: str, size: tuple[int, int], seed: int) -> Image.Image:
             shape = SHAPES[int(rng.integers(len(SHAPES)))]
             draw_shape(draw, shape, (x, y, x + side, y + side), tuple(int(v) for v in _tint(rng)))
         return image
-    return Image.fromarray(np.clip(pixels, 150, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(np.clip(pixels, 170, 255).astype(np.uint8), "RGB")
 
 
 def render(

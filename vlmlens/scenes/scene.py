@@ -87,7 +87,7 @@ class Scene:
         try:
             meta = json.loads(json.dumps(dict(self.meta)))
         except TypeError as err:
-            raise ValueError(f"scene meta must hold JSON values only (str, number, bool, None, list, dict): {err}") from err
+            raise ValueError(f"scene meta must hold JSON values (str, number, bool, None, list, dict): {err}") from err
         object.__setattr__(self, "objects", objects)
         object.__setattr__(self, "foils", foils)
         object.__setattr__(self, "candidates", candidates)

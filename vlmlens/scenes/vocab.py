@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 #: Object colours. The first six are the study's; every channel triple has a channel <= 140, so
-#: backgrounds built from light tints (all channels >= 150) can never produce an object colour.
+#: backgrounds built from light tints (all channels >= 170) can never produce an object colour.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
     "green": (0, 128, 0),

@@ -1,0 +1,36 @@
+"""Synthetic scenes with known boxes and spatial questions: the study's grid-aligned three-entity stimuli
+("squares", "shapes") and free two-object "relation" scenes, pair builders for interventions, and I/O.
+
+>>> import vlmlens.scenes as S
+>>> scene = S.generate(1, seed=0, task="squares")[0]
+>>> scene.question, scene.answer, scene.foils  # the answer is the colour of the middle square's neighbour
+('The color of the square to the left of the middle square is', 'brown', ('black', 'gray'))
+"""
+
+from .generator import CONTROLS, PRESETS, TASKS, generate
+from .geometry import GEOMETRIES, Geometry
+from .io import load, save
+from .pairs import criss_cross_pairs, last_token_pairs, reference_images
+from .scene import Scene, SceneObject, answer_spellings
+from .vocab import COLOURS, RELATIONS, SHAPES, STUDY_COLOURS
+
+__all__ = [
+    "COLOURS",
+    "CONTROLS",
+    "GEOMETRIES",
+    "PRESETS",
+    "RELATIONS",
+    "SHAPES",
+    "STUDY_COLOURS",
+    "TASKS",
+    "Geometry",
+    "Scene",
+    "SceneObject",
+    "answer_spellings",
+    "criss_cross_pairs",
+    "generate",
+    "last_token_pairs",
+    "load",
+    "reference_images",
+    "save",
+]
