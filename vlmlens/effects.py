@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,12 @@ def _labelled(interventions: Sequence[Intervention | Labelled] | Intervention) -
     return [iv if isinstance(iv, Labelled) else Labelled(iv, {"intervention": repr(iv)}) for iv in interventions]
 
 
+def _first_layer(intervention: Intervention) -> int:
+    """The first LM block an intervention touches (0 for anything before the blocks)."""
+    layers = [int(m.group(1)) if (m := re.match(r"blocks\.(\d+)\.", p.site)) else 0 for p in flatten(intervention)]
+    return min(layers)
+
+
 def _default_max_batch(model: VLM) -> int:
     return 64 if model.device.type == "cpu" else 256
 
@@ -133,23 +140,31 @@ def sweep(model: VLM, batch: Batch, interventions: Sequence[Intervention | Label
                          "split the batch or raise max_batch")
     embed_order = model.site_table.order("hook_embed")
     lm_only = all(model.site_table.order(p.site) >= embed_order for iv in family for p in flatten(iv.intervention))
-    inputs = None
+    inputs, resid_pre = None, None
     if lm_only:
-        _, cache = model.run_with_cache(batch, sites=["hook_embed"])
+        _, cache = model.run_with_cache(batch, sites=["hook_embed", "blocks.*.hook_resid_pre"])
         inputs = model.adapter.lm_inputs(batch.inputs, cache["hook_embed"])
+        resid_pre = cache
     clean = score(model.run_many(batch, [[]], inputs=inputs)[0], batch, model)
     corrupt = None
     if isinstance(baseline, Batch):
         corrupt = score(model.run_many(baseline, [[]])[0], baseline, model)
     elif isinstance(baseline, Intervention):
         corrupt = score(model.run_many(batch, [flatten(baseline)])[0], batch, model)
+    # interventions sorted by the first LM layer they touch, so each pass can skip the layers before it
+    first_layer = [_first_layer(iv.intervention) if resid_pre is not None and inputs is not None else 0
+                   for iv in family]
+    order = sorted(range(len(family)), key=lambda i: first_layer[i])
     per_pass = max(1, max_batch // len(batch))
-    values = []
-    chunks = range(0, len(family), per_pass)
-    for start in tqdm(chunks, desc="sweep", unit="pass", disable=not progress or len(chunks) < 2):
-        groups = [flatten(iv.intervention) for iv in family[start:start + per_pass]]
-        logits = model.run_many(batch, groups, inputs=inputs)
-        values += [score(group_logits, batch, model) for group_logits in logits]
+    values: list[Tensor | None] = [None] * len(family)
+    chunks = [order[i:i + per_pass] for i in range(0, len(order), per_pass)]
+    for chunk in tqdm(chunks, desc="sweep", unit="pass", disable=not progress or len(chunks) < 2):
+        layer = min(first_layer[i] for i in chunk)
+        resume = (layer, resid_pre[f"blocks.{layer}.hook_resid_pre"]) if layer > 0 and resid_pre else None
+        logits = model.run_many(batch, [flatten(family[i].intervention) for i in chunk], inputs=inputs,
+                                resume=resume)
+        for i, group_logits in zip(chunk, logits):
+            values[i] = score(group_logits, batch, model)
     return Effects(values=torch.stack(values), labels=[dict(iv.labels) for iv in family], clean=clean,
                    corrupt=corrupt, metric=metric_name(metric), interventions=[iv.intervention.to_dict() for iv in family])
 

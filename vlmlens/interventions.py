@@ -247,7 +247,7 @@ class Ablate(Intervention):
         """Per target example, reference activations at the same slots (grid cell / position from end)."""
         ref = self.reference if isinstance(self.reference, Batch) else batch
         acts = sources[(id(self.reference), spec.name)] if self.reference is not None else x.detach().clone()
-        space = "vision" if spec.space == "vision" else "lm"
+        space = spec.layout_space
         out = []
         for b, layout in enumerate(batch.layouts):
             keys = layout.keys(self.region, space)

@@ -92,7 +92,12 @@ class Layout:
 
     ``rows``/``cols`` place each image token on the example's patch grid (after merging and tiling,
     a single global grid); ``seq_pos`` is its position in the padded LM sequence; ``vision_pos`` its
-    index along the vision tower's patch axis (before any prefix token such as CLS).
+    index along the vision tower's patch axis (before any prefix token such as CLS), or, where the
+    tower sees finer patches than the LM sees tokens (2x2 merge, pooling, pixel shuffle), the ``k``
+    patch indices each token was made from (``tok k``). ``vision_index`` holds further such maps for
+    vision sites whose token axis is ordered differently (e.g. after a merge, or a window permutation);
+    a site picks one by name (`SiteSpec.index`). A vision-site region is the union of its tokens'
+    patches, in token grid order, each token's patches in the order of its map.
     ``covers[name]`` marks the tokens whose cell overlaps that object's box with positive area.
     """
 
@@ -100,12 +105,13 @@ class Layout:
     rows: Int[Tensor, " tok"]
     cols: Int[Tensor, " tok"]
     seq_pos: Int[Tensor, " tok"]
-    vision_pos: Int[Tensor, " tok"]
+    vision_pos: Int[Tensor, " tok"] | Int[Tensor, "tok k"]
     covers: Mapping[str, Bool[Tensor, " tok"]]
     seq_len: int
     text_pos: Int[Tensor, " text"]
     axis: Axis | None = None
     example: int = field(default=0, compare=False)
+    vision_index: Mapping[str, Int[Tensor, "tok k"]] = field(default_factory=dict, compare=False)
 
     @property
     def n_image_tokens(self) -> int:
@@ -128,11 +134,12 @@ class Layout:
             return self._cells(arg)
         raise RegionError(f"unknown region {region!r}; {REGION_HELP}")
 
-    def positions(self, region: str, space: Literal["vision", "lm"], prefix: int = 0) -> Int[Tensor, " k"]:
+    def positions(self, region: str, space: str, prefix: int = 0) -> Int[Tensor, " k"]:
         """Token indices of a region along a site's token axis, in grid order.
 
-        ``space="lm"``: sequence positions; ``space="vision"``: patch indices plus ``prefix``
-        (1 for a CLS token in front). Text regions (``text``, ``last``) exist only in LM space.
+        ``space="lm"``: sequence positions; ``space="vision"``: patch indices (`vision_pos`) plus
+        ``prefix`` (1 for a CLS token in front); ``space="vision:<name>"``: indices from
+        ``vision_index[name]`` plus ``prefix``. Text regions (``text``, ``last``) exist only in LM space.
         """
         if region in ("text", "last"):
             if space != "lm":
@@ -142,31 +149,47 @@ class Layout:
         chosen = self.mask(region)
         if not bool(chosen.any()):
             raise RegionError(f"region {region!r} is empty for example {self.example}")
-        index = self.seq_pos if space == "lm" else self.vision_pos + prefix
-        return index[chosen]
+        return self._index(space, prefix)[chosen].flatten()
 
-    def keys(self, region: str, space: Literal["vision", "lm"]) -> Int[Tensor, " k"]:
+    def keys(self, region: str, space: str) -> Int[Tensor, " k"]:
         """Slot keys of a region's tokens, comparable across examples: an image token's grid index
-        (row-major), or minus its distance from the end of the sequence for a text token."""
+        (row-major; times ``k`` plus the patch's rank where tokens have ``k`` patches), or minus its
+        distance from the end of the sequence for a text token."""
         if region in ("text", "last"):
             pos = self.positions(region, space)
             return pos - self.seq_len
         chosen = self.mask(region)
         if not bool(chosen.any()):
             raise RegionError(f"region {region!r} is empty for example {self.example}")
-        return self.rows[chosen] * self.grid[1] + self.cols[chosen]
+        per_token = self._index(space, 0).shape[1]
+        flat = self.rows[chosen] * self.grid[1] + self.cols[chosen]
+        return (flat[:, None] * per_token + torch.arange(per_token)).flatten()
 
-    def at_keys(self, keys: Int[Tensor, " k"], space: Literal["vision", "lm"], prefix: int = 0) -> Int[Tensor, " k"]:
+    def at_keys(self, keys: Int[Tensor, " k"], space: str, prefix: int = 0) -> Int[Tensor, " k"]:
         """Token indices of the slots named by `keys` (see `keys`) in this example."""
-        flat = self.rows * self.grid[1] + self.cols
-        lookup = torch.full((self.grid[0] * self.grid[1],), -1, dtype=torch.long)
-        lookup[flat] = self.seq_pos if space == "lm" else self.vision_pos + prefix
+        index = self._index(space, prefix)
+        slots = ((self.rows * self.grid[1] + self.cols)[:, None] * index.shape[1] + torch.arange(index.shape[1]))
+        lookup = torch.full((self.grid[0] * self.grid[1] * index.shape[1],), -1, dtype=torch.long)
+        lookup[slots.flatten()] = index.flatten()
         image_keys = keys.clamp(min=0).clamp(max=lookup.numel() - 1)
         out = torch.where(keys >= 0, lookup[image_keys], keys + self.seq_len)
         if bool(((keys >= lookup.numel()) | (out < 0)).any()):
             raise RegionError(f"example {self.example} has no token for some slots (grid {self.grid}, "
                               f"{self.seq_len} positions); reference and target layouts differ")
         return out
+
+    def _index(self, space: str, prefix: int) -> Int[Tensor, "tok k"]:
+        """Per image token, its index (or indices) along the token axis of ``space``."""
+        if space == "lm":
+            return self.seq_pos[:, None]
+        kind, _, name = space.partition(":")
+        if kind != "vision":
+            raise RegionError(f"unknown token space {space!r}; use 'lm', 'vision' or 'vision:<map>'")
+        if name and name not in self.vision_index:
+            raise RegionError(f"example {self.example} has no vision index map {name!r}; "
+                              f"it has {sorted(self.vision_index) or 'none'} besides vision_pos")
+        index = self.vision_index[name] if name else self.vision_pos
+        return (index if index.dim() == 2 else index[:, None]) + prefix
 
     def grid_of(self, values: Tensor) -> Tensor:
         """Scatter per-token values (grid order, first axis) onto a ``(rows, cols, ...)`` grid (NaN elsewhere)."""

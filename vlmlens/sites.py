@@ -16,9 +16,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -34,9 +34,12 @@ class SiteSpec:
     plain tensor). ``space`` says which token axis the tensor has: ``vision`` (patch space, with
     ``prefix`` non-patch tokens such as CLS in front), ``lm`` (sequence positions), ``logits``
     (sequence positions over the vocabulary) or ``none`` (no token axis an intervention can address).
-    ``view(tensor, n_examples)`` turns the raw tensor into the documented shape without copying, so edits
+    ``view(tensor, inputs)`` turns the raw tensor into the documented shape without copying, so edits
     write through (e.g. a conv output to ``batch pos d``, or tiles stacked along the batch axis to one row
-    per example).
+    per example); ``inputs`` are the model inputs of that forward pass (batch axis first), so a view can
+    tell how many examples there are and refuse a batch it cannot regroup (images of different sizes).
+    ``index`` names the layout's vision index map for this site's token axis (`Layout.vision_index`;
+    empty: `Layout.vision_pos`), for towers whose token order changes along the way.
     """
 
     name: str
@@ -46,8 +49,19 @@ class SiteSpec:
     space: Space
     shape: str
     prefix: int = 0
-    view: Callable[[Tensor, int], Tensor] | None = None
+    view: Callable[[Tensor, Mapping[str, Any]], Tensor] | None = None
     needs_eager_attention: bool = False
+    index: str = ""
+
+    @property
+    def layout_space(self) -> str | None:
+        """The token space a `Layout` resolves regions in for this site: ``lm``, ``vision`` or
+        ``vision:<index>`` (None for sites without a token axis)."""
+        if self.space in ("lm", "logits"):
+            return "lm"
+        if self.space == "vision":
+            return f"vision:{self.index}" if self.index else "vision"
+        return None
 
     @property
     def token_axis(self) -> int | None:

@@ -151,6 +151,6 @@ def vit_layer_sites(layers: str, n_layers: int, prefix: int, d: str = "d_vision"
     return specs
 
 
-def conv_patches(x: Tensor, n_examples: int) -> Tensor:
+def conv_patches(x: Tensor, inputs: dict[str, Any]) -> Tensor:
     """View a conv patch embedding ``(batch, d, rows, cols)`` as ``(batch, pos, d)`` (no copy)."""
     return x.flatten(2).transpose(1, 2)

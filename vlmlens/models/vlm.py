@@ -164,18 +164,21 @@ class VLM:
         return self._forward(batch, [flatten(interventions)], sites, grad=grad)
 
     def run_many(self, batch: Batch, groups: Sequence[Sequence[Intervention]],
-                 inputs: dict[str, Any] | None = None) -> Float[Tensor, "group batch d_vocab"]:
+                 inputs: dict[str, Any] | None = None,
+                 resume: tuple[int, Tensor] | None = None) -> Float[Tensor, "group batch d_vocab"]:
         """Answer-position logits of one forward pass that runs ``batch`` once per group of interventions.
 
         The batch is repeated along the batch axis and each copy gets its own group, so many
         interventions cost one forward. ``inputs`` replaces ``batch.inputs`` (e.g. LM-only inputs).
+        ``resume=(layer, resid_pre)`` skips the LM layers before ``layer``, feeding ``layer`` the given
+        clean residual stream (valid when no edit acts before that layer).
         """
-        logits, _ = self._forward(batch, groups, (), inputs=inputs, last_only=True)
+        logits, _ = self._forward(batch, groups, (), inputs=inputs, last_only=True, resume=resume)
         return logits[:, -1].reshape(len(groups), len(batch), -1)
 
     def _forward(self, batch: Batch, groups: Sequence[Sequence[Intervention]], sites: str | Iterable[str],
                  grad: bool = False, inputs: dict[str, Any] | None = None,
-                 last_only: bool = False) -> tuple[Logits, Cache]:
+                 last_only: bool = False, resume: tuple[int, Tensor] | None = None) -> tuple[Logits, Cache]:
         from vlmlens.interventions import prepare_sources
         reads = self.site_table.expand(sites) if sites else []
         n, size = len(groups), len(batch)
@@ -204,8 +207,12 @@ class VLM:
         grad_mode = torch.enable_grad() if grad else torch.inference_mode()
         with self._attention(implementation), self._logit_scales(scales), grad_mode:
             with self.nn.trace(**inputs):
+                if resume is not None:
+                    hidden = resume[1].repeat(n, *[1] * (resume[1].dim() - 1))
+                    for layer in range(resume[0]):
+                        self.nn.get(self.site_table[f"blocks.{layer}.hook_resid_post"].module).skip(hidden)
                 for spec in ordered:
-                    value = self._value(spec, n * size)
+                    value = self._value(spec, inputs)
                     for g, by_site in enumerate(edits):
                         part = value[g * size:(g + 1) * size] if n > 1 else value
                         for edit in by_site.get(spec.name, ()):
@@ -232,7 +239,7 @@ class VLM:
         """The nnsight envoy of the module behind a site (for use inside `trace`)."""
         return self.nn.get(self.site_table[site].module)
 
-    def _value(self, spec: SiteSpec, n_examples: int) -> Tensor:
+    def _value(self, spec: SiteSpec, inputs: dict[str, Any]) -> Tensor:
         """The live tensor of a site inside a trace, in its documented shape (edits write through)."""
         envoy = self.nn.get(spec.module)
         if spec.io == "input":
@@ -247,7 +254,7 @@ class VLM:
         if value is None:
             raise RuntimeError(f"site {spec.name} produced no tensor (module {spec.module} returned None); "
                                "attention patterns need eager attention")
-        return spec.view(value, n_examples) if spec.view else value
+        return spec.view(value, inputs) if spec.view else value
 
     def _attention_scales(self, batch: Batch, groups: Sequence[Sequence[Intervention]],
                           seq_len: int) -> dict[str, Tensor]:
