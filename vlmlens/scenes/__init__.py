@@ -7,6 +7,8 @@
 ('The color of the square to the left of the middle square is', 'brown', ('black', 'gray'))
 """
 
+from .benchmarks import (load_coco_two_object, load_controlled_images, load_vsr, load_whatsup_qa,
+                         whatsup_composite, whatsup_composites)
 from .generator import CONTROLS, PRESETS, TASKS, generate
 from .geometry import GEOMETRIES, Geometry
 from .io import load, save
@@ -29,6 +31,12 @@ __all__ = [
     "answer_spellings",
     "criss_cross_pairs",
     "generate",
+    "load_coco_two_object",
+    "load_controlled_images",
+    "load_vsr",
+    "load_whatsup_qa",
+    "whatsup_composite",
+    "whatsup_composites",
     "last_token_pairs",
     "load",
     "reference_images",

@@ -105,6 +105,10 @@ class Scene:
                 return obj
         raise KeyError(f"no object {name!r} in this scene; its objects are {[o.name for o in self.objects]}")
 
+    def _repr_html_(self) -> str:
+        from vlmlens.display import scene_html
+        return scene_html(self)
+
     def __repr__(self) -> str:
         objects = ", ".join(f"{o.name}={o.colour} {o.shape} {o.box}" for o in self.objects)
         return (
