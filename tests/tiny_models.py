@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                          LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
 
 WORDS = ("where is the red green blue black brown gray square circle relative to of left right above below "
          "color middle shape ? .").split()
@@ -57,32 +66,69 @@ CHAT_WORDS = ("system user assistant model you are a helpful").split()
 
 
 def family_tokenizer(specials: list[str], *, image_token: str, bos: str | None = None, eos: str | None = None,
-                     extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer whose vocabulary starts with a family's special tokens (all kept whole)."""
+                     extra_words: tuple[str, ...] = (), named: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose vocabulary starts with a family's special tokens (all kept whole);
+    ``named`` adds attributes such as ``boi_token`` that a family's processor reads off the tokenizer."""
     words = [w for w in (*WORDS, *CHAT_WORDS, *extra_words) if w not in specials]
     vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", *specials, *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.add_special_tokens(specials)  # matched whole, before pre-tokenization
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token=bos,
-                                   eos_token=eos, additional_special_tokens=specials,
-                                   extra_special_tokens={"image_token": image_token})
+                                   eos_token=eos,
+                                   extra_special_tokens={"image_token": image_token, **(named or {})})
 
 
-def without_video(processor_cls: type, config_cls: type) -> type:
-    """``processor_cls`` minus its video processor, registered with AutoProcessor for ``config_cls``.
+def register_processor(cls: type) -> type:
+    """Make AutoProcessor find a processor class defined here by the name saved with a checkpoint (it is
+    registered under a private config class, so no real model type's default processor changes)."""
+    from transformers import AutoProcessor, PretrainedConfig
+    config = type(f"{cls.__name__}Config", (PretrainedConfig,), {"model_type": f"vlmlens_test_{cls.__name__.lower()}"})
+    AutoProcessor.register(config, cls, exist_ok=True)
+    return cls
+
+
+def without_video(processor_cls: type) -> type:
+    """``processor_cls`` minus its video processor, registered with AutoProcessor.
 
     transformers' video processors need torchvision, which this environment lacks; images go through the
     family's own processing code either way. Checkpoints saved with it load back by class name.
     """
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        # the parent passes (image_processor, tokenizer, video_processor) on; only our two attributes count
-        processor_cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+    # transformers reads a processor's saved settings off its __init__'s code: keep the parent's arguments
+    parent = inspect.signature(processor_cls.__init__)
+    params = [p for p in parent.parameters.values() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+              and p.name not in ("self", "video_processor")]
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    signature = ", ".join(f"{p.name}=_defaults[{p.name!r}]" if p.name in defaults else f"{p.name}=None"
+                          for p in params)
+    passed = ", ".join(f"{p.name}={p.name}" for p in params)
+    # the parent hands (image_processor, tokenizer, video_processor) on; only the first two are attributes
+    source = (f"def __init__(self, {signature}, **kwargs):\n"
+              f"    _parent.__init__(self, video_processor=None, {passed}, **kwargs)\n")
+    namespace: dict = {"_defaults": defaults, "_parent": processor_cls}
+    exec(source, namespace)  # noqa: S102 (a generated signature, from the parent's own)
+    # SmolVLM's chat template reads the video processor's frame defaults even for images
+    no_video = SimpleNamespace(num_frames=None, fps=None)
+    return register_processor(type(f"{processor_cls.__name__}NoVideo", (processor_cls,),
+                                   {"__init__": namespace["__init__"], "video_processor": no_video}))
 
-    cls = type(f"{processor_cls.__name__}NoVideo", (processor_cls,), {"__init__": __init__})
-    from transformers import AutoProcessor
-    AutoProcessor.register(config_cls, cls, exist_ok=True)
-    return cls
+
+def pixtral_processor() -> type:
+    """transformers' own PixtralProcessor, importable without torchvision (it needs only one helper from
+    the torchvision image processor, which the PIL one also has), saved under its own name."""
+    import sys
+    import types
+
+    from transformers.utils import is_torchvision_available
+    name = "transformers.models.pixtral.image_processing_pixtral"
+    if not is_torchvision_available() and name not in sys.modules:
+        from transformers.models.pixtral import image_processing_pil_pixtral
+        stub = types.ModuleType(name)
+        stub.get_resize_output_image_size = image_processing_pil_pixtral.get_resize_output_image_size
+        sys.modules[name] = stub
+    from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+    return register_processor(type("PixtralProcessorPil", (PixtralProcessor,), {}))
 
 
 QWEN_CHAT_TEMPLATE = (
@@ -101,8 +147,14 @@ def save_tiny_qwen2_vl(path: Path, *, version: str = "2", patch: int = 8, window
     """A 2-block Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``: window attention in block 0, full
     attention in block 1, windows of ``window`` px) vision tower with a 2x2 merger and a 2-layer Qwen2 LM;
     the processor resizes to multiples of ``2 * patch`` px between 16x16 and 64x64 patches' worth of pixels."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLProcessor,
+    )
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     torch.manual_seed(seed)
     specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -128,8 +180,227 @@ def save_tiny_qwen2_vl(path: Path, *, version: str = "2", patch: int = 8, window
     image_processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2, temporal_patch_size=2,
                                                size={"shortest_edge": 4 * factor * factor,
                                                      "longest_edge": 64 * patch * patch})
-    processor = without_video(processor_cls, config_cls)(image_processor=image_processor, tokenizer=tokenizer,
+    processor = without_video(processor_cls)(image_processor=image_processor, tokenizer=tokenizer,
                                                          chat_template=QWEN_CHAT_TEMPLATE)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}{%- set role = 'model' -%}{%- else -%}{%- set role = message['role'] -%}"
+    "{%- endif -%}{{ '<start_of_turn>' + role + '\n' }}{%- if message['content'] is string -%}"
+    "{{ message['content'] | trim }}{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}{%- elif item['type'] == 'text' -%}"
+    "{{ item['text'] | trim }}{%- endif -%}{%- endfor -%}{%- endif -%}{{ '<end_of_turn>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}")
+
+
+def save_tiny_gemma3(path: Path, *, image_size: int = 32, patch: int = 4, tokens_per_image: int = 16,
+                     seed: int = 0) -> Path:
+    """A 2-layer SigLIP (no CLS) + 2-layer Gemma3 LM; the projector average-pools the ``image_size/patch``
+    square patch grid to ``tokens_per_image`` soft tokens; the processor squashes images to ``image_size``."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, SiglipVisionConfig
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+    torch.manual_seed(seed)
+    specials = ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
+                "<image_soft_token>"]
+    tokenizer = family_tokenizer(specials, image_token="<image_soft_token>", bos="<bos>", eos="<eos>",
+                                 named={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"})
+    ids = {s: tokenizer.convert_tokens_to_ids(s) for s in specials}
+    config = Gemma3Config(
+        vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, image_size=image_size, patch_size=patch,
+                                         vision_use_head=False),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+                         sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+                         max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"]),
+        mm_tokens_per_image=tokens_per_image, boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"], image_token_index=ids["<image_soft_token>"])
+    model = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # initialised to zeros, which would cut the image off from the LM
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=0.2)
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                chat_template=GEMMA3_CHAT_TEMPLATE, image_seq_length=tokens_per_image)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def save_tiny_paligemma(path: Path, *, image_size: int = 32, patch: int = 8, text: str = "gemma",
+                        seed: int = 0) -> Path:
+    """A 2-layer SigLIP (no CLS) + linear projector + 2-layer Gemma (``text="gemma"``) or Gemma2 LM; the
+    processor squashes images to ``image_size`` and puts ``(image_size/patch)^2`` image tokens first."""
+    from transformers import (
+        Gemma2Config,
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+        SiglipVisionConfig,
+    )
+    torch.manual_seed(seed)
+    specials = ["<bos>", "<eos>", "<image>"]
+    tokenizer = family_tokenizer(specials, image_token="<image>", bos="<bos>", eos="<eos>")
+    n_tokens = (image_size // patch) ** 2
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                  pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    text_config = GemmaConfig(**common) if text == "gemma" else \
+        Gemma2Config(**common, query_pre_attn_scalar=8, sliding_window=16)
+    config = PaliGemmaConfig(
+        vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, image_size=image_size, patch_size=patch,
+                                         projection_dim=32, vision_use_head=False),
+        text_config=text_config, image_token_index=tokenizer.convert_tokens_to_ids("<image>"), projection_dim=32)
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+    image_processor.image_seq_length = n_tokens
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+LLAVA_NEXT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}[INST] {% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %} [/INST]{% else %}{% for item in message['content'] %}{{ item['text'] }}{% endfor %}</s>"
+    "{% endif %}{% endfor %}")
+
+
+def save_tiny_llava_next(path: Path, *, tile: int = 32, patch: int = 8, seed: int = 0,
+                         pinpoints: tuple[tuple[int, int], ...] = ((32, 64), (64, 32), (64, 64))) -> Path:
+    """A 2-layer CLIP + 2-layer Llama LLaVA-NeXT; the processor squashes a ``tile`` px base image and cuts
+    the image, resized and padded to the best of ``pinpoints`` (height, width), into ``tile`` px tiles."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    torch.manual_seed(seed)
+    tokenizer = family_tokenizer(["<s>", "</s>", "<image>", "[INST]", "[/INST]"], image_token="<image>",
+                                 bos="<s>", eos="</s>")
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, image_size=tile, patch_size=patch),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=[list(p) for p in pinpoints],
+        vision_feature_layer=-1, vision_feature_select_strategy="default")
+    model = LlavaNextForConditionalGeneration(config).eval()
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": tile},
+                                                 crop_size={"height": tile, "width": tile},
+                                                 image_grid_pinpoints=[list(p) for p in pinpoints])
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=LLAVA_NEXT_CHAT_TEMPLATE)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
+
+def save_tiny_idefics3(path: Path, *, family: str = "idefics3", tile: int = 32, patch: int = 4, scale: int = 2,
+                       longest_edge: int = 64, seed: int = 0) -> Path:
+    """A 2-layer SigLIP-like tower + pixel-shuffle connector + 2-layer Llama, as Idefics3 or SmolVLM
+    (``family="smolvlm"``); the processor resizes the longest edge to ``longest_edge``, then to multiples
+    of ``tile`` px, splits ``tile`` px crops and adds a ``tile`` px global image."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3Processor,
+        Idefics3VisionConfig,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMProcessor,
+    )
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+    torch.manual_seed(seed)
+    specials = ["<|begin_of_text|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>", "<global-img>",
+                *[f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]]
+    tokenizer = family_tokenizer(specials, image_token="<image>", bos="<|begin_of_text|>", eos="<end_of_utterance>")
+    seq_len = (tile // patch) ** 2 // scale ** 2
+    smol = family == "smolvlm"
+    config = (SmolVLMConfig if smol else Idefics3Config)(
+        vision_config=Idefics3VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, image_size=tile, patch_size=patch).to_dict(),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id).to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), scale_factor=scale)
+    model = (SmolVLMForConditionalGeneration if smol else Idefics3ForConditionalGeneration)(config).eval()
+    kwargs = dict(size={"longest_edge": longest_edge}, max_image_size={"longest_edge": tile}, do_image_splitting=True)
+    if smol:
+        processor = without_video(SmolVLMProcessor)(
+            image_processor=SmolVLMImageProcessorPil(**kwargs), tokenizer=tokenizer, image_seq_len=seq_len,
+            chat_template=IDEFICS3_CHAT_TEMPLATE)
+    else:
+        processor = Idefics3Processor(image_processor=Idefics3ImageProcessorPil(**kwargs), tokenizer=tokenizer,
+                                      image_seq_len=seq_len, chat_template=IDEFICS3_CHAT_TEMPLATE)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST]"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}[IMG]{% elif item['type'] == 'text' %}"
+    "{{ item['text'] }}{% endif %}{% endfor %}[/INST]{% else %}{% for item in message['content'] %}"
+    "{{ item['text'] }}{% endfor %}{{ eos_token }}{% endif %}{% endfor %}")
+
+
+def save_tiny_pixtral(path: Path, *, family: str = "mistral3", patch: int = 4, longest_edge: int = 64,
+                      seed: int = 0) -> Path:
+    """A 2-layer Pixtral tower + 2-layer Mistral LM, as Mistral3 (``family="mistral3"``: RMS norm, 2x2 patch
+    merger, MLP projector) or as a LLaVA with a Pixtral tower (``"llava"``: Pixtral-12B's layout, no merge);
+    the processor keeps the aspect ratio (longest edge at most ``longest_edge``) and rounds each side up to
+    whole tokens; each row of image tokens ends with ``[IMG_BREAK]``, the last with ``[IMG_END]``."""
+    from transformers import (
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        MistralConfig,
+        PixtralVisionConfig,
+    )
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+    torch.manual_seed(seed)
+    specials = ["<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+    tokenizer = family_tokenizer(specials, image_token="[IMG]", bos="<s>", eos="</s>")
+    merge = 2 if family == "mistral3" else 1
+    vision = PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 image_size=longest_edge, patch_size=patch, head_dim=8)
+    text = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, sliding_window=None)
+    image_token = tokenizer.convert_tokens_to_ids("[IMG]")
+    if family == "mistral3":
+        config = Mistral3Config(vision_config=vision, text_config=text, image_token_index=image_token,
+                                spatial_merge_size=merge, vision_feature_layer=-1)
+        model = Mistral3ForConditionalGeneration(config).eval()
+    else:
+        config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token,
+                             vision_feature_layer=-1, vision_feature_select_strategy="full",
+                             projector_hidden_act="gelu")
+        model = LlavaForConditionalGeneration(config).eval()
+    image_processor = PixtralImageProcessorPil(size={"longest_edge": longest_edge},
+                                               patch_size={"height": patch * merge, "width": patch * merge})
+    processor = pixtral_processor()(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+                                 spatial_merge_size=merge, chat_template=MISTRAL_CHAT_TEMPLATE)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path

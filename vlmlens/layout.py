@@ -17,8 +17,8 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -99,6 +99,12 @@ class Layout:
     a site picks one by name (`SiteSpec.index`). A vision-site region is the union of its tokens'
     patches, in token grid order, each token's patches in the order of its map.
     ``covers[name]`` marks the tokens whose cell overlaps that object's box with positive area.
+
+    Tiled models see one image at two resolutions (LLaVA-NeXT's base image and tiles, Idefics3's
+    global image and crops). Their tokens lie on several grids: ``part[t]`` says which (0: ``grid``,
+    the main grid; ``i > 0``: ``grids[i - 1]``), ``rows``/``cols`` are on that grid, tokens are listed
+    part by part. Regions cover every part (``object`` = the tokens of every grid that overlap the box);
+    ``strip`` bands are taken per grid; ``cells`` and `grid_of` refer to the main grid.
     """
 
     grid: tuple[int, int]
@@ -112,6 +118,20 @@ class Layout:
     axis: Axis | None = None
     example: int = field(default=0, compare=False)
     vision_index: Mapping[str, Int[Tensor, "tok k"]] = field(default_factory=dict, compare=False)
+    part: Int[Tensor, " tok"] | None = field(default=None, compare=False)
+    grids: tuple[tuple[int, int], ...] = ()
+
+    def _parts(self) -> Int[Tensor, " tok"]:
+        return torch.zeros_like(self.rows) if self.part is None else self.part
+
+    def _slots(self) -> tuple[Int[Tensor, " tok"], int]:
+        """Each token's slot (its grid's offset plus its row-major index there) and the number of slots."""
+        shapes = [self.grid, *self.grids]
+        sizes = torch.tensor([r * c for r, c in shapes])
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)[:-1]])
+        width = torch.tensor([c for _, c in shapes])
+        part = self._parts()
+        return offsets[part] + self.rows * width[part] + self.cols, int(sizes.sum())
 
     @property
     def n_image_tokens(self) -> int:
@@ -162,14 +182,15 @@ class Layout:
         if not bool(chosen.any()):
             raise RegionError(f"region {region!r} is empty for example {self.example}")
         per_token = self._index(space, 0).shape[1]
-        flat = self.rows[chosen] * self.grid[1] + self.cols[chosen]
+        flat = self._slots()[0][chosen]
         return (flat[:, None] * per_token + torch.arange(per_token)).flatten()
 
     def at_keys(self, keys: Int[Tensor, " k"], space: str, prefix: int = 0) -> Int[Tensor, " k"]:
         """Token indices of the slots named by `keys` (see `keys`) in this example."""
         index = self._index(space, prefix)
-        slots = ((self.rows * self.grid[1] + self.cols)[:, None] * index.shape[1] + torch.arange(index.shape[1]))
-        lookup = torch.full((self.grid[0] * self.grid[1] * index.shape[1],), -1, dtype=torch.long)
+        flat, n_slots = self._slots()
+        slots = flat[:, None] * index.shape[1] + torch.arange(index.shape[1])
+        lookup = torch.full((n_slots * index.shape[1],), -1, dtype=torch.long)
         lookup[slots.flatten()] = index.flatten()
         image_keys = keys.clamp(min=0).clamp(max=lookup.numel() - 1)
         out = torch.where(keys >= 0, lookup[image_keys], keys + self.seq_len)
@@ -192,9 +213,11 @@ class Layout:
         return (index if index.dim() == 2 else index[:, None]) + prefix
 
     def grid_of(self, values: Tensor) -> Tensor:
-        """Scatter per-token values (grid order, first axis) onto a ``(rows, cols, ...)`` grid (NaN elsewhere)."""
+        """Scatter per-token values (grid order, first axis) onto a ``(rows, cols, ...)`` grid (NaN elsewhere);
+        with several grids, the main grid's tokens only."""
         out = torch.full((*self.grid, *values.shape[1:]), float("nan"), dtype=torch.float32)
-        out[self.rows, self.cols] = values.float()
+        main = self._parts() == 0
+        out[self.rows[main], self.cols[main]] = values[main].float()
         return out
 
     def _any_object(self) -> Bool[Tensor, " tok"]:
@@ -213,7 +236,7 @@ class Layout:
             raise RegionError(f"strip:{name} needs to know whether objects sit in a row or a column; "
                               "prepare the batch from scenes (whose direction says so)")
         covered = self._object(name)
-        along = self.cols if self.axis == "columns" else self.rows
+        along = (self.cols if self.axis == "columns" else self.rows) + self._parts() * 1_000_000  # per grid
         band = torch.unique(along[covered])
         return torch.isin(along, band)
 
@@ -222,7 +245,8 @@ class Layout:
         if not match:
             raise RegionError(f"cells region must look like cells:<r0>:<r1>,<c0>:<c1> (half-open), got cells:{spec}")
         r0, r1, c0, c1 = map(int, match.groups())
-        return (self.rows >= r0) & (self.rows < r1) & (self.cols >= c0) & (self.cols < c1)
+        main = self._parts() == 0
+        return main & (self.rows >= r0) & (self.rows < r1) & (self.cols >= c0) & (self.cols < c1)
 
 
 def overlap(box: Box, rows: Tensor, cols: Tensor, cell: tuple[float, float]) -> Bool[Tensor, " tok"]:
@@ -261,3 +285,30 @@ def grid_layout(rows: int, cols: int, cell: tuple[float, float], boxes: Mapping[
 def axis_of(direction: str | None) -> Axis | None:
     """Objects asked about left/right sit in a row (strips are columns); above/below, in a column."""
     return {"left": "columns", "right": "columns", "above": "rows", "below": "rows"}.get(direction or "")
+
+
+def stack_layouts(parts: Sequence[Layout]) -> Layout:
+    """One example's layout from per-grid layouts of the same example (the first is the main grid):
+    tokens part by part, covers and vision index maps concatenated, text positions from the first.
+
+    Example:
+        >>> tiles = grid_layout(2, 2, (8, 8), {"cup": (0, 0, 4, 4)}, [5, 6, 7, 8], seq_len=10)
+        >>> base = grid_layout(1, 1, (16, 16), {"cup": (0, 0, 2, 2)}, [4], seq_len=10)
+        >>> lay = stack_layouts([tiles, base])
+        >>> lay.positions("object:cup", "lm").tolist(), lay.grids
+        ([5, 4], ((1, 1),))
+    """
+    first = parts[0]
+    if any(set(p.covers) != set(first.covers) or set(p.vision_index) != set(first.vision_index) for p in parts):
+        raise ValueError("stack_layouts: every grid needs the same objects and vision index maps")
+    def cat(tensors: Sequence[Tensor]) -> Tensor:
+        widest = max(t.dim() for t in tensors)
+        return torch.cat([t if t.dim() == widest else t[:, None] for t in tensors])
+    return replace(
+        first, rows=cat([p.rows for p in parts]), cols=cat([p.cols for p in parts]),
+        seq_pos=cat([p.seq_pos for p in parts]), vision_pos=cat([p.vision_pos for p in parts]),
+        covers={name: cat([p.covers[name] for p in parts]) for name in first.covers},
+        vision_index={name: cat([p.vision_index[name] for p in parts]) for name in first.vision_index},
+        part=torch.cat([torch.full_like(p.rows, i) for i, p in enumerate(parts)]),
+        grids=tuple(p.grid for p in parts[1:]))
+

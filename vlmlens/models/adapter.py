@@ -22,12 +22,19 @@ from vlmlens.layout import Layout
 from vlmlens.sites import SiteSpec
 
 ADAPTERS: dict[str, type[Adapter]] = {}
+# adapters for one vision tower inside a family whose other towers another adapter handles
+# (e.g. a `llava` checkpoint with a Pixtral tower), by (model_type, vision model_type)
+TOWER_ADAPTERS: dict[tuple[str, str], type[Adapter]] = {}
 
 
 def register(cls: type[Adapter]) -> type[Adapter]:
-    """Class decorator: make an adapter available for its ``model_types``."""
+    """Class decorator: make an adapter available for its ``model_types`` (only with the vision towers
+    in its ``vision_types``, if it names any)."""
     for model_type in cls.model_types:
-        ADAPTERS[model_type] = cls
+        if cls.vision_types:
+            TOWER_ADAPTERS.update({(model_type, tower): cls for tower in cls.vision_types})
+        else:
+            ADAPTERS[model_type] = cls
     return cls
 
 
@@ -39,11 +46,14 @@ def supported_families() -> list[str]:
         >>> "llava" in vl.supported_families()
         True
     """
-    return sorted(ADAPTERS)
+    return sorted(set(ADAPTERS) | {model_type for model_type, _ in TOWER_ADAPTERS})
 
 
-def adapter_for(model_type: str) -> type[Adapter]:
-    """The adapter class for a ``config.model_type``, or an error listing what is supported."""
+def adapter_for(model_type: str, vision_type: str | None = None) -> type[Adapter]:
+    """The adapter class for a ``config.model_type`` (and its ``vision_config.model_type``), or an error
+    listing what is supported."""
+    if (model_type, vision_type) in TOWER_ADAPTERS:
+        return TOWER_ADAPTERS[(model_type, vision_type)]
     if model_type not in ADAPTERS:
         raise ValueError(
             f"vlmlens has no adapter for model_type {model_type!r}. Supported: {', '.join(supported_families())}. "
@@ -57,6 +67,7 @@ class Adapter:
     `sites` and `layouts`; the rest has defaults that suit LLaVA-like models."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
+    vision_types: ClassVar[tuple[str, ...]] = ()  # non-empty: only checkpoints with these vision towers
 
     def __init__(self, hf: Any, processor: Any):
         self.hf = hf
@@ -89,6 +100,10 @@ class Adapter:
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)
         return f"{self.processor.image_token}\n{question}"
+
+    def process(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, Any]:
+        """The processor's tensors for one image and one prompt per example (padded batch)."""
+        return dict(self.processor(images=list(images), text=list(prompts), return_tensors="pt", padding=True))
 
     def layouts(self, inputs: dict[str, Any], images: Sequence[Image.Image],
                 boxes: Sequence[dict[str, tuple[float, float, float, float]]],

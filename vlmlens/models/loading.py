@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-from vlmlens.models import llava  # noqa: F401  (registers its adapter)
+from vlmlens.models import gemma3, idefics3, llava, llava_next, paligemma, pixtral, qwen2_vl  # noqa: F401  (each module registers its adapter)
 from vlmlens.models.adapter import adapter_for
 from vlmlens.models.vlm import VLM
 
@@ -49,8 +49,13 @@ def load(name_or_path: str | Path = "toy", device: str | None = None, dtype: str
         raise FileNotFoundError(f"the toy checkpoint is missing from {TOY_CHECKPOINT}; "
                                 "rebuild it with `vlmlens train-toy`")
     config = AutoConfig.from_pretrained(path)
-    adapter_cls = adapter_for(config.model_type)
+    vision_config = getattr(config, "vision_config", None)
+    adapter_cls = adapter_for(config.model_type, getattr(vision_config, "model_type", None))
     hf = AutoModelForImageTextToText.from_pretrained(
         path, dtype=_dtype(dtype, device), **from_pretrained_kwargs).to(device).eval()
     processor = AutoProcessor.from_pretrained(path)
+    if not hasattr(processor, "image_processor"):
+        raise RuntimeError(f"AutoProcessor loaded a {type(processor).__name__} from {path}, not a multimodal "
+                           "processor; if the checkpoint's processor has a video processor, transformers needs "
+                           "torchvision to build it (pip install torchvision)")
     return VLM(hf, processor, adapter_cls(hf, processor), name=name)

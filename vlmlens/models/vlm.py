@@ -120,7 +120,7 @@ class VLM:
                              "give one of each per example")
         image_token = self.processor.image_token
         prompts = [q if image_token in q else self.adapter.prompt(q) for q in questions]
-        inputs = dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True))
+        inputs = self.adapter.process(images, prompts)
         inputs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.hf.dtype)
@@ -153,15 +153,17 @@ class VLM:
 
     def run_with_cache(self, batch: Batch, sites: str | Iterable[str] = (),
                        interventions: Intervention | Iterable[Intervention] | None = None,
-                       grad: bool = False) -> tuple[Logits, Cache]:
+                       grad: bool = False, stop: bool = False) -> tuple[Logits | None, Cache]:
         """Logits and a `Cache` of the requested sites (patterns expand), after interventions.
 
         Cached tensors have their site's documented shape (``model.site(name).shape``); attention
         patterns switch the model to eager attention for this call only. With ``grad=True`` the
-        cached tensors keep their graph and retain gradients (for attribution).
+        cached tensors keep their graph and retain gradients (for attribution). With ``stop=True`` the
+        forward pass ends at the last requested site (no logits: None), e.g. to read image embeddings
+        without running the language model.
         """
         from vlmlens.interventions import flatten
-        return self._forward(batch, [flatten(interventions)], sites, grad=grad)
+        return self._forward(batch, [flatten(interventions)], sites, grad=grad, stop=stop)
 
     def run_many(self, batch: Batch, groups: Sequence[Sequence[Intervention]],
                  inputs: dict[str, Any] | None = None,
@@ -178,14 +180,15 @@ class VLM:
 
     def _forward(self, batch: Batch, groups: Sequence[Sequence[Intervention]], sites: str | Iterable[str],
                  grad: bool = False, inputs: dict[str, Any] | None = None,
-                 last_only: bool = False, resume: tuple[int, Tensor] | None = None) -> tuple[Logits, Cache]:
+                 last_only: bool = False, resume: tuple[int, Tensor] | None = None,
+                 stop: bool = False) -> tuple[Logits, Cache]:
         from vlmlens.interventions import prepare_sources
         reads = self.site_table.expand(sites) if sites else []
         n, size = len(groups), len(batch)
-        sources: dict = {}
+        # every source batch runs once per call, however many groups read it
+        sources = prepare_sources(self, batch, [edit for group in groups for edit in group])
         edits: list[dict[str, list[Intervention]]] = []
         for group in groups:
-            sources |= prepare_sources(self, batch, group)
             by_site: dict[str, list[Intervention]] = defaultdict(list)
             for edit in group:
                 by_site[self.site_table[edit.site].name].append(edit)
@@ -206,7 +209,7 @@ class VLM:
         edited = any(edits)
         grad_mode = torch.enable_grad() if grad else torch.inference_mode()
         with self._attention(implementation), self._logit_scales(scales), grad_mode:
-            with self.nn.trace(**inputs):
+            with self.nn.trace(**inputs) as tracer:
                 if resume is not None:
                     hidden = resume[1].repeat(n, *[1] * (resume[1].dim() - 1))
                     for layer in range(resume[0]):
@@ -221,6 +224,8 @@ class VLM:
                         if grad:
                             value.retain_grad()
                         cache[spec.name] = value if grad or not edited else value.clone()
+                if stop:
+                    tracer.stop()
                 cache.logits = self.nn.output.logits  # stored on an object: the trace body cannot bind locals
         return cache.logits, cache
 
@@ -286,10 +291,10 @@ class VLM:
     @contextlib.contextmanager
     def _attention(self, implementation: str | None) -> Iterator[None]:
         """Switch every sub-model's attention implementation for one call, then restore it."""
-        if implementation is None or self.hf.config._attn_implementation == implementation:
+        previous = _implementations(self.hf.config)
+        if implementation is None or _flat_values(previous) == {implementation}:
             yield
             return
-        previous = self.hf.config._attn_implementation
         self.hf.set_attn_implementation(implementation)
         try:
             yield
@@ -299,3 +304,19 @@ class VLM:
     def __repr__(self) -> str:
         return (f"VLM({self.name!r}, family={self.hf.config.model_type}, lm_layers={self.adapter.n_lm_layers}, "
                 f"vision_layers={self.adapter.n_vision_layers}, device={self.device})")
+
+
+def _implementations(config: Any) -> dict[str, Any]:
+    """A config's attention implementation and, nested by key, its sub-configs' (they may differ, e.g. a
+    Gemma2 language model that only runs eager inside an SDPA vision-language model)."""
+    out: dict[str, Any] = {"": config._attn_implementation}
+    for key in getattr(config, "sub_configs", {}):
+        sub = getattr(config, key, None)
+        if sub is not None:
+            out[key] = _implementations(sub)
+    return out
+
+
+def _flat_values(nested: dict[str, Any]) -> set[str]:
+    return {v for value in nested.values() for v in (_flat_values(value) if isinstance(value, dict) else {value})}
+

@@ -1,0 +1,542 @@
+"""Every supported family on a tiny random checkpoint of its real transformers class, saved and loaded back.
+
+Each `Family` below knows how to build its checkpoint and, *independently of vlmlens.layout*, which image
+tokens a box covers: from the processor's own output sizes (``image_grid_thw``, pooled token counts,
+tile layout), the merge factor and the tile arrangement. The same tests then run on every family: all
+sites resolve in forward order with their documented shapes, the image placeholder expands, sub-batches
+and LM-only inputs reproduce the full run, and `vl.Ablate(site, region="object")` zeroes exactly the
+expected tokens and leaves every other one bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tiny_models import (
+    save_tiny_gemma3,
+    save_tiny_idefics3,
+    save_tiny_llava_next,
+    save_tiny_paligemma,
+    save_tiny_pixtral,
+    save_tiny_qwen2_vl,
+)
+
+import vlmlens as vl
+
+Box = tuple[float, float, float, float]
+QUESTIONS = ["where is the red square ?", "where is the red square relative to the blue circle ?"]
+
+
+def overlapping(box: Box, rows: int, cols: int, cell_w: float, cell_h: float) -> list[int]:
+    """Row-major indices of the grid cells a box overlaps with positive area."""
+    x0, y0, x1, y1 = box
+    return [r * cols + c for r in range(rows) for c in range(cols)
+            if min(x1, (c + 1) * cell_w) > max(x0, c * cell_w) and min(y1, (r + 1) * cell_h) > max(y0, r * cell_h)]
+
+
+def image_token_positions(model, batch, b: int) -> torch.Tensor:
+    return torch.nonzero(batch.inputs["input_ids"][b] == model.adapter.image_token_id).flatten()
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family's checkpoint builder, test images and independent geometry."""
+
+    name: str
+    build: Callable[[Path], Path]
+    images: Callable[[], list[Image.Image]]
+    boxes: list[dict[str, Box]]
+    # per example, the expected indices of the "object" region at each checked site ("lm" = LM sites)
+    expected: Callable[..., dict[str, list[list[int]]]]
+    # the documented shape of every site, from config and processor outputs
+    shapes: Callable[..., dict[str, tuple[int, ...]]]
+    absent: tuple[str, ...] = ()  # vocabulary sites the family does not have (the adapter says why)
+    # the sites the ablation recipe checks: before the projector, after it, the LM input
+    checked: tuple[str, str, str] = ("vision_projector.hook_in", "vision_projector.hook_out", "hook_embed")
+
+
+# -- Qwen2-VL / Qwen2.5-VL ------------------------------------------------------------------------
+
+def qwen_window_slots(model, grid_thw: torch.Tensor) -> torch.Tensor:
+    """Per merged token (row-major), its slot in the order the tower's blocks see (transformers' own code)."""
+    from transformers.vision_utils import get_vision_window_index
+    vision = model.hf.config.vision_config
+    n = int(grid_thw.prod()) // vision.spatial_merge_size ** 2
+    if model.hf.config.model_type != "qwen2_5_vl":
+        return torch.arange(n)
+    index, _ = get_vision_window_index(grid_thw[None], vision.spatial_merge_size, vision.window_size,
+                                       vision.patch_size)
+    return torch.argsort(index)
+
+
+def qwen_expected(model, batch, images, boxes) -> dict[str, list[list[int]]]:
+    vision = model.hf.config.vision_config
+    patch, merge = vision.patch_size, vision.spatial_merge_size
+    out: dict[str, list[list[int]]] = {"lm": [], "vision_projector.hook_out": [], "vision_projector.hook_in": [],
+                                       "vision_encoder.hook_patch_embed": []}
+    for b, image in enumerate(images):
+        _, grid_h, grid_w = batch.inputs["image_grid_thw"][b].tolist()
+        sx, sy = grid_w * patch / image.width, grid_h * patch / image.height
+        x0, y0, x1, y1 = boxes[b]["cup"]
+        cells = overlapping((x0 * sx, y0 * sy, x1 * sx, y1 * sy), grid_h // merge, grid_w // merge,
+                            patch * merge, patch * merge)
+        slots = qwen_window_slots(model, batch.inputs["image_grid_thw"][b])
+        unit = merge * merge
+        out["lm"].append(image_token_positions(model, batch, b)[cells].tolist())
+        out["vision_projector.hook_out"].append(slots[cells].tolist())
+        out["vision_projector.hook_in"].append([int(slots[c]) * unit + j for c in cells for j in range(unit)])
+        out["vision_encoder.hook_patch_embed"].append([c * unit + j for c in cells for j in range(unit)])
+    return out
+
+
+def qwen_shapes(model, batch) -> dict[str, tuple[int, ...]]:
+    cfg = model.hf.config
+    vision, text = cfg.vision_config, cfg.text_config
+    n, seq = batch.inputs["input_ids"].shape
+    patches = int(batch.inputs["image_grid_thw"][0].prod())
+    d_vision = vision.embed_dim if cfg.model_type == "qwen2_vl" else vision.hidden_size
+    shapes = {"vision_encoder.hook_patch_embed": (n, patches, d_vision),
+              "vision_encoder.hook_pos_embed": (n, patches, d_vision // vision.num_heads),
+              "vision_encoder.hook_out": (n, patches, d_vision),
+              "vision_projector.hook_in": (n, patches, d_vision),
+              "vision_projector.hook_out": (n, patches // vision.spatial_merge_size ** 2, text.hidden_size)}
+    for i in range(vision.depth):
+        for hook in ("hook_resid_pre", "hook_resid_post"):
+            shapes[f"vision_encoder.encoder_layers.{i}.{hook}"] = (n, patches, d_vision)
+    return shapes | lm_shapes(text, n, seq)
+
+
+def lm_shapes(text, n: int, seq: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of the decoder sites every family shares."""
+    lm = (n, seq, text.hidden_size)
+    shapes = {"hook_embed": lm, "unembed.hook_out": (n, seq, text.vocab_size)}
+    for i in range(text.num_hidden_layers):
+        for hook in ("hook_resid_pre", "attn.hook_out", "hook_resid_mid", "mlp.hook_out", "hook_resid_post"):
+            shapes[f"blocks.{i}.{hook}"] = lm
+        shapes[f"blocks.{i}.attn.hook_pattern"] = (n, text.num_attention_heads, seq, seq)
+    return shapes
+
+
+def wide_images(size: tuple[int, int] = (64, 48)) -> Callable[[], list[Image.Image]]:
+    return lambda: [Image.effect_noise(size, 60).convert("RGB"), Image.new("RGB", size, (200, 10, 10))]
+
+
+# -- one square patch grid, optionally average-pooled (Gemma3, PaliGemma) -------------------------
+
+def squashed_expected(model, batch, images, boxes) -> dict[str, list[list[int]]]:
+    """The processor squashes to ``size``; SigLIP's P x P patches are average-pooled in k x k windows
+    into T x T tokens (T = sqrt(mm_tokens_per_image); no pooling, k = 1, without that setting)."""
+    vision, size = model.hf.config.vision_config, model.processor.image_processor.size
+    patches = vision.image_size // vision.patch_size
+    side = round(getattr(model.hf.config, "mm_tokens_per_image", patches * patches) ** 0.5)
+    k = patches // side
+    out: dict[str, list[list[int]]] = {"lm": [], "vision_projector.hook_out": [], "vision_projector.hook_in": []}
+    for b, image in enumerate(images):
+        sx, sy = size["width"] / image.width, size["height"] / image.height
+        x0, y0, x1, y1 = boxes[b]["cup"]
+        cells = overlapping((x0 * sx, y0 * sy, x1 * sx, y1 * sy), side, side, size["width"] / side,
+                            size["height"] / side)
+        out["lm"].append(image_token_positions(model, batch, b)[cells].tolist())
+        out["vision_projector.hook_out"].append(cells)
+        out["vision_projector.hook_in"].append([(c // side * k + i) * patches + c % side * k + j
+                                                for c in cells for i in range(k) for j in range(k)])
+    return out
+
+
+def siglip_shapes(model, batch) -> dict[str, tuple[int, ...]]:
+    cfg = model.hf.config
+    vision, text = cfg.vision_config, cfg.text_config
+    n, seq = batch.inputs["input_ids"].shape
+    patches = (vision.image_size // vision.patch_size) ** 2
+    tokens = getattr(cfg, "mm_tokens_per_image", patches)
+    d = vision.hidden_size
+    shapes = {"vision_encoder.hook_patch_embed": (n, patches, d), "vision_encoder.hook_pos_embed": (1, patches, d),
+              "vision_encoder.hook_out": (n, patches, d), "vision_projector.hook_in": (n, patches, d),
+              "vision_projector.hook_out": (n, tokens, text.hidden_size)}
+    for i in range(vision.num_hidden_layers):
+        layer = f"vision_encoder.encoder_layers.{i}"
+        shapes |= {f"{layer}.hook_resid_pre": (n, patches, d), f"{layer}.hook_resid_post": (n, patches, d),
+                   f"{layer}.attn.hook_pattern": (n, vision.num_attention_heads, patches, patches)}
+    return shapes | lm_shapes(text, n, seq)
+
+
+# -- LLaVA-NeXT: tiles on a global grid (unpadded, newline per row) plus the base image -------------
+
+def next_geometry(model, image_size: list[int]):
+    """Tile rows/cols and the kept (unpadded) cells of the global grid, from transformers' own functions."""
+    from transformers.image_processing_utils import select_best_resolution
+    from transformers.models.llava_next.modeling_llava_next import unpad_image
+    tile, patch = model.hf.config.vision_config.image_size, model.hf.config.vision_config.patch_size
+    canvas_h, canvas_w = select_best_resolution(image_size, model.hf.config.image_grid_pinpoints)
+    side = tile // patch
+    rows, cols = canvas_h // tile * side, canvas_w // tile * side
+    cells = torch.arange(rows * cols).view(1, rows, cols)
+    kept = unpad_image(cells, torch.tensor(image_size))[0]
+    return canvas_h, canvas_w, side, rows, cols, kept
+
+
+def next_expected(model, batch, images, boxes) -> dict[str, list[list[int]]]:
+    patch = model.hf.config.vision_config.patch_size
+    base = model.processor.image_processor.size["shortest_edge"]
+    out: dict[str, list[list[int]]] = {"lm": [], "vision_projector.hook_out": [],
+                                       "vision_encoder.encoder_layers.1.hook_resid_post": []}
+    for b, image in enumerate(images):
+        height, width = image.height, image.width
+        assert batch.inputs["image_sizes"][b].tolist() == [height, width]
+        canvas_h, canvas_w, side, rows, cols, kept = next_geometry(model, [height, width])
+        scale = min(canvas_w / width, canvas_h / height)  # resized into the canvas, then centred
+        new_w = min(math.ceil(width * scale), canvas_w)
+        new_h = min(math.ceil(height * scale), canvas_h)
+        px, py = (canvas_w - new_w) // 2, (canvas_h - new_h) // 2
+        x0, y0, x1, y1 = boxes[b]["cup"]
+        sx, sy = new_w / width, new_h / height
+        tile_box = (x0 * sx + px, y0 * sy + py, x1 * sx + px, y1 * sy + py)
+        hit_tiles = set(overlapping(tile_box, rows, cols, patch, patch))
+        base_box = (x0 * base / width, y0 * base / height, x1 * base / width, y1 * base / height)
+        hit_base = overlapping(base_box, side, side, patch, patch)
+        image_pos = image_token_positions(model, batch, b)
+        kept_rows, kept_cols = kept.shape
+        tile_seq = image_pos[side * side:].view(kept_rows, kept_cols + 1)[:, :kept_cols].flatten()
+        lm, features, encoder = [], [], []
+        tiles_per_row = cols // side
+        for slot, cell in enumerate(kept.flatten().tolist()):
+            if cell in hit_tiles:
+                r, c = divmod(cell, cols)
+                t = 1 + (r // side) * tiles_per_row + c // side
+                p = (r % side) * side + c % side
+                lm.append(int(tile_seq[slot]))
+                features.append(t * side * side + p)
+                encoder.append(t * (side * side + 1) + 1 + p)
+        lm += image_pos[hit_base].tolist()
+        features += hit_base
+        encoder += [1 + p for p in hit_base]
+        out["lm"].append(lm)
+        out["vision_projector.hook_out"].append(features)
+        out["vision_encoder.encoder_layers.1.hook_resid_post"].append(encoder)
+    return out
+
+
+def next_shapes(model, batch) -> dict[str, tuple[int, ...]]:
+    cfg = model.hf.config
+    vision, text = cfg.vision_config, cfg.text_config
+    n, seq = batch.inputs["input_ids"].shape
+    side = vision.image_size // vision.patch_size
+    tiles = 1 + next_geometry(model, batch.inputs["image_sizes"][0].tolist())[3] * \
+        next_geometry(model, batch.inputs["image_sizes"][0].tolist())[4] // side ** 2
+    d, per_tile = vision.hidden_size, side * side + 1
+    shapes = {"vision_encoder.hook_patch_embed": (n * tiles, side * side, d),
+              "vision_encoder.hook_pos_embed": (1, per_tile, d),
+              "vision_encoder.hook_out": (n, tiles * per_tile, d),
+              "vision_projector.hook_in": (n * tiles, side * side, d),
+              "vision_projector.hook_out": (n, tiles * side * side, text.hidden_size)}
+    for i in range(vision.num_hidden_layers):
+        layer = f"vision_encoder.encoder_layers.{i}"
+        shapes |= {f"{layer}.hook_resid_pre": (n, tiles * per_tile, d),
+                   f"{layer}.hook_resid_post": (n, tiles * per_tile, d),
+                   f"{layer}.attn.hook_pattern": (n * tiles, vision.num_attention_heads, per_tile, per_tile)}
+    return shapes | lm_shapes(text, n, seq)
+
+
+# -- Idefics3 / SmolVLM: crops on one grid plus the global image, pixel shuffle --------------------
+
+def idefics3_expected(model, batch, images, boxes) -> dict[str, list[list[int]]]:
+    vision = model.hf.config.vision_config
+    tile, patches, s = vision.image_size, vision.image_size // vision.patch_size, model.hf.config.scale_factor
+    g = patches // s
+    out: dict[str, list[list[int]]] = {"lm": [], "vision_projector.hook_out": [], "vision_projector.hook_in": []}
+    for b, image in enumerate(images):
+        info = model.processor.image_processor(images=[[image]], return_row_col_info=True)
+        crop_rows, crop_cols = info["rows"][0][0], info["cols"][0][0]
+        image_pos = image_token_positions(model, batch, b)
+        x0, y0, x1, y1 = boxes[b]["cup"]
+        hits = []  # (frame, token within the frame), crops first
+        sx, sy = crop_cols * tile / image.width, crop_rows * tile / image.height
+        cell_px = s * vision.patch_size
+        for cell in overlapping((x0 * sx, y0 * sy, x1 * sx, y1 * sy), crop_rows * g, crop_cols * g, cell_px, cell_px):
+            r, c = divmod(cell, crop_cols * g)
+            hits.append(((r // g) * crop_cols + c // g, (r % g) * g + c % g))
+        sx, sy = tile / image.width, tile / image.height
+        hits += [(crop_rows * crop_cols, cell)
+                 for cell in overlapping((x0 * sx, y0 * sy, x1 * sx, y1 * sy), g, g, tile / g, tile / g)]
+        lm = [int(image_pos[frame * g * g + token]) for frame, token in hits]
+        features = [frame * g * g + token for frame, token in hits]
+        patches_in = [frame * patches ** 2 + (token // g * s + m) * patches + token % g * s + k
+                      for frame, token in hits for m in range(s) for k in range(s)]
+        out["lm"].append(lm)
+        out["vision_projector.hook_out"].append(features)
+        out["vision_projector.hook_in"].append(patches_in)
+    return out
+
+
+def idefics3_shapes(model, batch) -> dict[str, tuple[int, ...]]:
+    cfg = model.hf.config
+    vision, text = cfg.vision_config, cfg.text_config
+    n, seq = batch.inputs["input_ids"].shape
+    frames = int((batch.inputs["pixel_values"][0] != 0).flatten(1).any(-1).sum())
+    patches = (vision.image_size // vision.patch_size) ** 2
+    d = vision.hidden_size
+    shapes = {"vision_encoder.hook_patch_embed": (n * frames, patches, d),
+              "vision_encoder.hook_pos_embed": (n * frames, patches, d),
+              "vision_encoder.hook_out": (n, frames * patches, d), "vision_projector.hook_in": (n, frames * patches, d),
+              "vision_projector.hook_out": (n, frames * patches // cfg.scale_factor ** 2, text.hidden_size)}
+    for i in range(vision.num_hidden_layers):
+        layer = f"vision_encoder.encoder_layers.{i}"
+        shapes |= {f"{layer}.hook_resid_pre": (n * frames, patches, d),
+                   f"{layer}.hook_resid_post": (n * frames, patches, d),
+                   f"{layer}.attn.hook_pattern": (n * frames, vision.num_attention_heads, patches, patches)}
+    return shapes | lm_shapes(text, n, seq)
+
+
+def save_tiny_smolvlm(path: Path) -> Path:
+    pytest.importorskip("num2words", reason="transformers' SmolVLM processor needs num2words")
+    return save_tiny_idefics3(path, family="smolvlm")
+
+
+# -- Mistral3 / LLaVA-Pixtral: a variable grid, all images in one tower sequence ------------------
+
+def pixtral_expected(model, batch, images, boxes) -> dict[str, list[list[int]]]:
+    patch = model.hf.config.vision_config.patch_size
+    s = getattr(model.hf.config, "spatial_merge_size", 1)
+    out: dict[str, list[list[int]]] = {"lm": [], "vision_projector.hook_out": [], "vision_projector.hook_in": []}
+    for b, image in enumerate(images):
+        height, width = batch.inputs["image_sizes"][b].tolist()
+        rows, cols = height // (patch * s), width // (patch * s)
+        sx, sy = width / image.width, height / image.height
+        x0, y0, x1, y1 = boxes[b]["cup"]
+        cells = overlapping((x0 * sx, y0 * sy, x1 * sx, y1 * sy), rows, cols, patch * s, patch * s)
+        out["lm"].append(image_token_positions(model, batch, b)[cells].tolist())
+        out["vision_projector.hook_out"].append(cells)
+        out["vision_projector.hook_in"].append([(c // cols * s + m) * cols * s + c % cols * s + k
+                                                for c in cells for m in range(s) for k in range(s)])
+    return out
+
+
+def pixtral_shapes(model, batch) -> dict[str, tuple[int, ...]]:
+    cfg = model.hf.config
+    vision, text = cfg.vision_config, cfg.text_config
+    n, seq = batch.inputs["input_ids"].shape
+    patch, merge = vision.patch_size, getattr(cfg, "spatial_merge_size", 1)
+    patches = int(batch.inputs["image_sizes"][0].prod()) // patch ** 2
+    padded = batch.inputs["pixel_values"].shape[-2] * batch.inputs["pixel_values"].shape[-1] // patch ** 2
+    d = vision.hidden_size
+    shapes = {"vision_encoder.hook_patch_embed": (n, padded, d),
+              "vision_encoder.hook_pos_embed": (n * patches, vision.head_dim),
+              "vision_encoder.hook_out": (n, patches, d), "vision_projector.hook_in": (n, patches, d),
+              "vision_projector.hook_out": (n, patches // merge ** 2, text.hidden_size)}
+    for i in range(vision.num_hidden_layers):
+        layer = f"vision_encoder.encoder_layers.{i}"
+        shapes |= {f"{layer}.hook_resid_pre": (n, patches, d), f"{layer}.hook_resid_post": (n, patches, d),
+                   f"{layer}.attn.hook_pattern": (1, vision.num_attention_heads, n * patches, n * patches)}
+    return shapes | lm_shapes(text, n, seq)
+
+
+QWEN_ABSENT = ("vision_encoder.encoder_layers.*.attn.hook_pattern",)
+BOXES = [{"cup": (10, 5, 30, 20)}, {"cup": (40, 30, 64, 48), "plate": (0, 0, 8, 8)}]
+FAMILIES = [
+    Family("qwen2_vl", lambda p: save_tiny_qwen2_vl(p, version="2"), wide_images(),
+           [{"cup": (10, 5, 30, 20)}, {"cup": (40, 30, 64, 48), "plate": (0, 0, 8, 8)}],
+           qwen_expected, qwen_shapes, QWEN_ABSENT),
+    Family("qwen2_5_vl", lambda p: save_tiny_qwen2_vl(p, version="2.5"), wide_images(),
+           [{"cup": (10, 5, 30, 20)}, {"cup": (20, 14, 50, 40), "plate": (0, 0, 8, 8)}],
+           qwen_expected, qwen_shapes, QWEN_ABSENT),
+    Family("gemma3", save_tiny_gemma3, wide_images(), BOXES, squashed_expected, siglip_shapes),
+    Family("paligemma", save_tiny_paligemma, wide_images(), BOXES, squashed_expected, siglip_shapes),
+    Family("paligemma", lambda p: save_tiny_paligemma(p, text="gemma2"), wide_images(), BOXES,
+           squashed_expected, siglip_shapes),
+    Family("llava_next", save_tiny_llava_next, wide_images(),
+           [{"cup": (10, 5, 30, 20)}, {"cup": (40, 14, 64, 48), "plate": (0, 0, 8, 8)}], next_expected, next_shapes,
+           checked=("vision_encoder.encoder_layers.1.hook_resid_post", "vision_projector.hook_out", "hook_embed")),
+    Family("idefics3", save_tiny_idefics3, wide_images(), BOXES, idefics3_expected, idefics3_shapes),
+    Family("smolvlm", save_tiny_smolvlm, wide_images(), BOXES, idefics3_expected, idefics3_shapes),
+    Family("mistral3", save_tiny_pixtral, wide_images(), BOXES, pixtral_expected, pixtral_shapes),
+    Family("llava", lambda p: save_tiny_pixtral(p, family="llava"), wide_images(), BOXES, pixtral_expected,
+           pixtral_shapes),
+]
+FAMILY_IDS = ["qwen2_vl", "qwen2_5_vl", "gemma3", "paligemma", "paligemma2", "llava_next", "idefics3", "smolvlm",
+              "mistral3", "llava_pixtral"]
+
+
+# -- the shared tests -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=FAMILY_IDS)
+def loaded(request, tmp_path_factory):
+    family: Family = request.param
+    model = vl.load(family.build(tmp_path_factory.mktemp(family.name)), device="cpu")
+    images = family.images()
+    batch = model.prepare((images, QUESTIONS), boxes=family.boxes)
+    return family, model, batch, images
+
+
+def test_loads_with_its_adapter(loaded):
+    family, model, _, _ = loaded
+    assert model.hf.config.model_type == family.name
+    assert family.name in vl.supported_families()
+
+
+def test_every_site_resolves_in_forward_order_with_its_documented_shape(loaded):
+    family, model, batch, _ = loaded
+    logits, cache = model.run_with_cache(batch, sites=model.sites())  # nnsight fails on out-of-order access
+    expected = family.shapes(model, batch)
+    assert set(cache) == set(expected), set(cache) ^ set(expected)
+    for name, value in cache.items():
+        assert tuple(value.shape) == expected[name], name
+        assert len(model.site(name).shape.split()) == value.dim(), name
+    unembed, cap = cache["unembed.hook_out"], getattr(model.hf.config.text_config, "final_logit_softcapping", None)
+    if cap:  # Gemma2 soft-caps the logits after lm_head; the site is lm_head's output
+        unembed = torch.tanh(unembed / cap) * cap
+    assert torch.allclose(unembed, logits, atol=1e-6)
+    for pattern in family.absent:
+        with pytest.raises(vl.UnknownSiteError):
+            model.sites(pattern)
+    # the same tensors as a plain transformers forward (this run used eager attention, for the patterns:
+    # rounding differs, and so do padding positions)
+    with torch.no_grad():
+        out = model.hf(**batch.inputs, output_hidden_states=True)
+    real = batch.inputs["attention_mask"].bool()
+    assert torch.allclose(cache["hook_embed"], out.hidden_states[0], atol=1e-5)
+    assert torch.allclose(cache["blocks.0.hook_resid_post"][real], out.hidden_states[1][real], atol=1e-5)
+    assert torch.allclose(logits[real], out.logits[real], atol=1e-5)
+
+
+def test_image_placeholder_expands_to_the_processed_token_count(loaded):
+    family, model, batch, images = loaded
+    expected = family.expected(model, batch, images, [{"cup": (0, 0, im.width, im.height)} for im in images])
+    for b, layout in enumerate(batch.layouts):
+        assert layout.positions("image", "lm").tolist() == expected["lm"][b]
+        assert batch.prompts[b].count(model.processor.image_token) >= 1
+
+
+def test_object_regions_are_the_tokens_covering_the_box(loaded):
+    family, model, batch, images = loaded
+    expected = family.expected(model, batch, images, family.boxes)
+    for site, per_example in expected.items():
+        spec = model.site("blocks.0.hook_resid_post" if site == "lm" else site)
+        got = [p.tolist() for p in batch.positions("object:cup", spec)]
+        assert got == per_example, site
+
+
+STAGES = ["vision", "projector", "lm"]
+
+
+@pytest.fixture(scope="module")
+def clean(loaded):
+    family, model, batch, _ = loaded
+    return model.run_with_cache(batch, sites=list(family.checked))[1]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_object_ablation_zeroes_exactly_the_object_tokens(loaded, clean, stage):
+    """The study's object ablation, on every family: at the site, the covering tokens are zero and every
+    other token is bit-identical to the clean run; before the LM, exactly the object's LM positions of the
+    language model's input change."""
+    family, model, batch, images = loaded
+    site = family.checked[STAGES.index(stage)]
+    expected = family.expected(model, batch, images, [{"cup": b["cup"]} for b in family.boxes])
+    reads = [site] if site == "hook_embed" else [site, "hook_embed"]
+    _, ablated = model.run_with_cache(batch, sites=reads, interventions=vl.Ablate(site, region="object:cup"))
+    object_pos = expected["lm" if model.site(site).space == "lm" else site]
+    for b, positions in enumerate(object_pos):
+        assert positions, "the test boxes must cover some tokens"
+        others = sorted(set(range(clean[site].shape[1])) - set(positions))
+        assert ablated[site][b, positions].abs().sum() == 0
+        assert torch.equal(ablated[site][b, others], clean[site][b, others])
+        changed = (ablated["hook_embed"][b] != clean["hook_embed"][b]).any(-1)
+        assert torch.nonzero(changed).flatten().tolist() == sorted(expected["lm"][b])
+
+
+def test_sub_batches_reproduce_the_full_run(loaded, clean):
+    _, model, batch, _ = loaded
+    assert torch.allclose(model.run(batch[1])[0], clean.logits[1], atol=1e-5)
+
+
+def test_sweeps_score_what_single_runs_give(loaded):
+    """Sweeps run many interventions per pass (the family's repeat_inputs), and LM-only ones run the LM
+    alone from hook_embed (its lm_inputs), resuming at the first edited layer: every path must agree."""
+    family, model, batch, _ = loaded
+    in_lm = vl.Ablate("blocks.1.hook_resid_post", region="object")
+    in_vision = vl.Ablate(family.checked[1], region="object:cup")
+
+    def metric(logits, batch):
+        return logits[:, :4].sum(-1)
+
+    lm_only = vl.sweep(model, batch, [in_lm], metric, progress=False).values
+    both = vl.sweep(model, batch, [in_lm, in_vision], metric, progress=False).values
+    assert torch.allclose(lm_only[0], both[0], atol=1e-4)
+    assert torch.allclose(both[1], model.run(batch, in_vision)[:, -1, :4].sum(-1), atol=1e-4)
+
+
+def test_mean_ablation_pairs_tokens_across_examples(loaded, clean):
+    family, model, batch, _ = loaded
+    site = family.checked[0]
+    iv = vl.Ablate(site, region="image", how="mean") \
+        + vl.Ablate("blocks.0.hook_resid_post", region="object", how="mean")
+    _, cache = model.run_with_cache(batch, sites=[site], interventions=iv)
+    spec = model.site(site)
+    image = batch.positions("image", spec)
+    mean = torch.stack([clean[spec.name][b, p] for b, p in enumerate(image)]).mean(0)
+    for b, p in enumerate(image):
+        assert torch.allclose(cache[spec.name][b, p], mean, atol=1e-6)
+
+
+# -- family-specific ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["2", "2.5"])
+def test_qwen_mixed_image_sizes_work_at_lm_sites_and_fail_clearly_at_vision_sites(tmp_path, version):
+    model = vl.load(save_tiny_qwen2_vl(tmp_path, version=version), device="cpu")
+    images = [Image.new("RGB", (64, 48)), Image.new("RGB", (48, 96))]
+    batch = model.prepare((images, QUESTIONS), boxes=[{"cup": (0, 0, 20, 20)}, {"cup": (0, 0, 20, 20)}])
+    # 48x96 px exceeds the 64 patches' worth of pixels: smart_resize scales it to 32x80 (2x5 merged tokens)
+    assert [lay.grid for lay in batch.layouts] == [(3, 4), (5, 2)]
+    model.run(batch, vl.Ablate("hook_embed", region="object"))
+    with pytest.raises(ValueError, match="equal patch counts"):
+        model.run(batch, vl.Ablate("vision_projector.hook_out", region="object"))
+
+
+def test_llava_next_mixed_aspect_ratios_work_at_lm_sites_and_fail_clearly_at_vision_sites(tmp_path):
+    model = vl.load(save_tiny_llava_next(tmp_path), device="cpu")
+    images = [Image.new("RGB", (64, 48)), Image.new("RGB", (40, 30))]  # 2x2 tiles, 1x2 tiles
+    batch = model.prepare((images, QUESTIONS), boxes=[{"cup": (0, 0, 20, 20)}, {"cup": (0, 0, 20, 20)}])
+    assert [(lay.grid, lay.grids) for lay in batch.layouts] == [((6, 8), ((4, 4),)), ((4, 6), ((4, 4),))]
+    model.run(batch, vl.Ablate("hook_embed", region="object"))
+    with pytest.raises(ValueError, match="same number of tiles"):
+        model.run(batch, vl.Ablate("vision_projector.hook_out", region="object"))
+
+
+@pytest.mark.parametrize("family", ["mistral3", "llava"])
+def test_pixtral_rows_end_with_img_break_and_the_image_with_img_end(tmp_path, family):
+    model = vl.load(save_tiny_pixtral(tmp_path, family=family), device="cpu")
+    assert type(model.adapter).__name__ == {"mistral3": "MistralAdapter", "llava": "LlavaPixtralAdapter"}[family]
+    batch = model.prepare(([Image.new("RGB", (64, 48)), Image.new("RGB", (20, 30))], QUESTIONS))
+    tokens = model.tokenizer.convert_tokens_to_ids(["[IMG_BREAK]", "[IMG_END]"])
+    for b, layout in enumerate(batch.layouts):
+        ids = batch.inputs["input_ids"][b]
+        rows, cols = layout.grid
+        ends = layout.seq_pos.view(rows, cols)[:, -1] + 1
+        assert ids[ends[:-1]].tolist() == [tokens[0]] * (rows - 1) and int(ids[ends[-1]]) == tokens[1]
+        assert set(ends.tolist()) <= set(layout.text_pos.tolist())
+    model.run(batch, vl.Ablate("hook_embed", region="image"))  # mixed sizes: LM sites work ...
+    with pytest.raises(ValueError, match="images of equal size"):  # ... vision sites say why not
+        model.run(batch, vl.Ablate("vision_projector.hook_in", region="image"))
+
+
+def test_two_grid_layouts_resolve_regions_per_grid():
+    """Tiled models' layouts: a 4x4 tile grid plus a 2x2 downscaled grid of the same 32 px image."""
+    from vlmlens.layout import grid_layout, stack_layouts
+    box = {"cup": (0, 0, 12, 6)}  # tile cells (8 px): rows 0, cols 0-1; base cells (16 px): (0, 0)
+    tiles = grid_layout(4, 4, (8, 8), box, range(10, 26), seq_len=30, axis="columns")
+    base = grid_layout(2, 2, (16, 16), box, range(4, 8), seq_len=30, axis="columns")
+    layout = stack_layouts([tiles, base])
+    assert layout.positions("object:cup", "lm").tolist() == [10, 11, 4]
+    assert layout.positions("strip:cup", "lm").tolist() == [10, 11, 14, 15, 18, 19, 22, 23, 4, 6]
+    assert layout.positions("cells:0:1,0:4", "lm").tolist() == [10, 11, 12, 13]  # the main grid only
+    assert layout.n_image_tokens == 20 and int(layout.mask("background").sum()) == 17
+    keys = layout.keys("object:cup", "lm")
+    assert keys.tolist() == [0, 1, 16] and layout.at_keys(keys, "lm").tolist() == [10, 11, 4]
+    on_grid = layout.grid_of(torch.arange(20.0))  # the main grid's tokens
+    assert on_grid.shape == (4, 4) and on_grid.flatten().tolist() == list(range(16))
