@@ -22,10 +22,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import interleaved_times, report, widened_toy
 from scipy.stats import spearmanr
 
 import vlmlens as vl
-from common import interleaved_times, report, widened_toy
 
 
 def setup(model_path: str, n: int, device: str | None):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+from common import interleaved_times, report
 
 import vlmlens as vl
-from common import interleaved_times, report
 
 
 def main() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from tiny_models import save_tiny_llava
 
 import vlmlens as vl
-from tiny_models import save_tiny_llava
 
 PROJ = "vision_projector.hook_out"
 BOX = {"cup": (8, 8, 24, 24), "plate": (32, 32, 48, 40)}

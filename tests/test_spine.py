@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 from PIL import Image
+from tiny_models import save_tiny_llava
 
 import vlmlens as vl
-from tiny_models import save_tiny_llava
 
 PATCH = 8
 

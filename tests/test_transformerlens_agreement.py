@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from tiny_models import save_tiny_llava
 
 import vlmlens as vl
-from tiny_models import save_tiny_llava
 
 DIFFERENT_MEANING = {"hook_embed", "vision_encoder.hook_patch_embed", "vision_encoder.hook_pos_embed"}
 

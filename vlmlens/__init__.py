@@ -12,8 +12,19 @@ from vlmlens.batch import Batch
 from vlmlens.cache import Cache
 from vlmlens.effects import Effects, attribute, sweep
 from vlmlens.evaluate import Evaluation, evaluate
-from vlmlens.interventions import (Ablate, Compose, Intervention, Patch, Scale, ScaleAttention, Steer, SwapDirection, grid,
-                                   random_directions)
+from vlmlens.explore import explore
+from vlmlens.interventions import (
+                                   Ablate,
+                                   Compose,
+                                   Intervention,
+                                   Patch,
+                                   Scale,
+                                   ScaleAttention,
+                                   Steer,
+                                   SwapDirection,
+                                   grid,
+                                   random_directions,
+)
 from vlmlens.layout import Layout, RegionError
 from vlmlens.metrics import Accuracy, FlipRate, LogitDiff, Prob, StrictAccuracy
 from vlmlens.models import VLM, load, supported_families
@@ -21,5 +32,5 @@ from vlmlens.sites import UnknownSiteError
 
 __all__ = ["Ablate", "Accuracy", "Batch", "Cache", "Compose", "Effects", "Evaluation", "FlipRate", "Intervention", "Layout",
            "LogitDiff", "Patch", "Prob", "RegionError", "Scale", "ScaleAttention", "Steer", "StrictAccuracy", "SwapDirection",
-           "UnknownSiteError", "VLM", "attribute", "evaluate", "grid", "load", "random_directions", "directions", "probes", "scenes", "supported_families",
+           "UnknownSiteError", "VLM", "attribute", "evaluate", "explore", "grid", "load", "random_directions", "directions", "probes", "scenes", "supported_families",
            "sweep"]

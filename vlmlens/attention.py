@@ -6,7 +6,6 @@ every other module computes plain eager attention.
 
 Example:
     >>> from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
     >>> "vlmlens_scaled" in AttentionInterface._global_mapping
     True
 """

@@ -69,7 +69,11 @@ class Batch:
         patching; with paired batches, keep the pairs right on every side, and return them all.
 
         Example:
+            >>> pairs = vl.scenes.criss_cross_pairs(vl.scenes.generate(16, seed=0, task="squares"))
+            >>> clean, cf = (model.prepare(list(side)) for side in zip(*pairs))
             >>> clean, cf = clean.where_correct(model, cf)
+            >>> len(clean) == len(cf) <= 16
+            True
         """
         from vlmlens.evaluate import answer_logits
         from vlmlens.metrics import Accuracy
@@ -82,6 +86,10 @@ class Batch:
         ids = torch.nonzero(keep).flatten().tolist()
         kept = tuple(part[ids] for part in (self, *paired))
         return kept if paired else kept[0]
+
+    def _repr_html_(self) -> str:
+        from vlmlens.display import batch_html
+        return batch_html(self)
 
     def __repr__(self) -> str:
         n_img = sorted({lay.n_image_tokens for lay in self.layouts})

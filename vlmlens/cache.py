@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vlmlens.sites import SiteTable, SiteSpec
+from vlmlens.sites import SiteSpec, SiteTable
 
 
 class Cache(dict[str, Tensor]):

@@ -7,7 +7,6 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,8 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Spatial-reas
 
 @app.command()
 def sites(model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a local folder"),
-          pattern: Optional[str] = typer.Option(None, help="only sites matching this pattern, e.g. 'blocks.*.hook_resid_post'"),
-          device: Optional[str] = typer.Option(None)) -> None:
+          pattern: str | None = typer.Option(None, help="only sites matching this pattern, e.g. 'blocks.*.hook_resid_post'"),
+          device: str | None = typer.Option(None)) -> None:
     """List a model's sites: name, documented shape, and the module behind it."""
     from vlmlens.models import load
     vlm = load(model, device=device)
@@ -32,11 +31,26 @@ def sites(model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a 
 
 @app.command("train-toy")
 def train_toy(out: Path = typer.Option(Path("toy_checkpoint"), help="folder for the new checkpoint"),
-              steps: Optional[int] = typer.Option(None, help="training steps (default: the shipped recipe's)"),
+              steps: int | None = typer.Option(None, help="training steps (default: the shipped recipe's)"),
               seed: int = typer.Option(0)) -> None:
     """Train the toy VLM from scratch on synthetic scenes (CPU is fine) and write its checkpoint."""
     from vlmlens.models.toy import train_toy as run
     run(out, seed=seed, **({"steps": steps} if steps else {}))
+
+
+@app.command()
+def reproduce(model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a local folder"),
+              out: Path = typer.Option(Path("study_out"), help="folder for report.html, the CSVs and summary.json"),
+              n: int | None = typer.Option(None, help="scenes (or pairs) per experiment; default: each one's own"),
+              seed: int = typer.Option(0),
+              device: str | None = typer.Option(None, help="e.g. cuda, cpu (default: cuda when available)"),
+              dtype: str | None = typer.Option(None, help="e.g. bfloat16, float32")) -> None:
+    """Run every experiment of the study and write one self-contained report.html (opens offline)."""
+    from vlmlens.study import reproduce as run
+    report = run(model, out=out, n=n, device=device, dtype=dtype, seed=seed)
+    for claim in report.claims:
+        typer.echo(claim["sentence"])
+    typer.echo(f"{report.path} ({report.seconds['total']:.0f} s)")
 
 
 if __name__ == "__main__":

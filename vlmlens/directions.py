@@ -95,7 +95,7 @@ class Probe:
             return torch.cat([1 - p, p], dim=-1)
         return logits.softmax(-1)
 
-    def predict(self, features: Float[Tensor, "... d"]) -> Int[Tensor, "..."]:
+    def predict(self, features: Float[Tensor, "... d"]) -> Int[Tensor, ...]:
         """Class indices (into ``classes``)."""
         return self.predict_proba(features).argmax(-1)
 

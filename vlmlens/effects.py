@@ -86,6 +86,10 @@ class Effects:
         from vlmlens.plot import effects_heatmap
         return effects_heatmap(self, x=x, y=y, value=value, **kwargs)
 
+    def _repr_html_(self) -> str:
+        from vlmlens.display import effects_html
+        return effects_html(self)
+
     def save(self, path: str | Path) -> None:
         """Write everything to one JSON file (values included), so replotting needs no recompute."""
         data = {"metric": self.metric, "labels": self.labels, "interventions": self.interventions,

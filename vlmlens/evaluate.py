@@ -58,6 +58,10 @@ class Evaluation:
                                        n=("correct", "size"))])
         return table.sort_index().reset_index()
 
+    def _repr_html_(self) -> str:
+        from vlmlens.display import evaluation_html
+        return evaluation_html(self)
+
     def __repr__(self) -> str:
         return f"Evaluation(n={len(self.scenes)}, accuracy={self.accuracy:.3f}, logit_diff={self.logit_diff:.3f})"
 

@@ -90,6 +90,10 @@ class Intervention:
                 data[key] = torch.tensor(value)
         return KINDS[kind](**data)
 
+    def _repr_html_(self) -> str:
+        from vlmlens.display import intervention_html
+        return intervention_html(self)
+
     def __repr__(self) -> str:
         args = []
         for f in fields(self):  # type: ignore[arg-type]
@@ -268,7 +272,10 @@ class Patch(Intervention):
     the same batch); with ``source_region``, the source's tokens of that region, in grid order.
 
     Example:
-        >>> vl.Patch("blocks.4.hook_resid_post", region="strip:left", source=cf, source_region="strip:right")
+        >>> cf = model.prepare(vl.scenes.generate(16, seed=1))  # pairs up with ``batch`` by index
+        >>> vl.Patch("blocks.3.hook_resid_post", region="image", source=cf)
+        Patch('blocks.3.hook_resid_post', source=<Batch n=16>)
+        >>> logits = model.run(batch, vl.Patch("blocks.3.hook_resid_post", source=cf))
     """
 
     kind: ClassVar[str] = "patch"
@@ -295,7 +302,9 @@ class SwapDirection(Intervention):
     source's component at the same tokens; the orthogonal part stays.
 
     Example:
-        >>> vl.SwapDirection("blocks.2.hook_resid_post", direction=d, region="object", source=cf)
+        >>> cf = model.prepare(vl.scenes.generate(16, seed=1))
+        >>> d = torch.randn(128)  # a direction in the toy's 128-wide residual stream
+        >>> logits = model.run(batch, vl.SwapDirection("blocks.2.hook_resid_post", direction=d, source=cf))
     """
 
     kind: ClassVar[str] = "swap_direction"
@@ -323,7 +332,10 @@ class Scale(Intervention):
     """Scale the component along a direction or subspace: ``x <- x + (alpha - 1) * proj(x)``.
 
     Example:
+        >>> d = torch.randn(128)
         >>> vl.Scale("vision_projector.hook_out", direction=d, alpha=2.0, region="image")
+        Scale('vision_projector.hook_out', direction=<tensor 128>, alpha=2.0)
+        >>> logits = model.run(batch, vl.Scale("vision_projector.hook_out", direction=d, alpha=2.0))
     """
 
     kind: ClassVar[str] = "scale"
@@ -345,7 +357,8 @@ class Steer(Intervention):
     token's norm first (as spatial-ID steering does).
 
     Example:
-        >>> vl.Steer("blocks.5.hook_resid_post", vector=v, alpha=1.0, region="object:left", norm=5.0)
+        >>> v = torch.randn(128)
+        >>> logits = model.run(batch, vl.Steer("blocks.1.hook_resid_post", vector=v, region="object:subject", norm=5.0))
     """
 
     kind: ClassVar[str] = "steer"

@@ -53,10 +53,25 @@ SETS: dict[str, tuple[str, str | None]] = {
 }
 #: Scenes of each set in one training batch (sums to the batch size).
 MIXTURE: dict[str, int] = {"squares": 8, "shapes": 8, "relation": 6, "naturalistic": 10}
+#: After the colour tasks are learnt, batches lean on the harder relation sets.
+LATE_MIXTURE: dict[str, int] = {"squares": 4, "shapes": 4, "relation": 14, "naturalistic": 10}
+#: Training-only linear heads on the projector output, one per image token: the colour and shape of the object
+#: whose box covers the patch centre ("none" elsewhere), and the patch's row and column. They give the vision side
+#: dense gradients from the first step; without them the answer-only loss sits at chance for thousands of steps.
+AUX_WEIGHTS: dict[str, float] = {"colour": 1.0, "shape": 1.0, "row": 0.5, "col": 0.5}
+#: Training-only heads on the LM's residual at the last prompt position after layer BINDING_LAYER (relation scenes
+#: only): the patch row and column of the subject's and the reference's box centres. They teach the LM to find the
+#: two named objects before comparing them, which the answer-only loss alone learns very slowly.
+BINDING_WEIGHTS: dict[str, float] = {"subject_row": 0.5, "subject_col": 0.5, "reference_row": 0.5, "reference_col": 0.5}
+BINDING_LAYER = 1
 
 _ARCH = {
     "vision": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
-    "text": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
+    # Llama's default init (std 0.02) suits widths near 1000; at width 128 it leaves attention near uniform for
+    # hundreds of steps, so use ~1/sqrt(width).
+    "text": dict(
+        hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, initializer_range=0.08
+    ),
 }
 
 
@@ -239,9 +254,14 @@ def correct(
 
 
 def evaluate_toy(
-    model: LlavaForConditionalGeneration, processor: LlavaProcessor, n: int = 400, seed: int = 0
+    model: LlavaForConditionalGeneration,
+    processor: LlavaProcessor,
+    n: int = 400,
+    seed: int = 0,
+    blank: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Held-out accuracy per scene set: ``all``, per direction, and ``blank`` (white image), over ``n`` scenes.
+    """Held-out accuracy per scene set: ``all``, per direction, and (if ``blank``) with a white image, over ``n``
+    scenes.
 
     >>> model, processor = build_toy(0)
     >>> sorted(evaluate_toy(model, processor, n=4)["squares"])
@@ -257,18 +277,68 @@ def evaluate_toy(
         for direction in S.RELATIONS:
             picked = [h for h, s in zip(hits, scenes) if s.direction == direction]
             row[direction] = sum(picked) / max(len(picked), 1)
-        row["blank"] = sum(correct(model, processor, scenes, blank=True)) / len(scenes)
+        if blank:
+            row["blank"] = sum(correct(model, processor, scenes, blank=True)) / len(scenes)
         results[name] = row
     return results
 
 
-def _training_batch(processor: LlavaProcessor, step: int) -> tuple[BatchFeature, Tensor]:
+def _training_batch(processor: LlavaProcessor, step: int, mixture: dict[str, int]
+                    ) -> tuple[BatchFeature, Tensor, dict[str, Tensor]]:
     scenes: list[S.Scene] = []
-    for k, (name, count) in enumerate(MIXTURE.items()):
+    for k, (name, count) in enumerate(mixture.items()):
         task, preset = SETS[name]
-        scenes += S.generate(count, seed=TRAIN_SEED_BASE + step * len(MIXTURE) + k, task=task, preset=preset)
+        scenes += S.generate(count, seed=TRAIN_SEED_BASE + step * len(mixture) + k, task=task, preset=preset)
     targets = candidate_ids(processor, [s.answer for s in scenes])
-    return encode(processor, scenes), targets
+    return encode(processor, scenes), targets, {**patch_labels(scenes), **binding_labels(scenes)}
+
+
+def patch_labels(scenes: Sequence[S.Scene]) -> dict[str, Tensor]:
+    """Per scene and image token (row-major): colour and shape index of the object covering the patch centre
+    (0 = none; the top-most object wins), and the token's row and column.
+
+    >>> patch_labels(S.generate(2, task="squares"))["colour"].shape
+    torch.Size([2, 100])
+    """
+    side = IMAGE_PX // PATCH_PX
+    centres = torch.arange(side) * PATCH_PX + PATCH_PX // 2
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+    colours, shapes = ["none", *S.COLOURS], ["none", *S.SHAPES]
+    out = {"colour": [], "shape": []}
+    for scene in scenes:
+        colour, shape = torch.zeros(side, side, dtype=torch.long), torch.zeros(side, side, dtype=torch.long)
+        for obj in reversed(scene.objects):  # objects are listed top-most first
+            x0, y0, x1, y1 = obj.box
+            inside = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+            colour[inside], shape[inside] = colours.index(obj.colour), shapes.index(obj.shape)
+        out["colour"].append(colour.flatten())
+        out["shape"].append(shape.flatten())
+    tokens = torch.arange(side * side)
+    return {"colour": torch.stack(out["colour"]), "shape": torch.stack(out["shape"]),
+            "row": (tokens // side).expand(len(scenes), -1), "col": (tokens % side).expand(len(scenes), -1)}
+
+
+def binding_labels(scenes: Sequence[S.Scene]) -> dict[str, Tensor]:
+    """Per scene: the patch row and column of the subject's and the reference's box centres (relation scenes;
+    -100, ignored by the loss, for other tasks).
+
+    >>> binding_labels(S.generate(2, task="squares"))["subject_row"].tolist()
+    [-100, -100]
+    """
+    out: dict[str, list[int]] = {name: [] for name in BINDING_WEIGHTS}
+    for scene in scenes:
+        for role in ("subject", "reference"):
+            x, y = scene.object(role).centre if scene.task == "relation" else (None, None)
+            out[f"{role}_row"].append(-100 if y is None else int(y // PATCH_PX))
+            out[f"{role}_col"].append(-100 if x is None else int(x // PATCH_PX))
+    return {name: torch.tensor(values) for name, values in out.items()}
+
+
+def _aux_heads(width: int) -> torch.nn.ModuleDict:
+    side = IMAGE_PX // PATCH_PX
+    sizes = {"colour": len(S.COLOURS) + 1, "shape": len(S.SHAPES) + 1, **dict.fromkeys(("row", "col"), side),
+             **dict.fromkeys(BINDING_WEIGHTS, side)}
+    return torch.nn.ModuleDict({name: torch.nn.Linear(width, sizes[name]) for name in {**AUX_WEIGHTS, **BINDING_WEIGHTS}})
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -281,51 +351,100 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
 
 def train_toy(
     out_dir: str | Path = CHECKPOINT,
-    steps: int = 6000,
+    steps: int = 5000,
     seed: int = 0,
     lr: float = 1e-3,
-    warmup: int = 300,
+    warmup: int = 100,
     weight_decay: float = 0.01,
     eval_n: int = 400,
-    threads: int = 2,
+    log_every: int = 250,
+    threads: int = 1,
+    late_from: float = 0.4,
+    init_from: str | Path | None = None,
 ) -> dict[str, dict[str, float]]:
     """Train the toy on freshly generated scenes, evaluate it on held-out seeds, and save it with a model card.
 
     Each step draws ``sum(MIXTURE.values())`` scenes from seeds >= TRAIN_SEED_BASE; the loss is the cross-entropy
-    of the answer token at the last prompt position only. Deterministic for a fixed seed and thread count.
+    of the answer token at the last prompt position plus the auxiliary per-token losses (`AUX_WEIGHTS`); from
+    ``late_from`` of the way through, batches follow `LATE_MIXTURE`. ``init_from`` (a checkpoint folder) starts from
+its weights instead of fresh ones (the auxiliary heads start fresh). Every ``log_every`` steps it prints the accuracy on 64
+    held-out scenes per set (evaluation seed 1) and saves the training state to ``out_dir/train_state.pt``, from
+    which a rerun with the same settings resumes. Deterministic for a fixed seed and thread count.
 
     >>> results = train_toy("/tmp/toy", steps=2, eval_n=4)  # doctest: +SKIP
     >>> results["squares"]["all"]  # doctest: +SKIP
     """
+    settings = dict(steps=steps, seed=seed, lr=lr, warmup=warmup, weight_decay=weight_decay, threads=threads,
+                    late_from=late_from, init_from=None if init_from is None else str(init_from))
+    out = Path(out_dir)
+    state_file = out / "train_state.pt"
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        started = time.time()
         model, processor = build_toy(seed)
-        torch.manual_seed(seed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        if init_from is not None:
+            model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(init_from).state_dict())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            heads = _aux_heads(model.config.text_config.hidden_size)
+        features: dict[str, Tensor] = {}
+        model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: features.__setitem__("image", o))
+        model.model.language_model.layers[BINDING_LAYER].register_forward_hook(
+            lambda m, i, o: features.__setitem__("last", (o[0] if isinstance(o, tuple) else o)[:, -1]))
+        parameters = [*model.parameters(), *heads.parameters()]
+        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
+        first, elapsed, average = 0, 0.0, float("nan")
+        if state_file.exists():
+            state = torch.load(state_file)
+            if state["settings"] != settings:
+                raise ValueError(
+                    f"{state_file} was saved with {state['settings']}, not {settings}; "
+                    "rerun with those settings to resume, or delete it to start over"
+                )
+            model.load_state_dict(state["model"])
+            heads.load_state_dict(state["heads"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            first, elapsed, average = state["step"], state["elapsed"], state["average"]
+        started = time.time() - elapsed
         model.train()
-        bar = tqdm(range(steps), desc="training toy VLM")
-        average = None
+        bar = tqdm(range(first, steps), desc="training toy VLM", initial=first, total=steps)
         for step in bar:
-            inputs, targets = _training_batch(processor, step)
+            mixture = MIXTURE if step < steps * late_from else LATE_MIXTURE
+            inputs, targets, labels = _training_batch(processor, step, mixture)
             logits = model(**inputs, logits_to_keep=1).logits[:, -1]
             loss = torch.nn.functional.cross_entropy(logits, targets)
+            aux = sum(weight * torch.nn.functional.cross_entropy(heads[name](features["image"]).flatten(0, 1),
+                                                                 labels[name].flatten())
+                      for name, weight in AUX_WEIGHTS.items())
+            aux = aux + sum(weight * torch.nn.functional.cross_entropy(heads[name](features["last"]), labels[name])
+                            for name, weight in BINDING_WEIGHTS.items() if (labels[name] >= 0).any())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            (loss + aux).backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             schedule.step()
-            average = loss.item() if average is None else 0.98 * average + 0.02 * loss.item()
+            average = loss.item() if math.isnan(average) else 0.98 * average + 0.02 * loss.item()
             bar.set_postfix(loss=f"{average:.3f}")
+            if log_every and (step + 1) % log_every == 0 and step + 1 < steps:
+                accuracy = evaluate_toy(model, processor, n=64, seed=1, blank=False)
+                tqdm.write(f"step {step + 1}: " + ", ".join(f"{k} {v['all']:.3f}" for k, v in accuracy.items()))
+                model.train()
+                out.mkdir(parents=True, exist_ok=True)
+                torch.save(
+                    dict(settings=settings, model=model.state_dict(), heads=heads.state_dict(), optimizer=optimizer.state_dict(),
+                         schedule=schedule.state_dict(), step=step + 1, elapsed=time.time() - started,
+                         average=average),
+                    state_file,
+                )
         train_seconds = time.time() - started
         results = evaluate_toy(model, processor, n=eval_n, seed=0)
-        out = Path(out_dir)
         model.save_pretrained(out)
         processor.save_pretrained(out)
-        card = _model_card(model, steps, seed, lr, warmup, weight_decay, train_seconds, threads, eval_n, results)
+        card = _model_card(model, settings, train_seconds, eval_n, results)
         (out / "README.md").write_text(card)
+        state_file.unlink(missing_ok=True)
         return results
     finally:
         torch.set_num_threads(previous_threads)
@@ -333,16 +452,13 @@ def train_toy(
 
 def _model_card(
     model: LlavaForConditionalGeneration,
-    steps: int,
-    seed: int,
-    lr: float,
-    warmup: int,
-    weight_decay: float,
+    settings: dict[str, float],
     train_seconds: float,
-    threads: int,
     eval_n: int,
     results: dict[str, dict[str, float]],
 ) -> str:
+    steps, seed, lr, warmup, weight_decay, threads = (settings[k] for k in
+                                                     ("steps", "seed", "lr", "warmup", "weight_decay", "threads"))
     n_params = sum(p.numel() for p in model.parameters())
     batch = sum(MIXTURE.values())
     mixture = ", ".join(f"{count} {name}" for name, count in MIXTURE.items())

@@ -75,8 +75,8 @@ class VLM:
         """All site names in forward order, or those matching a pattern (``*``/``{layer}`` expand).
 
         Example:
-            >>> vl.load("toy").sites("blocks.0.*")[:2]
-            ['blocks.0.hook_resid_pre', 'blocks.0.attn.hook_pattern']
+            >>> vl.load("toy").sites("blocks.0.*")[:2]  # ``*`` stands for one name segment
+            ['blocks.0.hook_resid_pre', 'blocks.0.hook_resid_mid']
         """
         if pattern is None:
             return self.site_table.names()
@@ -229,16 +229,19 @@ class VLM:
                 cache.logits = self.nn.output.logits  # stored on an object: the trace body cannot bind locals
         return cache.logits, cache
 
-    @contextlib.contextmanager
-    def trace(self, batch: Batch, **kwargs: Any) -> Iterator[Any]:
+    def trace(self, batch: Batch, **kwargs: Any) -> Any:
         """A plain nnsight trace on a prepared batch; inside it, ``model.nn`` mirrors ``model.hf``.
+
+        The nnsight tracer itself is returned (not wrapped in a generator): nnsight compiles the body of
+        the ``with`` block that enters it, so it must be entered in the caller's own frame.
 
         Example:
             >>> with model.trace(batch):
             ...     hidden = model.nn.model.language_model.layers[0].output.save()
+            >>> hidden.shape[0] == len(batch)
+            True
         """
-        with self.nn.trace(**batch.inputs, **kwargs) as tracer:
-            yield tracer
+        return self.nn.trace(**batch.inputs, **kwargs)
 
     def envoy(self, site: str) -> Any:
         """The nnsight envoy of the module behind a site (for use inside `trace`)."""

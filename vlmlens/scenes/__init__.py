@@ -7,8 +7,14 @@
 ('The color of the square to the left of the middle square is', 'brown', ('black', 'gray'))
 """
 
-from .benchmarks import (load_coco_two_object, load_controlled_images, load_vsr, load_whatsup_qa,
-                         whatsup_composite, whatsup_composites)
+from .benchmarks import (
+                         load_coco_two_object,
+                         load_controlled_images,
+                         load_vsr,
+                         load_whatsup_qa,
+                         whatsup_composite,
+                         whatsup_composites,
+)
 from .generator import CONTROLS, PRESETS, TASKS, generate
 from .geometry import GEOMETRIES, Geometry
 from .io import load, save

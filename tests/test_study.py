@@ -1,0 +1,197 @@
+"""The study's experiments on the toy: documented tables, sensible values, and the reproduce report.
+
+One small `reproduce` run (module fixture) feeds most tests: every experiment's ``run`` goes through it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from vlmlens.study import EXPERIMENTS, StudyResult, reproduce
+
+N = 8
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+#: experiment -> table -> documented columns
+COLUMNS = {
+    "behaviour": {"accuracy": ["task", "direction", "accuracy", "ci_low", "ci_high", "logit_diff", "n", "chance"]},
+    "last_token_patching": {"probabilities": ["layer", "candidate", "mean", "ci_low", "ci_high", "n"],
+                            "raw_pairs": ["pair", "layer", "candidate", "prob"]},
+    "position_probes": {"accuracy": ["orientation", "strip", "tokens", "accuracy", "ci_low", "ci_high", "prob", "n",
+                                     "chance"],
+                        "heatmap": ["orientation", "cls", "row", "col", "prob"],
+                        "boxes": ["orientation", "name", "row0", "col0", "row1", "col1"]},
+    "criss_cross": {"flip_rates": ["site", "layer", "region", "flip_rate", "ci_low", "ci_high", "accuracy", "n"]},
+    "remove_vision_order": {"accuracy": ["task", "condition", "accuracy", "ci_low", "ci_high", "n"]},
+    "backup_mechanism": {"flip_rates": ["condition", "site", "layer", "region", "flip_rate", "ci_low", "ci_high",
+                                       "accuracy", "n"]},
+    "global_amplification": {"dose_response": ["method", "alpha", "split", "accuracy", "ci_low", "ci_high", "n"],
+                             "fix_rates": ["method", "best_alpha", "dev_accuracy", "test_accuracy",
+                                           "baseline_test_accuracy", "fix_rate", "fix_ci_low", "fix_ci_high",
+                                           "break_rate", "oracle_fix_rate", "n_failures", "n_test"]},
+}
+#: columns that hold a rate or probability
+UNIT = {"accuracy", "ci_low", "ci_high", "chance", "prob", "mean", "flip_rate", "dev_accuracy", "test_accuracy",
+        "baseline_test_accuracy", "fix_rate", "fix_ci_low", "fix_ci_high", "break_rate", "oracle_fix_rate"}
+
+#: (value, CI low, CI high) column triples
+BOUNDS = [("flip_rate", "ci_low", "ci_high"), ("mean", "ci_low", "ci_high"), ("fix_rate", "fix_ci_low", "fix_ci_high"),
+          ("accuracy", "ci_low", "ci_high")]
+
+
+@pytest.fixture(scope="module")
+def model(toy):
+    return toy
+
+
+@pytest.fixture(scope="module")
+def report(model, tmp_path_factory):
+    return reproduce(model=model, out=tmp_path_factory.mktemp("study"), n=N)
+
+
+@pytest.mark.parametrize("name", list(COLUMNS))
+def test_each_experiment_returns_its_documented_tables(report, name):
+    result = report.results[name]
+    assert isinstance(result, StudyResult) and result.figures and result.summary
+    for table, columns in COLUMNS[name].items():
+        frame = result.tables[table]
+        assert frame.columns.tolist() == columns, (name, table)
+        assert len(frame) > 0 or table.startswith("raw_"), (name, table)  # raw rows need kept pairs
+        for column in UNIT & set(columns):
+            values = frame[column].dropna()
+            assert ((values >= -1e-6) & (values <= 1 + 1e-6)).all(), (name, table, column)
+        for value, low, high in BOUNDS:
+            if {value, low, high} <= set(columns) and not (value == "accuracy" and "flip_rate" in columns):
+                rows = frame.dropna(subset=[value, low, high])
+                assert (rows[low] <= rows[value] + 1e-6).all() and (rows[value] <= rows[high] + 1e-6).all()
+
+
+def test_tables_cover_the_experiments_grid(report, model):
+    layers = [str(layer) for layer in model.lm_layers]
+    behaviour = report.results["behaviour"].tables["accuracy"]
+    assert set(behaviour.task) == {"squares", "shapes", "relation", "naturalistic"}
+    assert set(behaviour.direction) == {"left", "right", "above", "below", "all"}
+    probabilities = report.results["last_token_patching"].tables["probabilities"]
+    assert set(probabilities.layer) == {"clean", *layers}
+    assert set(probabilities.candidate) == {"clean_answer", "cf_answer", "same_ordinal", "others"}
+    flips = report.results["criss_cross"].tables["flip_rates"]
+    assert set(flips.region) == {"none", "object", "strip"} and set(flips.layer) == {"none", "embed", *layers}
+    probes = report.results["position_probes"].tables
+    assert set(probes["accuracy"].tokens) == {"object", "background"}
+    assert len(probes["heatmap"]) == 2 * 3 * 100  # two orientations x three classes x the 10x10 grid
+    removal = report.results["remove_vision_order"].tables["accuracy"]
+    assert {"none", "reference", "object_zero", "background_mean"} <= set(removal.condition)
+    fixes = report.results["global_amplification"].tables["fix_rates"]
+    assert set(fixes.method) == {"probe:image", "probe:object", "probe:background", "random:image", "adaptvis"}
+
+
+def test_filtered_pairs_are_answered_right_before_any_swap(report):
+    """Pairs are kept only when the model is right on both sides, so without a swap nothing flips."""
+    for name in ("criss_cross", "backup_mechanism"):
+        table = report.results[name].tables["flip_rates"]
+        unswapped = table[table.region == "none"]
+        if "condition" in table:
+            unswapped = unswapped[unswapped.condition == "intact"]
+        kept = unswapped.n.iloc[0]
+        assert kept == 0 or float(unswapped.flip_rate.iloc[0]) == 0.0
+    if report.results["last_token_patching"].summary["n_kept"]:
+        clean = report.results["last_token_patching"].tables["probabilities"]
+        clean = clean[clean.layer == "clean"].set_index("candidate")["mean"]
+        assert clean["clean_answer"] > clean["cf_answer"]
+
+
+def test_report_is_one_offline_page_with_every_figure_and_the_claims(report):
+    page = report.path.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert page.count('class="plotly-graph-div"') >= len(EXPERIMENTS)
+    assert sum(result.figures.__len__() for result in report.results.values()) == page.count('class="plotly-graph-div"')
+    assert len(re.findall(r"<script[^>]*\bsrc=", page)) == 0 and "<link" not in page  # nothing fetched
+    assert page.count("plotly.js v") >= 1 and page.count("define(\"plotly\"") <= 1  # the library, embedded once
+    for number in (1, 2, 3):
+        assert re.search(rf"Claim {number} (is (supported|partly supported|not supported)|cannot be assessed)", page)
+    assert [c["claim"] for c in report.claims] == [1, 2, 3]
+
+
+def test_raw_results_sit_beside_the_report(report):
+    folder = report.path.parent
+    summary = json.loads((folder / "summary.json").read_text())
+    assert set(summary["experiments"]) == set(EXPERIMENTS) and len(summary["claims"]) == 3
+    assert summary["meta"]["seconds"]["total"] > 0
+    for name, result in report.results.items():
+        for table, frame in result.tables.items():
+            saved = pd.read_csv(folder / name / f"{table}.csv")
+            assert saved.columns.tolist() == frame.columns.tolist() and len(saved) == len(frame)
+
+
+def test_figures_redraw_from_the_saved_tables(report):
+    folder = report.path.parent
+    for name, module in EXPERIMENTS.items():
+        tables = {key: pd.read_csv(folder / name / f"{key}.csv") for key in report.results[name].tables}
+        assert set(module.figures(tables)) == set(report.results[name].figures)
+
+
+def test_recipes_are_thin_scripts_over_the_study():
+    for name in EXPERIMENTS:
+        source = (RECIPES / f"{name}.py").read_text()
+        code = [node for node in ast.parse(source).body[1:] if not isinstance(node, (ast.Import, ast.ImportFrom))]
+        assert len(code) <= 3, name  # parse the arguments, run on the loaded model, print and save
+        assert f"from vlmlens.study import {name} as experiment" in source
+
+
+def test_criss_cross_swaps_write_the_counterfactuals_mirrored_tokens(model):
+    from vlmlens.scenes import criss_cross_pairs
+    from vlmlens.study.common import by_orientation, cache_of, stimuli
+    from vlmlens.study.criss_cross import swap
+    pairs = criss_cross_pairs(stimuli(model, 4, seed=1, task="squares"))
+    clean, cf = model.prepare([p[0] for p in pairs]), model.prepare([p[1] for p in pairs])
+    site = "blocks.1.hook_resid_pre"
+    for slots, ids in by_orientation(clean.scenes).items():
+        source = cache_of(model, cf[ids], [site])
+        for kind in ("object", "strip"):
+            _, cache = model.run_with_cache(clean[ids], sites=[site], interventions=swap(site, kind, slots, source),
+                                            stop=True)
+            for j, layout in enumerate(clean[ids].layouts):
+                first, last = (layout.positions(f"{kind}:{slot}", "lm") for slot in (slots[0], slots[-1]))
+                assert torch.allclose(cache[site][j, first], source[site][j, last])
+                assert torch.allclose(cache[site][j, last], source[site][j, first])
+
+
+def test_removal_writes_reference_tokens_and_leaves_the_text(model):
+    """Each entity gets its lone reference's middle-slot tokens, the background the white image's, even in
+    a sub-batch padded for a longer parent batch."""
+    from vlmlens.scenes import reference_images
+    from vlmlens.study.common import by_orientation, stimuli
+    from vlmlens.study.remove_vision_order import removal
+    scenes = stimuli(model, 4, seed=2, task="squares")
+    batch = model.prepare(scenes)  # rows and columns: questions of two lengths, so sub-batches carry extra padding
+    for slots, ids in by_orientation(scenes).items():
+        sub = batch[ids[:1]]
+        _, edited = model.run_with_cache(sub, sites=["hook_embed"], interventions=removal(model, sub, slots), stop=True)
+        _, plain = model.run_with_cache(sub, sites=["hook_embed"], stop=True)
+        j, layout = 0, sub.layouts[0]
+        refs = reference_images(scenes[ids[0]])
+        for slot in slots:
+            ref = model.prepare([refs[slot]])
+            _, alone = model.run_with_cache(ref, sites=["hook_embed"], stop=True)
+            want = alone["hook_embed"][0, ref.layouts[0].positions(f"object:{slot}", "lm")]
+            assert torch.allclose(edited["hook_embed"][j, layout.positions(f"object:{slot}", "lm")], want, atol=1e-5)
+        white = model.prepare([refs["white"]])
+        _, blank = model.run_with_cache(white, sites=["hook_embed"], stop=True)
+        cells = white.layouts[0].at_keys(layout.keys("background", "lm"), "lm")
+        background = edited["hook_embed"][j, layout.positions("background", "lm")]
+        assert torch.allclose(background, blank["hook_embed"][0, cells], atol=1e-5)
+        text = layout.positions("text", "lm")
+        assert torch.equal(edited["hook_embed"][j, text], plain["hook_embed"][j, text])
+
+
+def test_unfiltered_pairs_exercise_every_swap(model):
+    from vlmlens.study import criss_cross
+    table = criss_cross.run(model, n=4, only_correct=False).tables["flip_rates"]
+    assert (table.n == 4).all() and table.flip_rate.between(0, 1).all()

@@ -1,0 +1,61 @@
+"""The study's seven experiments, each ``run(model, n=..., seed=0) -> StudyResult``, and the report.
+
+==========================  ====================================================================
+``behaviour``               accuracy per task and direction (Table 1)
+``last_token_patching``     what the answer position carries, layer by layer (ordering ID vs value)
+``position_probes``         position probes on image tokens, applied to every patch (the strips)
+``criss_cross``             object-only vs strip swaps between mirrored scenes, per layer
+``remove_vision_order``     reference-image substitution at the LM input (Table 5), plain ablations
+``backup_mechanism``        criss-cross swaps with the vision order removed: the LM's own ordering
+``global_amplification``    scaling the probe-found spatial component over image tokens (fix rate)
+==========================  ====================================================================
+
+Each module also has ``figures(tables)``, which redraws its figures from its tables (e.g. read back from
+the CSVs), and ``NAME`` / ``DEFAULT_N``. ``recipes/<name>.py`` runs one from the command line;
+``vlmlens reproduce`` (or `reproduce`) runs them all and writes one report.
+
+Example:
+    >>> import vlmlens as vl
+    >>> from vlmlens.study import criss_cross, reproduce
+    >>> result = criss_cross.run(vl.load("toy"), n=64)  # doctest: +SKIP
+    >>> result.tables["flip_rates"].head()              # doctest: +SKIP
+    >>> reproduce("toy", out="study_out")               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+from types import ModuleType
+
+from vlmlens.study import (
+    backup_mechanism,
+    behaviour,
+    criss_cross,
+    global_amplification,
+    last_token_patching,
+    position_probes,
+    remove_vision_order,
+)
+from vlmlens.study.common import StudyResult
+from vlmlens.study.report import reproduce
+
+#: name -> module, in the paper's order.
+EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (behaviour, last_token_patching, position_probes, criss_cross,
+                                                            remove_vision_order, backup_mechanism,
+                                                            global_amplification)}
+
+
+def recipe_args(experiment: ModuleType) -> argparse.Namespace:
+    """The command line every recipe script shares: --model, --n, --seed, --out, --device, --dtype."""
+    parser = argparse.ArgumentParser(description=(experiment.__doc__ or "").split("\n")[0])
+    parser.add_argument("--model", default="toy", help="'toy', a Hugging Face id, or a local folder")
+    parser.add_argument("--n", type=int, default=experiment.DEFAULT_N, help="scenes (or pairs) before filtering")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=f"study_out/{experiment.NAME}", help="folder for CSV, JSON and HTML figures")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+    return parser.parse_args()
+
+
+__all__ = ["EXPERIMENTS", "StudyResult", "backup_mechanism", "behaviour", "criss_cross", "global_amplification",
+           "last_token_patching", "position_probes", "recipe_args", "remove_vision_order", "reproduce"]

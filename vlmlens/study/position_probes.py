@@ -1,0 +1,175 @@
+"""Experiment 3: linear position probes on the image tokens the language model receives.
+
+A 3-class probe (left / middle / right for entities in a row; top / middle / bottom in a column) is fitted
+on the per-token activations of object tokens at ``vision_projector.hook_out`` of training scenes, then
+applied to every image token of held-out scenes. If ordering information is carried only by the objects'
+own tokens, background tokens should sit at chance; the study found it spread over the whole strip (the
+column band, for a row) through each object, background included.
+
+The heatmap averages the probe's class probabilities over many scenes sharing one layout (a held-out
+scene's boxes, recoloured with every colour triple), so the strips show up as bands.
+
+Example:
+    >>> result = run(model, n=16, n_heatmap=4)
+    >>> result.tables["accuracy"].columns.tolist()
+    ['orientation', 'strip', 'tokens', 'accuracy', 'ci_low', 'ci_high', 'prob', 'n', 'chance']
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from itertools import permutations
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from tqdm.auto import tqdm
+
+from vlmlens.directions import probe
+from vlmlens.probes import apply_to_patches
+from vlmlens.scenes.entities import entity_scene
+from vlmlens.study.common import COLUMN, ROW, StudyResult, by_orientation, cache_of, default_max_batch, mean_ci, stimuli
+
+if TYPE_CHECKING:
+    from vlmlens.batch import Batch
+    from vlmlens.models.vlm import VLM
+    from vlmlens.scenes import Scene
+
+NAME = "position_probes"
+DEFAULT_N = 192
+SITE = "vision_projector.hook_out"
+ORIENTATIONS = {ROW: "row", COLUMN: "column"}
+
+
+def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, task: str = "squares", site: str = SITE,
+        test_fraction: float = 0.25, n_heatmap: int = 60, max_batch: int | None = None) -> StudyResult:
+    """Probe accuracy on held-out object tokens and on the background tokens of each strip, and the
+    probe's class probabilities over the patch grid.
+
+    Tables: ``accuracy`` (orientation, strip, tokens [object/background], accuracy, ci_low, ci_high,
+    prob [mean probability of the strip's class], n [tokens], chance), ``heatmap`` (orientation, cls, row,
+    col, prob) and ``boxes`` (orientation, name, row0, col0, row1, col1: the heatmap layout's entities).
+    """
+    max_batch = max_batch or default_max_batch(model)
+    scenes = stimuli(model, n, seed=seed, task=task)
+    groups = by_orientation(scenes)
+    bar = tqdm(total=n + min(n_heatmap, n) * len(groups), desc=NAME, unit="image")
+    batch = model.prepare(scenes)
+    acts = _activations(model, batch, site, max_batch, bar)
+    spec = model.site(site)
+    rows, heat, boxes, summary = [], [], [], {"n": n, "site": site, "probe_accuracy": {}}
+    for slots, ids in groups.items():
+        orientation = ORIENTATIONS[slots]
+        k = max(1, round(len(ids) * test_fraction))
+        train, test = ids[:-k], ids[-k:]
+        x_train, y_train = _object_tokens(batch, acts, spec, train, slots)
+        x_test, y_test = _object_tokens(batch, acts, spec, test, slots)
+        if len(set(y_train)) < len(slots) or not len(y_test):
+            continue
+        fitted = probe(x_train, y_train, test=(x_test, y_test), seed=seed)
+        summary["probe_accuracy"][orientation] = fitted.accuracy
+        rows += _strip_accuracy(fitted, batch, acts, spec, test, slots, orientation)
+        template = scenes[test[0]]
+        heat += _heatmap(model, fitted, template, site, min(n_heatmap, n), max_batch, slots, orientation, bar)
+        boxes += [{"orientation": orientation, "name": name, "row0": c[0], "col0": c[1], "row1": c[2], "col1": c[3]}
+                  for name, c in template.meta["cells"].items()]
+    bar.close()
+    table = pd.DataFrame(rows, columns=["orientation", "strip", "tokens", "accuracy", "ci_low", "ci_high", "prob",
+                                        "n", "chance"])
+    for tokens in ("object", "background"):
+        part = table[table.tokens == tokens]
+        summary[f"{tokens}_accuracy"] = float((part.accuracy * part.n).sum() / part.n.sum()) if len(part) else None
+    summary["background_accuracy_by_strip"] = {f"{r.orientation}:{r.strip}": r.accuracy
+                                               for r in table[table.tokens == "background"].itertuples()}
+    tables = {"accuracy": table, "heatmap": pd.DataFrame(heat, columns=["orientation", "cls", "row", "col", "prob"]),
+              "boxes": pd.DataFrame(boxes, columns=["orientation", "name", "row0", "col0", "row1", "col1"])}
+    return StudyResult(tables, figures(tables), summary, name=NAME)
+
+
+def _activations(model: VLM, batch: Batch, site: str, max_batch: int, bar: tqdm) -> torch.Tensor:
+    """Every example's activations at ``site`` (on the CPU), in chunks."""
+    parts = []
+    for start in range(0, len(batch), max_batch):
+        part = batch[start:start + max_batch]
+        parts.append(cache_of(model, part, [site])[model.site(site).name].float().cpu())
+        bar.update(len(part))
+    return torch.cat(parts)
+
+
+def _object_tokens(batch: Batch, acts: torch.Tensor, spec, ids: list[int],
+                   slots: tuple[str, ...]) -> tuple[torch.Tensor, list[str]]:
+    """Per-token features of the objects' tokens and their slot names."""
+    feats, labels = [], []
+    for i in ids:
+        for slot in slots:
+            where = batch.layouts[i].positions(f"object:{slot}", spec.layout_space, spec.prefix)
+            feats.append(acts[i, where])
+            labels += [slot] * len(where)
+    return (torch.cat(feats) if feats else torch.zeros(0, acts.shape[-1])), labels
+
+
+def _strip_accuracy(fitted, batch: Batch, acts: torch.Tensor, spec, ids: list[int], slots: tuple[str, ...],
+                    orientation: str) -> list[dict]:
+    """Accuracy of the probe on each strip's object tokens and on its background tokens."""
+    rows = []
+    for slot in slots:
+        column = fitted.classes.index(slot)
+        for tokens in ("object", "background"):
+            right, probs = [], []
+            for i in ids:
+                layout, space = batch.layouts[i], (spec.layout_space, spec.prefix)
+                index = layout.positions(f"object:{slot}", *space)
+                if tokens == "background":
+                    strip = layout.positions(f"strip:{slot}", *space)
+                    index = strip[~torch.isin(strip, layout.positions("object", *space))]
+                p = fitted.predict_proba(acts[i, index])
+                right.append(p.argmax(-1) == column)
+                probs.append(p[:, column])
+            right_t, probs_t = torch.cat(right).float(), torch.cat(probs)
+            mean, lo, hi = mean_ci(right_t)
+            rows.append({"orientation": orientation, "strip": slot, "tokens": tokens, "accuracy": mean,
+                         "ci_low": lo, "ci_high": hi, "prob": float(probs_t.mean()) if len(probs_t) else float("nan"),
+                         "n": int(right_t.numel()), "chance": 1 / len(slots)})
+    return rows
+
+
+def _heatmap(model: VLM, fitted, template: Scene, site: str, n_images: int, max_batch: int,
+             slots: tuple[str, ...], orientation: str, bar: tqdm) -> list[dict]:
+    """The probe's class probabilities on every patch, averaged over recolourings of one layout."""
+    triples = list(permutations(template.candidates, 3))[:n_images]
+    scenes = [entity_scene(template.task, template.direction,
+                           [replace(o, colour=c) for o, c in zip(template.objects, triple, strict=True)],
+                           template.candidates, template.image.size, template.meta) for triple in triples]
+    grids: dict[str, list[torch.Tensor]] = {cls: [] for cls in slots}
+    for start in range(0, len(scenes), max_batch):
+        part = model.prepare(scenes[start:start + max_batch])
+        cache = cache_of(model, part, [site])
+        for cls in slots:
+            grids[cls].append(apply_to_patches(fitted, cache, site, part, model, cls=cls))
+        bar.update(len(part))
+    rows = []
+    for cls, parts in grids.items():
+        mean = torch.cat(parts).nanmean(0)
+        rows += [{"orientation": orientation, "cls": cls, "row": r, "col": c, "prob": float(mean[r, c])}
+                 for r in range(mean.shape[0]) for c in range(mean.shape[1])]
+    return rows
+
+
+def figures(tables: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
+    """Per orientation: the probe's mean class probabilities over the patch grid, boxes outlined; and
+    accuracy on object vs background tokens of each strip."""
+    from vlmlens.plot import bars, patch_grid
+    out = {}
+    heat, boxes = tables["heatmap"], tables["boxes"]
+    for orientation in dict.fromkeys(heat.orientation):
+        out[f"strips_{orientation}"] = patch_grid(
+            heat[heat.orientation == orientation], panel="cls", value="prob",
+            boxes=boxes[boxes.orientation == orientation],
+            title=f"Position probe at the LM's image tokens ({orientation} scenes): P(class) per patch, "
+                  "averaged over recoloured scenes of one layout")
+    table = tables["accuracy"].assign(where=lambda t: t.orientation + ":" + t.strip)
+    chance = float(table.chance.min()) if len(table) else None
+    out["accuracy"] = bars(table, x="where", y="accuracy", group="tokens", chance=chance,
+                           title="Position probe accuracy on each strip's object and background tokens (held out)")
+    return out

@@ -1,0 +1,241 @@
+"""`reproduce`: run all seven experiments on one model and write one self-contained ``report.html``.
+
+The page embeds plotly.js once (it opens offline) and holds every figure and table, and, for each of the
+paper's three claims, a sentence saying whether *this* model's numbers support it, with the numbers and the
+rule used. Beside it: ``<experiment>/<table>.csv`` for every table and ``summary.json`` (every
+experiment's headline numbers, the claims, timings), so figures can be redrawn without recomputing.
+
+Example:
+    >>> from vlmlens.study import reproduce
+    >>> report = reproduce("toy", out="study_out", n=32)   # doctest: +SKIP
+    >>> [c["verdict"] for c in report.claims]              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+
+from vlmlens.study.backup_mechanism import FLIPPING
+from vlmlens.study.common import StudyResult, jsonable
+
+if TYPE_CHECKING:
+    from vlmlens.models.vlm import VLM
+
+#: Thresholds the claim sentences apply (stated in the report next to each verdict).
+FLIPS = 0.5        # a swap "flips" answers when at least this share of pairs moves to the counterfactual's
+NO_FLIPS = 0.2     # ... and "does not flip" when at most this share does, at every layer
+DROP = 0.1         # removing the vision order "drops accuracy" by at least this much (CIs apart)
+BACKUP = FLIPPING  # under removal, object swaps "flip at intermediate layers" from this share up
+MIN_PAIRS = 5      # fewer filtered pairs than this: the claim cannot be assessed
+
+
+@dataclass
+class Report:
+    """What `reproduce` made: each experiment's result, the three claims, timings, the page's path."""
+
+    results: dict[str, StudyResult]
+    claims: list[dict[str, Any]]
+    seconds: dict[str, float]
+    path: Path
+
+
+def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | None = None, device: str | None = None,
+              dtype: str | None = None, seed: int = 0, model: VLM | None = None,
+              experiments: list[str] | None = None) -> Report:
+    """Run every experiment (each with its default n, or ``n``) and write ``out/report.html``, one CSV
+    per table and ``out/summary.json``. ``model`` skips loading; ``experiments`` runs a subset."""
+    from vlmlens.models import load
+    from vlmlens.study import EXPERIMENTS
+    started = time.time()
+    vlm = model or load(model_name, device=device, dtype=dtype)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    results: dict[str, StudyResult] = {}
+    seconds: dict[str, float] = {"load": time.time() - started}
+    for name in experiments or list(EXPERIMENTS):
+        if name not in EXPERIMENTS:
+            raise ValueError(f"unknown experiment {name!r}; choose from {list(EXPERIMENTS)}")
+        begun = time.time()
+        results[name] = EXPERIMENTS[name].run(vlm, **({"n": n} if n else {}), seed=seed)
+        seconds[name] = time.time() - begun
+        for key, table in results[name].tables.items():
+            (folder / name).mkdir(exist_ok=True)
+            table.to_csv(folder / name / f"{key}.csv", index=False)
+    claims = assess(results)
+    seconds["total"] = time.time() - started
+    meta = {"model": model_name if model is None else vlm.name, "repr": repr(vlm), "n": n, "seed": seed,
+            "device": str(vlm.device), "dtype": str(vlm.hf.dtype), "torch_threads": torch.get_num_threads(),
+            "machine": platform.platform(), "seconds": seconds}
+    summary = {"meta": meta, "claims": claims, "experiments": {k: r.summary for k, r in results.items()}}
+    (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
+    path = folder / "report.html"
+    path.write_text(render(results, claims, meta))
+    return Report(results=results, claims=claims, seconds=seconds, path=path)
+
+
+# -- the claims -----------------------------------------------------------------------------------
+
+def _f(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and value != value) else f"{value:.2f}"
+
+
+def assess(results: dict[str, StudyResult]) -> list[dict[str, Any]]:
+    """The paper's three claims, each with a verdict on these results and a sentence with the numbers."""
+    return [_claim_vision(results), _claim_backup(results), _claim_amplification(results)]
+
+
+def _claim(number: int, title: str, verdict: str, sentence: str, rule: str, numbers: dict) -> dict[str, Any]:
+    return {"claim": number, "title": title, "verdict": verdict, "sentence": sentence, "rule": rule, "numbers": numbers}
+
+
+def _claim_vision(results: dict[str, StudyResult]) -> dict[str, Any]:
+    title = "The vision encoder's mechanism is dominant and global (it spreads over the background)"
+    rule = (f"criss-cross: strip swaps at the LM input flip >= {FLIPS:.0%} of pairs while object-only swaps flip "
+            f"<= {NO_FLIPS:.0%} at every layer; removal: accuracy drops by >= {DROP:.2f} with the 95% CIs apart "
+            "(squares). Both: supported; one: partly supported.")
+    cc, rv = results.get("criss_cross"), results.get("remove_vision_order")
+    if cc is None or rv is None or cc.summary.get("n_kept", 0) < MIN_PAIRS:
+        return _claim(1, title, "cannot be assessed", "Claim 1 cannot be assessed: the criss-cross or removal "
+                      "experiment did not run or kept too few pairs.", rule, {})
+    table = cc.tables["flip_rates"]
+    objects, strips = table[table.region == "object"], table[table.region == "strip"]
+    object_peak, strip_embed = float(objects.flip_rate.max()), float(strips.flip_rate.iloc[0])
+    swaps_ok = strip_embed >= FLIPS and object_peak <= NO_FLIPS
+    task = "squares" if "squares" in rv.summary else next(k for k in rv.summary if isinstance(rv.summary[k], dict))
+    before, after, after_ci = rv.summary[task]["before"], rv.summary[task]["after"], rv.summary[task]["after_ci"]
+    drop_ok = before - after >= DROP and after_ci[1] < before
+    verdict = {2: "supported", 1: "partly supported", 0: "not supported"}[int(swaps_ok) + int(drop_ok)]
+    swaps = (f"strip swaps at the LM input flip {_f(strip_embed)} of {cc.summary['n_kept']} pairs and object-only "
+             f"swaps at most {_f(object_peak)} at any layer ({'as' if swaps_ok else 'not as'} the claim predicts)")
+    drop = (f"removing the vision order at the LM input takes {task} accuracy from {_f(before)} to {_f(after)} "
+            f"(95% CI {_f(after_ci[0])}-{_f(after_ci[1])}; {'a' if drop_ok else 'not a'} clear drop)")
+    sentence = f"Claim 1 is {verdict} by this model: {swaps}; {drop}."
+    probes = results.get("position_probes")
+    if probes is not None and probes.summary.get("background_accuracy") is not None:
+        sentence += (f" For context, the position probe fitted on object tokens names the strip of its background "
+                     f"tokens with accuracy {_f(probes.summary['background_accuracy'])} (object tokens "
+                     f"{_f(probes.summary['object_accuracy'])}; chance 0.33).")
+    numbers = {"strip_flip_at_input": strip_embed, "object_flip_peak": object_peak, "accuracy_before": before,
+               "accuracy_after": after}
+    return _claim(1, title, verdict, sentence, rule, numbers)
+
+
+def _claim_backup(results: dict[str, StudyResult]) -> dict[str, Any]:
+    title = "The language model has a backup mechanism on the object tokens"
+    rule = (f"with the vision order removed, object-only swaps entering some block after the first flip >= "
+            f"{BACKUP:.0%} of pairs, with the 95% CI above the same swap's flip rate on the intact pairs: supported; "
+            "above the intact rate but below the threshold: partly supported.")
+    bm = results.get("backup_mechanism")
+    if bm is None or bm.summary.get("n_kept", 0) < MIN_PAIRS:
+        kept = None if bm is None else bm.summary.get("n_kept")
+        return _claim(2, title, "cannot be assessed", f"Claim 2 cannot be assessed: only {kept} pairs are answered "
+                      "right both with and without the vision order, too few to measure flips.", rule, {"n_kept": kept})
+    table = bm.tables["flip_rates"]
+    # only after at least one LM block can the LM have written an ordering of its own
+    removed = table[(table.condition == "removed") & (table.region == "object") & ~table.layer.isin(["embed", "0"])]
+    intact = table[(table.condition == "intact") & (table.region == "object")].set_index("layer")
+    peak = removed.loc[removed.flip_rate.idxmax()]
+    base = float(intact.flip_rate.get(peak.layer, float("nan")))
+    above = float(peak.ci_low) > base
+    verdict = "supported" if above and peak.flip_rate >= BACKUP else "partly supported" if above else "not supported"
+    sentence = (f"Claim 2 is {verdict} by this model: with the vision order removed, object-only swaps flip "
+                f"{_f(float(peak.flip_rate))} of {bm.summary['n_kept']} pairs at block {peak.layer} (95% CI "
+                f"{_f(float(peak.ci_low))}-{_f(float(peak.ci_high))}), against {_f(base)} for the same swap on the "
+                f"intact pairs.")
+    return _claim(2, title, verdict, sentence, rule, {"peak_layer": peak.layer, "peak_flip": float(peak.flip_rate),
+                                                        "intact_flip": base, "n_kept": bm.summary["n_kept"]})
+
+
+def _claim_amplification(results: dict[str, StudyResult]) -> dict[str, Any]:
+    title = "Amplifying the spatial component over all image tokens helps"
+    rule = ("probe directions on all image tokens (alpha chosen on the dev split) fix more test failures than "
+            "norm-matched random directions, with the fix rate's 95% CI above the random rate, and raise test "
+            "accuracy: supported; more fixes than random without both: partly supported.")
+    ga = results.get("global_amplification")
+    if ga is None:
+        return _claim(3, title, "cannot be assessed", "Claim 3 cannot be assessed: the experiment did not run.",
+                      rule, {})
+    fixes = ga.tables["fix_rates"].set_index("method")
+    n_fail = int(fixes.n_failures.iloc[0])
+    if n_fail == 0:
+        return _claim(3, title, "cannot be assessed", "Claim 3 cannot be assessed: the model makes no mistakes on the "
+                      f"{int(fixes.n_test.iloc[0])} test scenes, so there is nothing to fix.", rule, {"n_failures": 0})
+    probe, random = fixes.loc["probe:image"], fixes.loc["random:image"]
+    more = probe.fix_rate > random.fix_rate
+    clear = probe.fix_ci_low > random.fix_rate and probe.test_accuracy > probe.baseline_test_accuracy
+    verdict = "supported" if more and clear else "partly supported" if more else "not supported"
+    sentence = (f"Claim 3 is {verdict} by this model: scaling the probe directions on all image tokens (alpha "
+                f"{probe.best_alpha:g}) fixes {_f(probe.fix_rate)} of {n_fail} test failures (95% CI "
+                f"{_f(probe.fix_ci_low)}-{_f(probe.fix_ci_high)}; per-item oracle {_f(probe.oracle_fix_rate)}) against "
+                f"{_f(random.fix_rate)} for random directions (oracle {_f(random.oracle_fix_rate)}); test "
+                f"{ga.summary['metric']} goes from {_f(probe.baseline_test_accuracy)} to {_f(probe.test_accuracy)} "
+                f"and it breaks {_f(probe.break_rate)} of the items the model had right.")
+    chance = ga.summary.get("chance")
+    if chance is not None and probe.baseline_test_accuracy <= chance + 0.1:
+        sentence += (f" Note that the model is near chance on these scenes ({_f(probe.baseline_test_accuracy)} vs "
+                     f"{_f(chance)}): there is little spatial signal for the intervention to amplify.")
+    numbers = {"probe_fix": float(probe.fix_rate), "random_fix": float(random.fix_rate),
+               "probe_oracle": float(probe.oracle_fix_rate), "random_oracle": float(random.oracle_fix_rate),
+               "n_failures": n_fail}
+    return _claim(3, title, verdict, sentence, rule, numbers)
+
+
+# -- the page -------------------------------------------------------------------------------------
+
+MAX_ROWS = 40
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:2px 6px;
+text-align:right}th{background:#f3f3f3}
+.claim{border-left:5px solid #888;padding:.4em 1em;margin:1em 0;background:#fafafa}
+.supported{border-color:#2a7}.partly{border-color:#e90}.not{border-color:#c33}.rule{color:#666;font-size:12px}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+.doc{white-space:pre-wrap;color:#444;font-size:14px}"""
+
+
+def render(results: dict[str, StudyResult], claims: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The report page: claims, then per experiment its description, figures and tables."""
+    from vlmlens.study import EXPERIMENTS
+    parts = [f"<h1>vlmlens study report: {html.escape(str(meta['model']))}</h1>",
+             f"<p>{html.escape(meta['repr'])}; seed {meta['seed']}; n {meta['n'] or 'per-experiment default'}; "
+             f"{meta['device']}, {meta['dtype']}, {meta['torch_threads']} torch threads; "
+             f"total {meta['seconds']['total']:.0f} s ("
+             + ", ".join(f"{k} {v:.0f} s" for k, v in meta["seconds"].items() if k != "total") + ").</p>",
+             "<h2>The paper's claims on this model</h2>"]
+    for claim in claims:
+        css = claim["verdict"].split()[0].replace("cannot", "not")
+        parts.append(f"<div class='claim {css}'><b>Claim {claim['claim']}: {html.escape(claim['title'])}.</b>"
+                     f"<p class='verdict'>{html.escape(claim['sentence'])}</p>"
+                     f"<p class='rule'>Rule: {html.escape(claim['rule'])}</p></div>")
+    first = True
+    for name, result in results.items():
+        doc = (EXPERIMENTS[name].__doc__ or "").strip() if name in EXPERIMENTS else ""
+        about = html.escape(doc.split("Example:")[0])
+        parts.append(f"<h2 id='{name}'>{html.escape(name)}</h2><div class='doc'>{about}</div>")
+        for fig in result.figures.values():
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=first, default_height="480px"))
+            first = False
+        for key, table in result.tables.items():
+            link = f"<a href='{name}/{key}.csv'>{name}/{key}.csv</a>"
+            if len(table) > MAX_ROWS:  # long tables (raw rows, grids) fold away
+                parts.append(f"<details><summary>Table <b>{key}</b>: {len(table)} rows (also in {link})</summary>"
+                             + _table_html(table) + "</details>")
+                continue
+            parts.append(f"<p>Table <b>{key}</b> ({link})</p>" + _table_html(table))
+        parts.append("<details><summary>summary</summary><pre>"
+                     + html.escape(json.dumps(jsonable(result.summary), indent=1)) + "</pre></details>")
+    body = "\n".join(parts)
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vlmlens study: {html.escape(str(meta['model']))}"
+            f"</title><style>{STYLE}</style></head><body>{body}</body></html>")
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    return table.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0)
