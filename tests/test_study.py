@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+import vlmlens as vl
 from vlmlens.study import EXPERIMENTS, StudyResult, reproduce
 
 N = 8
@@ -32,8 +33,8 @@ COLUMNS = {
     "remove_vision_order": {"accuracy": ["task", "condition", "accuracy", "ci_low", "ci_high", "n"]},
     "backup_mechanism": {"flip_rates": ["condition", "site", "layer", "region", "flip_rate", "ci_low", "ci_high",
                                        "accuracy", "n"]},
-    "global_amplification": {"dose_response": ["method", "alpha", "split", "accuracy", "ci_low", "ci_high", "n"],
-                             "fix_rates": ["method", "best_alpha", "dev_accuracy", "test_accuracy",
+    "global_amplification": {"dose_response": ["set", "method", "alpha", "split", "accuracy", "ci_low", "ci_high", "n"],
+                             "fix_rates": ["set", "method", "best_alpha", "dev_accuracy", "test_accuracy",
                                            "baseline_test_accuracy", "fix_rate", "fix_ci_low", "fix_ci_high",
                                            "break_rate", "oracle_fix_rate", "n_failures", "n_test"]},
 }
@@ -53,7 +54,11 @@ def model(toy):
 
 @pytest.fixture(scope="module")
 def report(model, tmp_path_factory):
-    return reproduce(model=model, out=tmp_path_factory.mktemp("study"), n=N)
+    """The whole study at a small n, with a saved-and-reloaded scene folder standing in for a benchmark."""
+    folder = tmp_path_factory.mktemp("bench") / "mini_bench"
+    vl.scenes.save(vl.scenes.generate(12, seed=99), folder)
+    return reproduce(model=model, out=tmp_path_factory.mktemp("study"), n=N,
+                     benchmarks={folder.name: vl.scenes.load(folder)})
 
 
 @pytest.mark.parametrize("name", list(COLUMNS))
@@ -90,6 +95,17 @@ def test_tables_cover_the_experiments_grid(report, model):
     assert {"none", "reference", "object_zero", "background_mean"} <= set(removal.condition)
     fixes = report.results["global_amplification"].tables["fix_rates"]
     assert set(fixes.method) == {"probe:image", "probe:object", "probe:background", "random:image", "adaptvis"}
+
+
+def test_global_amplification_evaluates_the_given_benchmark_alike(report):
+    result = report.results["global_amplification"]
+    for table, key in zip(result.tables.values(), (["method", "alpha"], ["method"])):
+        by_set = {name: rows[key].drop_duplicates().values.tolist() for name, rows in table.groupby("set", sort=False)}
+        assert list(by_set) == ["naturalistic", "mini_bench"] and by_set["naturalistic"] == by_set["mini_bench"]
+    bench = result.tables["dose_response"].query("set == 'mini_bench' and split == 'test'")
+    assert set(bench.n) == {6}  # 12 scenes: half dev, half test
+    assert set(result.figures) == {"dose_response", "dose_response:mini_bench"}
+    assert "On mini_bench:" in report.claims[2]["sentence"] or report.claims[2]["verdict"] == "cannot be assessed"
 
 
 def test_filtered_pairs_are_answered_right_before_any_swap(report):

@@ -44,10 +44,15 @@ def reproduce(model: str = typer.Option("toy", help="'toy', a Hugging Face id, o
               n: int | None = typer.Option(None, help="scenes (or pairs) per experiment; default: each one's own"),
               seed: int = typer.Option(0),
               device: str | None = typer.Option(None, help="e.g. cuda, cpu (default: cuda when available)"),
-              dtype: str | None = typer.Option(None, help="e.g. bfloat16, float32")) -> None:
+              dtype: str | None = typer.Option(None, help="e.g. bfloat16, float32"),
+              benchmark: list[Path] = typer.Option(
+                  [], help="a scene folder (vl.scenes.save of a loaded benchmark, e.g. What'sUp) to evaluate global "
+                           "amplification on as well; repeatable")) -> None:
     """Run every experiment of the study and write one self-contained report.html (opens offline)."""
+    from vlmlens.scenes import load as load_scenes
     from vlmlens.study import reproduce as run
-    report = run(model, out=out, n=n, device=device, dtype=dtype, seed=seed)
+    benchmarks = {folder.name: load_scenes(folder) for folder in benchmark}
+    report = run(model, out=out, n=n, device=device, dtype=dtype, seed=seed, benchmarks=benchmarks)
     for claim in report.claims:
         typer.echo(claim["sentence"])
     typer.echo(f"{report.path} ({report.seconds['total']:.0f} s)")

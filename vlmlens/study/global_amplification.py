@@ -25,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -92,46 +92,59 @@ def strict(correct: torch.Tensor, scenes: Sequence[Scene]) -> torch.Tensor:
 
 def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, alphas: Sequence[float] = ALPHAS,
         attention_alphas: Sequence[float] = ATTENTION_ALPHAS, n_random: int = 3, site: str = SITE,
-        max_batch: int | None = None) -> StudyResult:
+        max_batch: int | None = None, benchmarks: Mapping[str, Sequence[Scene]] | None = None) -> StudyResult:
     """Dose-response of each method and its fix rate; ``n`` scenes fit the probes and ``n`` more are
     split in half into dev (choosing alpha) and test.
 
-    Tables: ``dose_response`` (method, alpha, split, accuracy, ci_low, ci_high, n) and ``fix_rates``
-    (method, best_alpha, dev_accuracy, test_accuracy, baseline_test_accuracy, fix_rate, fix_ci_low,
-    fix_ci_high, break_rate, oracle_fix_rate, n_failures, n_test); random seeds are pooled into ``random:image``.
+    ``benchmarks`` (name -> scenes, e.g. What'sUp loaded with `vlmlens.scenes.benchmarks`) are evaluated with
+    the same directions and methods, each split in half into dev and test on its own.
+
+    Tables: ``dose_response`` (set, method, alpha, split, accuracy, ci_low, ci_high, n) and ``fix_rates``
+    (set, method, best_alpha, dev_accuracy, test_accuracy, baseline_test_accuracy, fix_rate, fix_ci_low,
+    fix_ci_high, break_rate, oracle_fix_rate, n_failures, n_test); ``set`` is ``naturalistic`` or a benchmark's
+    name; random seeds are pooled into ``random:image``.
     """
     scenes = stimuli(model, 2 * n, seed=seed, task="relation", preset="naturalistic")
-    probe_set, evaluation = scenes[:n], scenes[n:]
-    bar = tqdm(total=n * (2 + len(alphas) * (3 + n_random) + len(attention_alphas)), desc=NAME, unit="row")
-    directions, probe_accuracy = spatial_directions(model, probe_set, site, seed=seed)
+    sets = {"naturalistic": scenes[n:], **(benchmarks or {})}
+    empty = [name for name, members in sets.items() if len(members) < 2]
+    if empty:
+        raise ValueError(f"evaluation sets {empty} have fewer than 2 scenes; each is split into dev and test")
+    bar = tqdm(total=n, desc=NAME, unit="row")
+    directions, probe_accuracy = spatial_directions(model, scenes[:n], site, seed=seed)
     bar.update(n)
     conditions = methods(model, directions, alphas, attention_alphas, n_random, site)
     # every method's alpha = 1 is the same unedited run: run it once
     edited = [g for g, c in enumerate(conditions) if c[2]]
-    run_of = {g: (edited.index(g) + 1 if g in edited else 0) for g in range(len(conditions))}
-    bar.total = n * (2 + len(edited))
+    bar.total = n + sum(len(members) for members in sets.values()) * (1 + len(edited))
     bar.refresh()
-    batch = model.prepare(evaluation)
-    scores = answers_under(model, batch, lambda ids, sub: [[], *(conditions[g][2] for g in edited)],
-                           max_batch=max_batch, bar=bar)
+    dose, fixes, summary = [], [], {"n_probe": n, "probe_accuracy": probe_accuracy, "sets": {}}
+    for name, members in sets.items():
+        scores = answers_under(model, model.prepare(list(members)),
+                               lambda ids, sub: [[], *(conditions[g][2] for g in edited)], max_batch=max_batch, bar=bar)
+        is_strict = all("item" in s.meta for s in members)
+        unique = [strict(scores.correct(r), members) if is_strict else scores.correct(r) for r in range(len(edited) + 1)]
+        correct = torch.stack([unique[edited.index(g) + 1 if g in edited else 0] for g in range(len(conditions))])
+        split = {"dev": torch.arange(len(members)) < len(members) // 2}
+        split["test"] = ~split["dev"]
+        dose.append(_dose_table(conditions, correct, split).assign(set=name))
+        fix = _fix_table(conditions, correct, split).assign(set=name)
+        fixes.append(fix)
+        summary["sets"][name] = {
+            "n_dev": int(split["dev"].sum()), "n_test": int(split["test"].sum()),
+            "metric": "strict accuracy" if is_strict else "accuracy",
+            "fix_rates": {r.method: {"fix_rate": r.fix_rate, "best_alpha": r.best_alpha, "oracle": r.oracle_fix_rate,
+                                     "test_accuracy": r.test_accuracy, "break_rate": r.break_rate}
+                          for r in fix.itertuples()},
+            "baseline_test_accuracy": float(fix.baseline_test_accuracy.iloc[0]),
+            "chance": 1 / len(members[0].candidates), "n_failures": int(fix.n_failures.iloc[0])}
     bar.close()
-    is_strict = all("item" in s.meta for s in evaluation)
-    unique = [strict(scores.correct(r), evaluation) if is_strict else scores.correct(r) for r in range(len(edited) + 1)]
-    correct = torch.stack([unique[run_of[g]] for g in range(len(conditions))])
-    split = {"dev": torch.arange(len(evaluation)) < len(evaluation) // 2}
-    split["test"] = ~split["dev"]
-    dose = _dose_table(conditions, correct, split)
-    fixes = _fix_table(conditions, correct, split)
-    summary = {"n_probe": n, "n_dev": int(split["dev"].sum()), "n_test": int(split["test"].sum()),
-               "metric": "strict accuracy" if is_strict else "accuracy", "probe_accuracy": probe_accuracy,
-               "fix_rates": {r.method: {"fix_rate": r.fix_rate, "best_alpha": r.best_alpha, "oracle": r.oracle_fix_rate,
-                                        "test_accuracy": r.test_accuracy, "break_rate": r.break_rate}
-                             for r in fixes.itertuples()},
-               "baseline_test_accuracy": float(fixes.baseline_test_accuracy.iloc[0]),
-               "chance": 1 / len(evaluation[0].candidates),
-               "n_failures": int(fixes.n_failures.iloc[0])}
-    tables = {"dose_response": dose, "fix_rates": fixes}
+    tables = {"dose_response": _set_first(dose), "fix_rates": _set_first(fixes)}
     return StudyResult(tables, figures(tables), summary, name=NAME)
+
+
+def _set_first(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    table = pd.concat(frames, ignore_index=True)
+    return table[["set", *(c for c in table.columns if c != "set")]]
 
 
 def _pooled_name(method: str) -> str:
@@ -189,12 +202,16 @@ def _fix_table(conditions, correct: torch.Tensor, split: dict[str, torch.Tensor]
 
 
 def figures(tables: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
-    """Test-split accuracy against alpha per method, with 95% CI bands and the unedited model."""
+    """Test-split accuracy against alpha per method, with 95% CI bands and the unedited model: one figure per
+    evaluation set (``dose_response`` for the naturalistic scenes, ``dose_response:<set>`` for a benchmark)."""
     dose = tables["dose_response"]
-    test = dose[dose.split == "test"].sort_values(["method", "alpha"], kind="stable")
-    base = test[test.alpha == 1.0].accuracy
-    fig = dose_response(test, group="method", baseline=float(base.iloc[0]) if len(base) else None,
-                        title="Global amplification of the spatial component (test split)")
-    fig.update_xaxes(title="alpha")
-    fig.update_yaxes(range=[0, 1.02])
-    return {"dose_response": fig}
+    out = {}
+    for name, rows in dose[dose.split == "test"].groupby("set", sort=False):
+        test = rows.sort_values(["method", "alpha"], kind="stable")
+        base = test[test.alpha == 1.0].accuracy
+        fig = dose_response(test, group="method", baseline=float(base.iloc[0]) if len(base) else None,
+                            title=f"Global amplification of the spatial component ({name}, test split)")
+        fig.update_xaxes(title="alpha")
+        fig.update_yaxes(range=[0, 1.02])
+        out["dose_response" if name == "naturalistic" else f"dose_response:{name}"] = fig
+    return out
