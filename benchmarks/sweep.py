@@ -4,9 +4,11 @@ For an activation-patching sweep over every LM layer x {object, background} (cle
 ``blocks.{l}.hook_resid_pre``), on the toy and on a wider random LLaVA of the toy's shape:
 (1) `vl.sweep` vs a naive loop of one nnsight trace per intervention vs TransformerLens's bridge
     (`run_with_hooks`, one forward per intervention);
-(2) attribution patching vs the exact sweep: time ratio and Spearman correlation of the estimates;
-(3) peak memory of the sweep vs a clean forward of one chunk (separate processes, peak RSS on CPU,
-    `max_memory_allocated` on GPU).
+(2) attribution patching (`vl.attribute`, integrated along the clean-to-counterfactual path in
+    ATTRIBUTION_STEPS steps; plain AtP beside it) vs the exact sweep: time ratio and Spearman correlation of
+    the mean effects, over the same family, and on the toy also over every layer x sequence position;
+(3) peak memory of the sweep vs a clean forward of one chunk (separate processes; on CPU the peak resident
+    memory above the level before the workload, sampled every millisecond; `max_memory_allocated` on GPU).
 
 Run: python benchmarks/sweep.py [--n 16] [--repeats 3] [--device cpu]
 Targets: sweep <= 0.6x the faster of naive / TransformerLens; attribution Spearman >= 0.9 on the toy.
@@ -15,10 +17,12 @@ Targets: sweep <= 0.6x the faster of naive / TransformerLens; attribution Spearm
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -26,6 +30,9 @@ from common import interleaved_times, report, widened_toy
 from scipy.stats import spearmanr
 
 import vlmlens as vl
+
+ATTRIBUTION_STEPS = 5
+MAX_BATCH = 64  # rows per forward pass of the sweep: one chunk
 
 
 def setup(model_path: str, n: int, device: str | None):
@@ -66,45 +73,81 @@ def transformerlens_patching(model_path: str, model: vl.VLM, clean: vl.Batch, cf
     return run
 
 
+def spearman(exact: vl.Effects, estimate: vl.Effects) -> float:
+    return float(spearmanr(exact.mean().numpy(), estimate.mean().numpy()).statistic)
+
+
 def speed(model_path: str, label: str, n: int, repeats: int, device: str | None) -> dict[str, float]:
     model, clean, cf, family = setup(model_path, n, device)
     metric = vl.LogitDiff()
+    sites, regions = "blocks.*.hook_resid_pre", ["object", "background"]
     fns = {
-        "sweep": lambda: vl.sweep(model, clean, family, metric, progress=False),
+        "sweep": lambda: vl.sweep(model, clean, family, metric, max_batch=MAX_BATCH, progress=False),
         "naive": lambda: [model.run(clean, item.intervention) for item in family],
         "transformerlens": transformerlens_patching(model_path, model, clean, cf, family),
-        "attribution": lambda: vl.attribute(model, clean, "blocks.*.hook_resid_pre", ["object", "background"],
-                                            metric, baseline=cf),
+        "attribution": lambda: vl.attribute(model, clean, sites, regions, metric, baseline=cf,
+                                            steps=ATTRIBUTION_STEPS),
+        "atp": lambda: vl.attribute(model, clean, sites, regions, metric, baseline=cf),
     }
     times = interleaved_times(fns, repeats=repeats, warmup=1)
-    exact = vl.sweep(model, clean, family, metric, progress=False).mean()
-    estimate = fns["attribution"]().mean()
-    rho = float(spearmanr(exact.numpy(), estimate.numpy()).statistic)
+    exact = fns["sweep"]()
     return {f"{label}_{k}_s": v for k, v in times.items()} | {
         f"{label}_sweep_vs_naive": times["sweep"] / times["naive"],
         f"{label}_sweep_vs_transformerlens": times["sweep"] / times["transformerlens"],
         f"{label}_attribution_time_vs_exact": times["attribution"] / times["sweep"],
-        f"{label}_attribution_spearman": rho,
+        f"{label}_attribution_spearman": spearman(exact, fns["attribution"]()),
+        f"{label}_atp_spearman": spearman(exact, fns["atp"]()),
         f"{label}_interventions": len(family),
     }
+
+
+def per_position(model_path: str, n: int, device: str | None) -> dict[str, float]:
+    """Every layer x sequence position (positions every example has): exact vs attribution."""
+    model, clean, cf, _ = setup(model_path, n, device)
+    metric = vl.LogitDiff()
+    regions = [f"pos:{-i}" for i in range(1, int(clean.inputs["attention_mask"].sum(1).min()) + 1)]
+    family = vl.grid(vl.Patch, site="blocks.{layer}.hook_resid_pre", layer=model.lm_layers, region=regions,
+                     source=cf)
+    started = time.perf_counter()
+    exact = vl.sweep(model, clean, family, metric, max_batch=MAX_BATCH, progress=False)
+    exact_s = time.perf_counter() - started
+    started = time.perf_counter()
+    estimate = vl.attribute(model, clean, "blocks.*.hook_resid_pre", regions, metric, baseline=cf,
+                            steps=ATTRIBUTION_STEPS)
+    estimate_s = time.perf_counter() - started
+    return {"toy_positions_interventions": len(family), "toy_positions_attribution_time_vs_exact": estimate_s / exact_s,
+            "toy_positions_attribution_spearman": spearman(exact, estimate)}
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def peak_memory(model_path: str, n: int, device: str | None, what: str) -> float:
     """Run in a fresh process: bytes of peak memory added by one workload after loading and preparing."""
     model, clean, cf, family = setup(model_path, n, device)
+    chunk = [[]] * (MAX_BATCH // len(clean))  # the unedited batch, repeated to one chunk's rows
+    workload = (lambda: model.run_many(clean, chunk)) if what == "forward" else (
+        lambda: vl.sweep(model, clean, family, vl.LogitDiff(), max_batch=MAX_BATCH, progress=False))
     if model.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
-    else:
-        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if what == "forward":
-        model.run(clean)
-    else:
-        vl.sweep(model, clean, family, vl.LogitDiff(), progress=False)
-    if model.device.type == "cuda":
+        workload()
         return float(torch.cuda.max_memory_allocated() - start)
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start)
+    start, peak, done = resident_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], resident_bytes())
+            time.sleep(0.001)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    workload()
+    done.set()
+    sampler.join()
+    return float(max(peak[0], resident_bytes()) - start)
 
 
 def memory_ratio(model_path: str, n: int, device: str | None) -> float:
@@ -133,11 +176,13 @@ def main() -> None:
         models = {"toy": str(vl.models.loading.TOY_CHECKPOINT), "wide": str(widened_toy(Path(tmp) / "wide"))}
         for label, path in models.items():
             figures |= speed(path, label, args.n, args.repeats, args.device)
+        figures |= per_position(models["toy"], args.n, args.device)
         figures["peak_memory_vs_forward"] = memory_ratio(models["toy"], args.n, args.device)
     rows = [(label, f"{figures[f'{label}_interventions']:.0f}", f"{figures[f'{label}_sweep_s']:.2f}",
              f"{figures[f'{label}_naive_s']:.2f}", f"{figures[f'{label}_transformerlens_s']:.2f}",
              f"{figures[f'{label}_sweep_vs_naive']:.2f}", f"{figures[f'{label}_sweep_vs_transformerlens']:.2f}",
-             f"{figures[f'{label}_attribution_s']:.2f}", f"{figures[f'{label}_attribution_spearman']:.2f}")
+             f"{figures[f'{label}_attribution_s']:.2f}", f"{figures[f'{label}_attribution_spearman']:.2f}",
+             f"{figures[f'{label}_atp_spearman']:.2f}")
             for label in models]
     headline = {
         "sweep_vs_naive": figures["toy_sweep_vs_naive"],
@@ -146,8 +191,13 @@ def main() -> None:
         "attribution_spearman": figures["toy_attribution_spearman"],
         "peak_memory_vs_forward": figures["peak_memory_vs_forward"],
     }
+    print(f"toy, every layer x position ({figures['toy_positions_interventions']:.0f} patches): attribution "
+          f"{figures['toy_positions_attribution_time_vs_exact']:.3f}x the exact sweep's time, Spearman "
+          f"{figures['toy_positions_attribution_spearman']:.2f}; peak memory of the sweep "
+          f"{figures['peak_memory_vs_forward']:.2f}x a clean forward's")
     report(rows, ("model", "interventions", "sweep s", "naive s", "TL s", "sweep/naive", "sweep/TL",
-                  "attribution s", "spearman"), headline | {k: v for k, v in figures.items() if k.startswith("wide")})
+                  "attribution s", "spearman", "AtP spearman"),
+           headline | {k: v for k, v in figures.items() if k not in headline})
 
 
 if __name__ == "__main__":

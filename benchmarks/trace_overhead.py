@@ -37,7 +37,7 @@ def main() -> None:
     ratio = times["traced"] / times["plain"]
     report([("plain forward", f"{times['plain'] * 1e3:.2f}"),
             (f"traced, caching {len(sites)} sites", f"{times['traced'] * 1e3:.2f}")],
-           ("run (batch %d, %s)" % (args.batch, model.device), "median ms"),
+           (f"run (batch {args.batch}, {model.device})", "median ms"),
            {"trace_overhead_ratio": ratio, "plain_ms": times["plain"] * 1e3, "traced_ms": times["traced"] * 1e3})
 
 

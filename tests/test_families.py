@@ -21,7 +21,9 @@ from PIL import Image
 from tiny_models import (
     save_tiny_gemma3,
     save_tiny_idefics3,
+    save_tiny_internvl,
     save_tiny_llava_next,
+    save_tiny_llava_onevision,
     save_tiny_paligemma,
     save_tiny_pixtral,
     save_tiny_qwen2_vl,
@@ -245,6 +247,21 @@ def next_shapes(model, batch) -> dict[str, tuple[int, ...]]:
 
 # -- Idefics3 / SmolVLM: crops on one grid plus the global image, pixel shuffle --------------------
 
+def crop_hits(box: Box, image: Image.Image, crops: tuple[int, int], tile: int, g: int) -> list[tuple[int, int]]:
+    """(frame, token within the frame) of the tokens a box covers when the image is stretched to ``crops`` (rows,
+    cols) tiles of ``tile`` px, each ``g x g`` tokens, followed by the whole image squashed to one tile."""
+    crop_rows, crop_cols = crops
+    x0, y0, x1, y1 = box
+    hits = []  # crops first
+    sx, sy = crop_cols * tile / image.width, crop_rows * tile / image.height
+    for cell in overlapping((x0 * sx, y0 * sy, x1 * sx, y1 * sy), crop_rows * g, crop_cols * g, tile / g, tile / g):
+        r, c = divmod(cell, crop_cols * g)
+        hits.append(((r // g) * crop_cols + c // g, (r % g) * g + c % g))
+    sx, sy = tile / image.width, tile / image.height
+    return hits + [(crop_rows * crop_cols, cell)
+                   for cell in overlapping((x0 * sx, y0 * sy, x1 * sx, y1 * sy), g, g, tile / g, tile / g)]
+
+
 def idefics3_expected(model, batch, images, boxes) -> dict[str, list[list[int]]]:
     vision = model.hf.config.vision_config
     tile, patches, s = vision.image_size, vision.image_size // vision.patch_size, model.hf.config.scale_factor
@@ -254,16 +271,7 @@ def idefics3_expected(model, batch, images, boxes) -> dict[str, list[list[int]]]
         info = model.processor.image_processor(images=[[image]], return_row_col_info=True)
         crop_rows, crop_cols = info["rows"][0][0], info["cols"][0][0]
         image_pos = image_token_positions(model, batch, b)
-        x0, y0, x1, y1 = boxes[b]["cup"]
-        hits = []  # (frame, token within the frame), crops first
-        sx, sy = crop_cols * tile / image.width, crop_rows * tile / image.height
-        cell_px = s * vision.patch_size
-        for cell in overlapping((x0 * sx, y0 * sy, x1 * sx, y1 * sy), crop_rows * g, crop_cols * g, cell_px, cell_px):
-            r, c = divmod(cell, crop_cols * g)
-            hits.append(((r // g) * crop_cols + c // g, (r % g) * g + c % g))
-        sx, sy = tile / image.width, tile / image.height
-        hits += [(crop_rows * crop_cols, cell)
-                 for cell in overlapping((x0 * sx, y0 * sy, x1 * sx, y1 * sy), g, g, tile / g, tile / g)]
+        hits = crop_hits(boxes[b]["cup"], image, (crop_rows, crop_cols), tile, g)
         lm = [int(image_pos[frame * g * g + token]) for frame, token in hits]
         features = [frame * g * g + token for frame, token in hits]
         patches_in = [frame * patches ** 2 + (token // g * s + m) * patches + token % g * s + k
@@ -296,6 +304,127 @@ def idefics3_shapes(model, batch) -> dict[str, tuple[int, ...]]:
 def save_tiny_smolvlm(path: Path) -> Path:
     pytest.importorskip("num2words", reason="transformers' SmolVLM processor needs num2words")
     return save_tiny_idefics3(path, family="smolvlm")
+
+
+# -- LLaVA-OneVision: LLaVA-NeXT's tiles (SigLIP, no CLS), large grids scaled down to anyres_max -----
+
+def onevision_features(model, image_size: list[int]) -> tuple[list[list[int]], int, int]:
+    """Per LM image token of one image (base image first, newlines left out), the features it is made of
+    (``tile * P*P + patch``, tile 0 = the base image), from the model's own ``pack_image_features`` run on
+    one-hot features; and the rows and columns of the tile grid the LM receives."""
+    cfg = model.hf.config
+    side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+    _, _, _, rows, cols, _ = next_geometry(model, image_size)
+    n = (1 + rows * cols // side ** 2) * side * side
+    newline = torch.full((n,), -1.0)
+    packed, _ = model.hf.model.pack_image_features([torch.eye(n).view(-1, side * side, n)], torch.tensor([image_size]),
+                                                   image_newline=newline, vision_aspect_ratio=cfg.vision_aspect_ratio)
+    is_newline = (packed[0] == newline).all(-1)
+    features = [torch.nonzero(row > 0).flatten().tolist() for row in packed[0][~is_newline]]
+    out_rows = int(is_newline.sum())
+    return features, out_rows, (len(features) - side * side) // out_rows
+
+
+def onevision_expected(model, batch, images, boxes) -> dict[str, list[list[int]]]:
+    patch = model.hf.config.vision_config.patch_size
+    base = model.processor.image_processor.size["height"]
+    out: dict[str, list[list[int]]] = {"lm": [], "vision_projector.hook_out": [], "vision_encoder.hook_out": []}
+    for b, image in enumerate(images):
+        height, width = image.height, image.width
+        assert batch.inputs["image_sizes"][b].tolist() == [height, width]
+        canvas_h, canvas_w, side, _, cols, kept = next_geometry(model, [height, width])
+        features, out_rows, out_cols = onevision_features(model, [height, width])
+        scale = min(canvas_w / width, canvas_h / height)  # resized into the canvas, then centred
+        new_w, new_h = min(math.ceil(width * scale), canvas_w), min(math.ceil(height * scale), canvas_h)
+        px, py = (canvas_w - new_w) // 2, (canvas_h - new_h) // 2
+        top, left = divmod(int(kept[0, 0]), cols)  # the first cell kept after unpadding
+        x0, y0, x1, y1 = boxes[b]["cup"]
+        sx, sy = new_w / width, new_h / height
+        grid_box = (x0 * sx + px - left * patch, y0 * sy + py - top * patch,
+                    x1 * sx + px - left * patch, y1 * sy + py - top * patch)
+        kept_rows, kept_cols = kept.shape
+        hit_tiles = overlapping(grid_box, out_rows, out_cols, kept_cols * patch / out_cols,
+                                kept_rows * patch / out_rows)
+        hit_base = overlapping((x0 * base / width, y0 * base / height, x1 * base / width, y1 * base / height),
+                               side, side, patch, patch)
+        image_pos = image_token_positions(model, batch, b)
+        tile_seq = image_pos[side * side:].view(out_rows, out_cols + 1)[:, :out_cols].flatten()
+        out["lm"].append(tile_seq[hit_tiles].tolist() + image_pos[hit_base].tolist())
+        made_of = [f for t in hit_tiles for f in features[side * side + t]] + [f for t in hit_base for f in features[t]]
+        out["vision_projector.hook_out"].append(made_of)
+        out["vision_encoder.hook_out"].append(made_of)  # SigLIP: no CLS, one patch per feature
+    return out
+
+
+def onevision_shapes(model, batch) -> dict[str, tuple[int, ...]]:
+    cfg = model.hf.config
+    vision, text = cfg.vision_config, cfg.text_config
+    n, seq = batch.inputs["input_ids"].shape
+    side = vision.image_size // vision.patch_size
+    _, _, _, rows, cols, _ = next_geometry(model, batch.inputs["image_sizes"][0].tolist())
+    tiles, patches, d = 1 + rows * cols // side ** 2, side * side, vision.hidden_size
+    per_tile = (n * tiles, patches, d)  # the tower's sites and the projector's input: one row per tile
+    shapes = {"vision_encoder.hook_patch_embed": per_tile, "vision_encoder.hook_pos_embed": (1, patches, d),
+              "vision_encoder.hook_out": (n, tiles * patches, d), "vision_projector.hook_in": per_tile,
+              "vision_projector.hook_out": (n, tiles * patches, text.hidden_size)}
+    for i in range(vision.num_hidden_layers):
+        layer = f"vision_encoder.encoder_layers.{i}"
+        shapes |= {f"{layer}.hook_resid_pre": per_tile, f"{layer}.hook_resid_post": per_tile,
+                   f"{layer}.attn.hook_pattern": (n * tiles, vision.num_attention_heads, patches, patches)}
+    return shapes | lm_shapes(text, n, seq)
+
+
+# -- InternVL: tiles on one grid plus a thumbnail, a CLS per tile, pixel shuffle ------------------------
+
+def internvl_geometry(model) -> tuple[int, int, int, int]:
+    """Tile px, patches per tile side, pixel shuffle factor, tokens per tile side."""
+    cfg = model.hf.config
+    tile, patch = cfg.vision_config.image_size[0], cfg.vision_config.patch_size[0]
+    s = round(1 / cfg.downsample_ratio)
+    return tile, tile // patch, s, tile // patch // s
+
+
+def internvl_expected(model, batch, images, boxes) -> dict[str, list[list[int]]]:
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+    tile, patches, _, g = internvl_geometry(model)
+    ip = model.processor.image_processor
+    # the patches of each token of a tile, in the order pixel shuffle stacks them: the model's own pixel_shuffle
+    index = torch.arange(patches * patches, dtype=torch.float32).view(1, patches, patches, 1)
+    shuffled = model.hf.model.pixel_shuffle(index, scale_factor=model.hf.config.downsample_ratio)
+    patches_of = shuffled.view(g * g, -1).long().tolist()
+    out: dict[str, list[list[int]]] = {"lm": [], "vision_projector.hook_out": [], "vision_projector.hook_in": [],
+                                       "vision_encoder.hook_out": [],
+                                       "vision_encoder.encoder_layers.0.hook_resid_pre": []}
+    for b, image in enumerate(images):
+        cols, rows = get_optimal_tiled_canvas((image.height, image.width), (tile, tile), ip.min_patches, ip.max_patches)
+        image_pos = image_token_positions(model, batch, b)
+        assert image_pos.numel() == (rows * cols + 1) * g * g  # tiles and the thumbnail
+        hits = crop_hits(boxes[b]["cup"], image, (rows, cols), tile, g)
+        tower = [frame * (patches * patches + 1) + 1 + p for frame, token in hits for p in patches_of[token]]
+        out["lm"].append([int(image_pos[frame * g * g + token]) for frame, token in hits])
+        out["vision_projector.hook_out"].append([frame * g * g + token for frame, token in hits])
+        out["vision_projector.hook_in"].append(out["vision_projector.hook_out"][-1])
+        out["vision_encoder.hook_out"].append(tower)
+        out["vision_encoder.encoder_layers.0.hook_resid_pre"].append(tower)
+    return out
+
+
+def internvl_shapes(model, batch) -> dict[str, tuple[int, ...]]:
+    cfg = model.hf.config
+    vision, text = cfg.vision_config, cfg.text_config
+    n, seq = batch.inputs["input_ids"].shape
+    _, patches, s, g = internvl_geometry(model)
+    tiles, per_tile, d = batch.inputs["pixel_values"].shape[0] // n, patches * patches + 1, vision.hidden_size
+    shapes = {"vision_encoder.hook_patch_embed": (n * tiles, patches * patches, d),
+              "vision_encoder.hook_out": (n, tiles * per_tile, d),
+              "vision_projector.hook_in": (n, tiles * g * g, s * s * d),
+              "vision_projector.hook_out": (n, tiles * g * g, text.hidden_size)}
+    for i in range(vision.num_hidden_layers):
+        layer = f"vision_encoder.encoder_layers.{i}"
+        shapes |= {f"{layer}.hook_resid_pre": shapes["vision_encoder.hook_out"],
+                   f"{layer}.hook_resid_post": shapes["vision_encoder.hook_out"],
+                   f"{layer}.attn.hook_pattern": (n * tiles, vision.num_attention_heads, per_tile, per_tile)}
+    return shapes | lm_shapes(text, n, seq)
 
 
 # -- Mistral3 / LLaVA-Pixtral: a variable grid, all images in one tower sequence ------------------
@@ -352,14 +481,19 @@ FAMILIES = [
     Family("llava_next", save_tiny_llava_next, wide_images(),
            [{"cup": (10, 5, 30, 20)}, {"cup": (40, 14, 64, 48), "plate": (0, 0, 8, 8)}], next_expected, next_shapes,
            checked=("vision_encoder.encoder_layers.1.hook_resid_post", "vision_projector.hook_out", "hook_embed")),
+    Family("llava_onevision", save_tiny_llava_onevision, wide_images(), BOXES, onevision_expected, onevision_shapes,
+           checked=("vision_projector.hook_out", "vision_projector.hook_out", "hook_embed")),
     Family("idefics3", save_tiny_idefics3, wide_images(), BOXES, idefics3_expected, idefics3_shapes),
+    Family("internvl", save_tiny_internvl, wide_images(), BOXES, internvl_expected, internvl_shapes,
+           ("vision_encoder.hook_pos_embed",),
+           checked=("vision_encoder.hook_out", "vision_projector.hook_in", "hook_embed")),
     Family("smolvlm", save_tiny_smolvlm, wide_images(), BOXES, idefics3_expected, idefics3_shapes),
     Family("mistral3", save_tiny_pixtral, wide_images(), BOXES, pixtral_expected, pixtral_shapes),
     Family("llava", lambda p: save_tiny_pixtral(p, family="llava"), wide_images(), BOXES, pixtral_expected,
            pixtral_shapes),
 ]
-FAMILY_IDS = ["qwen2_vl", "qwen2_5_vl", "gemma3", "paligemma", "paligemma2", "llava_next", "idefics3", "smolvlm",
-              "mistral3", "llava_pixtral"]
+FAMILY_IDS = ["qwen2_vl", "qwen2_5_vl", "gemma3", "paligemma", "paligemma2", "llava_next", "llava_onevision",
+              "idefics3", "internvl", "smolvlm", "mistral3", "llava_pixtral"]
 
 
 # -- the shared tests -----------------------------------------------------------------------------
@@ -504,6 +638,52 @@ def test_llava_next_mixed_aspect_ratios_work_at_lm_sites_and_fail_clearly_at_vis
     batch = model.prepare((images, QUESTIONS), boxes=[{"cup": (0, 0, 20, 20)}, {"cup": (0, 0, 20, 20)}])
     assert [(lay.grid, lay.grids) for lay in batch.layouts] == [((6, 8), ((4, 4),)), ((4, 6), ((4, 4),))]
     model.run(batch, vl.Ablate("hook_embed", region="object"))
+    with pytest.raises(ValueError, match="same number of tiles"):
+        model.run(batch, vl.Ablate("vision_projector.hook_out", region="object"))
+
+
+def test_llava_onevision_scales_large_grids_down_to_anyres_max(tmp_path):
+    """With anyres_max_1, a 64x48 image's 6x8 unpadded features (2x2 tiles) are more than 1.1^2 tiles' worth:
+    the model scales them down (bilinear) to 3x4 tokens. Regions follow that grid, and at vision sites each
+    token lists exactly the features the model interpolates it from."""
+    model = vl.load(save_tiny_llava_onevision(tmp_path, max_tiles=1), device="cpu")
+    images = wide_images()()
+    batch = model.prepare((images, QUESTIONS), boxes=BOXES)
+    expected = onevision_expected(model, batch, images, BOXES)
+    features, _, _ = onevision_features(model, [48, 64])
+    base = (model.hf.config.vision_config.image_size // model.hf.config.vision_config.patch_size) ** 2
+    made_of = [set(f) for f in features[base:] + features[:base]]  # the layout lists tile tokens first
+    for b, layout in enumerate(batch.layouts):
+        assert (layout.grid, layout.grids) == ((3, 4), ((4, 4),))
+        assert [set(t.tolist()) for t in layout.vision_index["features"]] == made_of
+        assert layout.positions("object:cup", "lm").tolist() == expected["lm"][b]
+    _, clean = model.run_with_cache(batch, sites=["hook_embed"])
+    _, ablated = model.run_with_cache(batch, sites=["hook_embed"],
+                                      interventions=vl.Ablate("vision_projector.hook_out", region="object:cup"))
+    for b in range(len(batch)):  # the object's tokens change, and their neighbours may: no text
+        changed = set(torch.nonzero((ablated["hook_embed"][b] != clean["hook_embed"][b]).any(-1)).flatten().tolist())
+        assert set(expected["lm"][b]) <= changed <= set(image_token_positions(model, batch, b).tolist())
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(6, 3), (8, 4), (9, 3), (76, 60), (135, 107), (27, 14), (5, 5)])
+def test_bilinear_taps_are_the_inputs_torch_interpolate_reads(n_in, n_out):
+    from vlmlens.models.llava_next import bilinear_taps
+    weights = torch.nn.functional.interpolate(torch.eye(n_in)[None], size=n_out, mode="linear")[0].T  # (out, in)
+    assert [set(t.tolist()) for t in bilinear_taps(n_in, n_out)] == \
+        [set(torch.nonzero(w).flatten().tolist()) for w in weights]
+
+
+def test_internvl_single_tiles_and_mixed_tile_counts(tmp_path):
+    """A square image is one tile (no thumbnail); next to a 3x2-tile image, LM sites and sub-batches work (the
+    adapter picks each example's tiles out of the one stack) and vision sites say why they cannot."""
+    model = vl.load(save_tiny_internvl(tmp_path), device="cpu")
+    images = [Image.new("RGB", (64, 48)), Image.new("RGB", (32, 32))]
+    batch = model.prepare((images, QUESTIONS), boxes=[{"cup": (0, 0, 20, 20)}, {"cup": (0, 0, 20, 20)}])
+    assert [(lay.grid, lay.grids) for lay in batch.layouts] == [((8, 12), ((4, 4),)), ((4, 4), ())]
+    assert batch.layouts[1].positions("object:cup", "lm").tolist() == \
+        image_token_positions(model, batch, 1)[[0, 1, 2, 4, 5, 6, 8, 9, 10]].tolist()
+    full = model.run(batch, vl.Ablate("hook_embed", region="object"))
+    assert torch.allclose(model.run(batch[1], vl.Ablate("hook_embed", region="object"))[0], full[1], atol=1e-5)
     with pytest.raises(ValueError, match="same number of tiles"):
         model.run(batch, vl.Ablate("vision_projector.hook_out", region="object"))
 

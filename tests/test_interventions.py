@@ -181,6 +181,24 @@ def test_attribution_is_exact_for_a_no_op_and_first_order_otherwise(model, batch
     assert not any(p.grad is not None for p in model.hf.parameters())
 
 
+def test_integrated_attribution_is_complete_over_the_whole_input(model, batch, other):
+    """Along the path from clean to baseline embeddings, the estimates over every token of the LM input add
+    up to the exact effect of patching all of it (completeness), which plain AtP only approximates."""
+    everything = vl.Patch("hook_embed", "image", source=other) + vl.Patch("hook_embed", "text", source=other)
+    exact = vl.sweep(model, batch, [everything], diff, progress=False)
+    effect = exact.values[0] - exact.clean
+    integrated = vl.attribute(model, batch, "hook_embed", ["image", "text"], diff, baseline=other, steps=32)
+    assert torch.allclose((integrated.values - integrated.clean).sum(0), effect, rtol=1e-2, atol=1e-4)
+    first_order = vl.attribute(model, batch, "hook_embed", ["image", "text"], diff, baseline=other)
+    assert torch.allclose(first_order.clean, integrated.clean)
+    assert (first_order.values - first_order.clean).sum(0).sub(effect).abs().max() > 10 * (
+        (integrated.values - integrated.clean).sum(0).sub(effect).abs().max())
+    with pytest.raises(ValueError, match="cannot attribute vision sites"):
+        vl.attribute(model, batch, PROJ, ["image"], diff, baseline=other, steps=4)
+    with pytest.raises(ValueError, match="pass baseline=<Batch>"):
+        vl.attribute(model, batch, "hook_embed", ["image"], diff, steps=4)
+
+
 def test_scale_attention_multiplies_only_the_chosen_logits(model, batch):
     site = "blocks.1.attn.hook_pattern"
     clean_logits, clean = model.run_with_cache(batch, sites=[site])

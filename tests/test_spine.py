@@ -91,6 +91,11 @@ def test_region_token_counts_follow_the_box_geometry(model):
     image_pos = batch.layouts[1].positions("image", "lm")
     assert batch.positions("last", seq_spec)[1].tolist() == [batch.inputs["input_ids"].shape[1] - 1]
     assert set(batch.positions("text", seq_spec)[1].tolist()).isdisjoint(image_pos.tolist())
+    # single sequence positions, counted from the first real (unpadded) token, or from the end
+    for b, row in enumerate(batch.inputs["attention_mask"]):
+        real = torch.nonzero(row).flatten().tolist()
+        assert [batch.layouts[b].positions(f"pos:{i}", "lm").item() for i in range(len(real))] == real
+        assert batch.positions("pos:-1", seq_spec)[b].tolist() == batch.positions("last", seq_spec)[b].tolist()
 
 
 def test_boxes_follow_resize_and_centre_crop(tmp_path):
@@ -179,4 +184,13 @@ def test_regions_report_what_is_wrong(model):
         batch.positions("last", spec)
     with pytest.raises(vl.RegionError, match="unknown region"):
         batch.positions("objects", spec)
+    with pytest.raises(vl.RegionError, match="no tokens at a vision site"):
+        batch.positions("pos:0", spec)
+    lm = model.site("blocks.0.hook_resid_pre")
+    length = int(batch.inputs["attention_mask"][0].sum())
+    outside = rf"outside example 0's {length} positions \(use -{length}..{length - 1}\)"
+    with pytest.raises(vl.RegionError, match=outside):
+        batch.positions(f"pos:{length}", lm)
+    with pytest.raises(vl.RegionError, match="takes an integer"):
+        batch.positions("pos:last", lm)
     assert math.isclose(float(batch.layouts[0].mask("image").sum()), 36)

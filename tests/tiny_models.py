@@ -404,3 +404,83 @@ def save_tiny_pixtral(path: Path, *, family: str = "mistral3", patch: int = 4, l
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def chatml_template(image: str) -> str:
+    """A ChatML chat template (Qwen2's turns) that writes ``image`` for each image of a message."""
+    return ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for item in message['content'] %}"
+            f"{{% if item['type'] == 'image' %}}{image}\n{{% elif item['type'] == 'text' %}}{{{{ item['text'] }}}}"
+            "{% endif %}{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+            "{% endif %}")
+
+
+def qwen2_text(tokenizer: PreTrainedTokenizerFast) -> dict:
+    """A 2-layer Qwen2 LM config (as a dict) for ``tokenizer``."""
+    return dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id)
+
+
+def save_tiny_llava_onevision(path: Path, *, tile: int = 32, patch: int = 8, max_tiles: int = 9, seed: int = 0,
+                              pinpoints: tuple[tuple[int, int], ...] = ((32, 32), (32, 64), (64, 32), (64, 64)),
+                              ) -> Path:
+    """A 2-layer SigLIP + 2-layer Qwen2 LLaVA-OneVision; the processor squashes a ``tile`` px base image and cuts
+    the image, resized and padded to the best of ``pinpoints`` (height, width), into ``tile`` px tiles; grids of
+    more than about ``max_tiles`` tiles' worth of features are scaled down (``anyres_max_<max_tiles>``)."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionProcessor,
+        SiglipVisionConfig,
+    )
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+    torch.manual_seed(seed)
+    tokenizer = family_tokenizer(["<|im_start|>", "<|im_end|>", "<image>", "<video>"], image_token="<image>",
+                                 eos="<|im_end|>", named={"video_token": "<video>"})
+    aspect = f"anyres_max_{max_tiles}"
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, image_size=tile, patch_size=patch,
+                                         vision_use_head=False),
+        text_config=qwen2_text(tokenizer), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=[list(p) for p in pinpoints], vision_feature_layer=-1,
+        vision_feature_select_strategy="full", vision_aspect_ratio=aspect)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": tile, "width": tile},
+                                                      image_grid_pinpoints=[list(p) for p in pinpoints])
+    processor = without_video(LlavaOnevisionProcessor)(
+        image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=(tile // patch) ** 2,
+        vision_feature_select_strategy="full", vision_aspect_ratio=aspect, chat_template=chatml_template("<image>"))
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def save_tiny_internvl(path: Path, *, tile: int = 32, patch: int = 4, max_tiles: int = 6, seed: int = 0) -> Path:
+    """A 2-layer InternViT (CLS per tile) + pixel shuffle (2x2) + 2-layer Qwen2 InternVL; the processor stretches
+    the image to the arrangement of at most ``max_tiles`` ``tile`` px tiles closest to its aspect ratio, cuts
+    them and adds a ``tile`` px thumbnail."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    torch.manual_seed(seed)
+    specials = ["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+    tokenizer = family_tokenizer(specials, image_token="<IMG_CONTEXT>", eos="<|im_end|>",
+                                 named={"start_image_token": "<img>", "end_image_token": "</img>",
+                                        "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+    config = InternVLConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=tile, patch_size=patch),
+        text_config=qwen2_text(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        downsample_ratio=0.5, vision_feature_layer=-1, vision_feature_select_strategy="default")
+    model = InternVLForConditionalGeneration(config).eval()
+    image_processor = GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=True,
+                                               min_patches=1, max_patches=max_tiles)
+    processor = without_video(InternVLProcessor)(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=(tile // patch // 2) ** 2,
+        chat_template=chatml_template("<IMG_CONTEXT>"))
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -30,7 +30,8 @@ from vlmlens.metrics import Accuracy, FlipRate, LogitDiff, Prob, StrictAccuracy
 from vlmlens.models import VLM, load, supported_families
 from vlmlens.sites import UnknownSiteError
 
-__all__ = ["Ablate", "Accuracy", "Batch", "Cache", "Compose", "Effects", "Evaluation", "FlipRate", "Intervention", "Layout",
-           "LogitDiff", "Patch", "Prob", "RegionError", "Scale", "ScaleAttention", "Steer", "StrictAccuracy", "SwapDirection",
-           "UnknownSiteError", "VLM", "attribute", "evaluate", "explore", "grid", "load", "random_directions", "directions", "probes", "scenes", "supported_families",
+__all__ = ["Ablate", "Accuracy", "Batch", "Cache", "Compose", "Effects", "Evaluation", "FlipRate", "Intervention",
+           "Layout", "LogitDiff", "Patch", "Prob", "RegionError", "Scale", "ScaleAttention", "Steer", "StrictAccuracy",
+           "SwapDirection", "UnknownSiteError", "VLM", "attribute", "evaluate", "explore", "grid", "load",
+           "random_directions", "directions", "probes", "scenes", "supported_families",
            "sweep"]

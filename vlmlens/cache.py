@@ -2,7 +2,8 @@
 
 Example:
     >>> import torch
-    >>> cache = Cache({"blocks.0.hook_resid_post": torch.zeros(2, 5, 8), "blocks.1.hook_resid_post": torch.ones(2, 5, 8)})
+    >>> cache = Cache({"blocks.0.hook_resid_post": torch.zeros(2, 5, 8),
+    ...                "blocks.1.hook_resid_post": torch.ones(2, 5, 8)})
     >>> tuple(cache.stack("blocks.*.hook_resid_post").shape)
     (2, 2, 5, 8)
 """

@@ -15,7 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Spatial-reas
 
 @app.command()
 def sites(model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a local folder"),
-          pattern: str | None = typer.Option(None, help="only sites matching this pattern, e.g. 'blocks.*.hook_resid_post'"),
+          pattern: str | None = typer.Option(None,
+                                             help="only sites matching this pattern, e.g. 'blocks.*.hook_resid_post'"),
           device: str | None = typer.Option(None)) -> None:
     """List a model's sites: name, documented shape, and the module behind it."""
     from vlmlens.models import load

@@ -108,7 +108,8 @@ def _binomial_ci(correct: Tensor, n_boot: int = 1000, seed: int = 0) -> tuple[fl
 
 
 def probe(features: Features, labels: Sequence[Hashable], test_fraction: float = 0.25, seed: int = 0,
-          weight_decay: float = 1e-3, steps: int = 300, test: tuple[Features, Sequence[Hashable]] | None = None) -> Probe:
+          weight_decay: float = 1e-3, steps: int = 300,
+          test: tuple[Features, Sequence[Hashable]] | None = None) -> Probe:
     """Fit a multinomial (or, for two classes, logistic) linear probe and score it on held-out examples.
 
     ``test`` gives an explicit held-out set (e.g. unseen colour combinations); otherwise a random

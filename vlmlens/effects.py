@@ -27,11 +27,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vlmlens.batch import Batch
-from vlmlens.interventions import Intervention, Labelled, flatten
+from vlmlens.interventions import Intervention, Labelled, flatten, prepare_sources
 from vlmlens.metrics import as_metric, call_metric, metric_name
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
+    from vlmlens.sites import SiteSpec
 
 
 @dataclass
@@ -146,40 +147,50 @@ def sweep(model: VLM, batch: Batch, interventions: Sequence[Intervention | Label
     lm_only = all(model.site_table.order(p.site) >= embed_order for iv in family for p in flatten(iv.intervention))
     inputs, resid_pre = None, None
     if lm_only:
-        _, cache = model.run_with_cache(batch, sites=["hook_embed", "blocks.*.hook_resid_pre"])
+        logits, cache = model.run_with_cache(batch, sites=["hook_embed", "blocks.*.hook_resid_pre"])
         inputs = model.adapter.lm_inputs(batch.inputs, cache["hook_embed"])
         resid_pre = cache
-    clean = score(model.run_many(batch, [[]], inputs=inputs)[0], batch, model)
+        clean = score(logits[:, -1], batch, model)
+    else:
+        clean = score(model.run_many(batch, [[]])[0], batch, model)
+    # each source batch runs once for the whole sweep, not once per pass
+    sources = prepare_sources(model, batch, [edit for iv in family for edit in flatten(iv.intervention)])
     corrupt = None
     if isinstance(baseline, Batch):
         corrupt = score(model.run_many(baseline, [[]])[0], baseline, model)
     elif isinstance(baseline, Intervention):
         corrupt = score(model.run_many(batch, [flatten(baseline)])[0], batch, model)
-    # interventions sorted by the first LM layer they touch, so each pass can skip the layers before it
+    # interventions grouped by the first LM layer they touch, so each pass skips the layers before it
     first_layer = [_first_layer(iv.intervention) if resid_pre is not None and inputs is not None else 0
                    for iv in family]
-    order = sorted(range(len(family)), key=lambda i: first_layer[i])
     per_pass = max(1, max_batch // len(batch))
     values: list[Tensor | None] = [None] * len(family)
-    chunks = [order[i:i + per_pass] for i in range(0, len(order), per_pass)]
+    chunks = []
+    for layer in sorted(set(first_layer)):  # a pass never runs a layer that its edits do not need
+        same = [i for i in range(len(family)) if first_layer[i] == layer]
+        chunks += [same[i:i + per_pass] for i in range(0, len(same), per_pass)]
     for chunk in tqdm(chunks, desc="sweep", unit="pass", disable=not progress or len(chunks) < 2):
         layer = min(first_layer[i] for i in chunk)
         resume = (layer, resid_pre[f"blocks.{layer}.hook_resid_pre"]) if layer > 0 and resid_pre else None
         logits = model.run_many(batch, [flatten(family[i].intervention) for i in chunk], inputs=inputs,
-                                resume=resume)
+                                resume=resume, sources=sources)
         for i, group_logits in zip(chunk, logits):
             values[i] = score(group_logits, batch, model)
     return Effects(values=torch.stack(values), labels=[dict(iv.labels) for iv in family], clean=clean,
-                   corrupt=corrupt, metric=metric_name(metric), interventions=[iv.intervention.to_dict() for iv in family])
+                   corrupt=corrupt, metric=metric_name(metric),
+                   interventions=[iv.intervention.to_dict() for iv in family])
 
 
 def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: Sequence[str],
-              metric: Callable[..., Tensor], baseline: Batch | str = "zero") -> Effects:
+              metric: Callable[..., Tensor], baseline: Batch | str = "zero", steps: int = 1) -> Effects:
     """Attribution patching: the first-order estimate of each (site, region) patch's effect on the
     metric, from one forward and one backward pass (plus one for a baseline batch).
 
     ``baseline`` is a corrupt batch (patching its activations in) or ``"zero"`` / ``"mean"`` (ablation).
-    The estimate is ``sum over the region's tokens of (a_baseline - a) . d metric / d a``.
+    The estimate is ``sum over the region's tokens of (a_baseline - a) . d metric / d a``, with the gradient
+    taken on the clean run (``steps=1``, AtP), or averaged over ``steps`` points on the straight path from
+    the clean to the baseline batch's LM input embeddings (integrated gradients, as in EAP-IG: closer to the
+    exact effect where a patch saturates the answer; LM sites and a baseline batch of the same layout only).
 
     Example:
         >>> est = vl.attribute(model, batch, "blocks.*.hook_resid_post", ["object", "background"], vl.LogitDiff())
@@ -187,29 +198,57 @@ def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: Seq
     score = as_metric(metric)
     specs = model.site_table.expand(sites)
     names = [s.name for s in specs]
-    logits, cache = model.run_with_cache(batch, sites=names, grad=True)
-    clean = score(logits[:, -1].detach(), batch, model)
-    per_example = call_metric(metric, logits[:, -1], batch, model)
-    per_example.sum().backward()
     if isinstance(baseline, Batch):
         _, base_cache = model.run_with_cache(baseline, sites=names)
     elif baseline not in ("zero", "mean"):
         raise ValueError(f"baseline must be a Batch, 'zero' or 'mean'; got {baseline!r}")
+    paths = _embedding_path(model, batch, baseline, specs, steps)
+    grads: dict[str, Tensor] = {}
+    for k, inputs in enumerate(paths):
+        logits, cache = model.run_with_cache(batch, sites=names, grad=True, inputs=inputs)
+        call_metric(metric, logits[:, -1], batch, model).sum().backward()
+        if k == 0 and inputs is None:
+            clean, acts = score(logits[:, -1].detach(), batch, model), {n: cache[n].detach() for n in names}
+        grads = {n: grads.get(n, 0) + cache[n].grad / len(paths) for n in names}
+        model.hf.zero_grad(set_to_none=True)
+    if paths[0] is not None:
+        logits, acts = model.run_with_cache(batch, sites=names)
+        clean = score(logits[:, -1], batch, model)
     values, labels = [], []
     for spec in specs:
-        act = cache[spec.name].detach()
-        grad = cache[spec.name].grad
+        act = acts[spec.name]
         if isinstance(baseline, Batch):
             delta = base_cache[spec.name] - act
         elif baseline == "zero":
             delta = -act
         else:
             delta = act.mean(0, keepdim=True) - act
-        contrib = (delta * grad).sum(-1)  # (batch, pos)
+        contrib = (delta * grads[spec.name]).sum(-1)  # (batch, pos)
         for region in regions:
             where = batch.positions(region, spec)
             values.append(torch.stack([contrib[b, w.to(contrib.device)].sum() for b, w in enumerate(where)]))
             labels.append({"site": spec.name, "region": region})
-    model.hf.zero_grad(set_to_none=True)
     return Effects(values=torch.stack(values).detach().cpu() + clean, labels=labels, clean=clean,
-                   metric=f"attribution:{metric_name(metric)}")
+                   metric=f"attribution:{metric_name(metric)}" + (f"(ig{steps})" if steps > 1 else ""))
+
+
+def _embedding_path(model: VLM, batch: Batch, baseline: Batch | str, specs: Sequence[SiteSpec],
+                    steps: int) -> list[dict[str, Any] | None]:
+    """LM inputs at ``steps`` midpoints from the clean to the baseline embeddings ([None]: the clean run)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps == 1:
+        return [None]
+    if not isinstance(baseline, Batch):
+        raise ValueError("steps > 1 integrates along the path to a baseline batch; pass baseline=<Batch>")
+    early = [s.name for s in specs if model.site_table.order(s.name) < model.site_table.order("hook_embed")]
+    if early:
+        raise ValueError(f"steps > 1 interpolates the LM input, so it cannot attribute vision sites {early}; "
+                         "use steps=1 for them")
+    _, ends = zip(*(model.run_with_cache(b, sites=["hook_embed"], stop=True) for b in (batch, baseline)))
+    start, end = (c["hook_embed"] for c in ends)
+    if start.shape != end.shape or not torch.equal(batch.inputs["attention_mask"], baseline.inputs["attention_mask"]):
+        raise ValueError(f"steps > 1 needs the baseline's sequences laid out like the batch's (embeddings "
+                         f"{tuple(end.shape)} vs {tuple(start.shape)}, or different padding)")
+    alphas = [(k + 0.5) / steps for k in range(steps)]
+    return [model.adapter.lm_inputs(batch.inputs, (start + a * (end - start)).requires_grad_(True)) for a in alphas]

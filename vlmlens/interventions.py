@@ -152,7 +152,7 @@ def prepare_sources(model: VLM, batch: Batch, edits: Sequence[Intervention]) -> 
                 raise KeyError(f"source cache lacks sites {sorted(missing)}; it has {sorted(source)}")
             out.update({(key, s): source[s] for s in sites})
         else:
-            _, cache = model.run_with_cache(source, sites=sorted(sites))
+            _, cache = model.run_with_cache(source, sites=sorted(sites), stop=True)
             out.update({(key, s): v for s, v in cache.items()})
     return out
 

@@ -29,7 +29,12 @@ Box = tuple[float, float, float, float]
 Axis = Literal["columns", "rows"]
 
 REGION_HELP = ("regions: image, object, object:<name>, background, strip:<name>, "
-               "cells:<r0>:<r1>,<c0>:<c1>, text, last")
+               "cells:<r0>:<r1>,<c0>:<c1>, text, last, pos:<i>")
+
+
+def _is_sequence_region(region: str) -> bool:
+    """Regions defined on the LM sequence, not on the image: ``text``, ``last``, ``pos:<i>``."""
+    return region in ("text", "last") or region.startswith("pos:")
 
 
 class RegionError(ValueError):
@@ -159,13 +164,17 @@ class Layout:
 
         ``space="lm"``: sequence positions; ``space="vision"``: patch indices (`vision_pos`) plus
         ``prefix`` (1 for a CLS token in front); ``space="vision:<name>"``: indices from
-        ``vision_index[name]`` plus ``prefix``. Text regions (``text``, ``last``) exist only in LM space.
+        ``vision_index[name]`` plus ``prefix``. Sequence regions (``text``, ``last``, ``pos:<i>``) exist only
+        in LM space; ``pos:<i>`` is the example's ``i``-th real (unpadded) position, counted from the end when
+        negative (``pos:-1`` is ``last``), whether it holds an image or a text token.
         """
-        if region in ("text", "last"):
+        if _is_sequence_region(region):
             if space != "lm":
                 raise RegionError(f"region {region!r} has no tokens at a vision site; use an image region "
                                   f"({REGION_HELP})")
-            return self.text_pos.clone() if region == "text" else torch.tensor([self.seq_len - 1])
+            if region == "text":
+                return self.text_pos.clone()
+            return torch.tensor([self.seq_len - 1 if region == "last" else self._sequence_position(region)])
         chosen = self.mask(region)
         if not bool(chosen.any()):
             raise RegionError(f"region {region!r} is empty for example {self.example}")
@@ -175,7 +184,7 @@ class Layout:
         """Slot keys of a region's tokens, comparable across examples: an image token's grid index
         (row-major; times ``k`` plus the patch's rank where tokens have ``k`` patches), or minus its
         distance from the end of the sequence for a text token."""
-        if region in ("text", "last"):
+        if _is_sequence_region(region):
             pos = self.positions(region, space)
             return pos - self.seq_len
         chosen = self.mask(region)
@@ -198,6 +207,19 @@ class Layout:
             raise RegionError(f"example {self.example} has no token for some slots (grid {self.grid}, "
                               f"{self.seq_len} positions); reference and target layouts differ")
         return out
+
+    def _sequence_position(self, region: str) -> int:
+        """The sequence position of a ``pos:<i>`` region."""
+        try:
+            i = int(region.partition(":")[2])
+        except ValueError:
+            raise RegionError(f"region {region!r}: pos:<i> takes an integer, e.g. pos:0 or pos:-2") from None
+        first = int(torch.cat([self.seq_pos, self.text_pos]).min())
+        length = self.seq_len - first
+        if not -length <= i < length:
+            raise RegionError(f"region {region!r} is outside example {self.example}'s {length} positions "
+                              f"(use {-length}..{length - 1})")
+        return first + i if i >= 0 else self.seq_len + i
 
     def _index(self, space: str, prefix: int) -> Int[Tensor, "tok k"]:
         """Per image token, its index (or indices) along the token axis of ``space``."""

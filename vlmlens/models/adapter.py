@@ -151,15 +151,17 @@ def decoder_sites(layers: str, n_layers: int, *, inputs_of: str, mid_norm: str, 
     return specs
 
 
-def vit_layer_sites(layers: str, n_layers: int, prefix: int, d: str = "d_vision") -> list[SiteSpec]:
-    """Residual stream and attention pattern of each vision-encoder layer (``prefix`` CLS-like tokens)."""
+def vit_layer_sites(layers: str, n_layers: int, prefix: int, d: str = "d_vision",
+                    attn: str = "self_attn") -> list[SiteSpec]:
+    """Residual stream and attention pattern of each vision-encoder layer (``prefix`` CLS-like tokens;
+    ``attn``: the name of the layer's attention module, which returns its weights second)."""
     vis = f"batch pos {d}"
     specs: list[SiteSpec] = []
     for i in range(n_layers):
         name, path = f"vision_encoder.encoder_layers.{i}", f"{layers}.{i}"
         specs += [
             SiteSpec(f"{name}.hook_resid_pre", path, "input", "hidden_states", "vision", vis, prefix),
-            SiteSpec(f"{name}.attn.hook_pattern", f"{path}.self_attn", "output", 1, "none",
+            SiteSpec(f"{name}.attn.hook_pattern", f"{path}.{attn}", "output", 1, "none",
                      "batch head query_pos key_pos", needs_eager_attention=True),
             SiteSpec(f"{name}.hook_resid_post", path, "output", None, "vision", vis, prefix),
         ]

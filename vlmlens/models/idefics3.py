@@ -78,7 +78,7 @@ class Idefics3Adapter(Adapter):
                      "none", "frame pos d_vision", view=conv_patches),
             SiteSpec("vision_encoder.hook_pos_embed", f"{TOWER}.embeddings.position_embedding", "output", None,
                      "none", "frame pos d_vision"),
-            *[_frames(spec) for spec in vit_layer_sites(f"{TOWER}.encoder.layers", self.n_vision_layers, 0)],
+            *[per_frame_site(spec) for spec in vit_layer_sites(f"{TOWER}.encoder.layers", self.n_vision_layers, 0)],
             SiteSpec("vision_encoder.hook_out", TOWER, "output", "last_hidden_state", "vision", vis, view=per_example),
             SiteSpec("vision_projector.hook_in", "model.connector", "input", "image_hidden_states", "vision", vis,
                      view=per_example),
@@ -107,10 +107,8 @@ class Idefics3Adapter(Adapter):
                 boxes: Sequence[dict[str, tuple[float, float, float, float]]],
                 directions: Sequence[str | None]) -> list[Layout]:
         vision = self.config.vision_config
-        side_px, patches = int(vision.image_size), int(vision.image_size) // int(vision.patch_size)
-        scale = int(self.config.scale_factor)
-        g = patches // scale
-        per_frame, tokens = patches * patches, g * g
+        patches, scale = int(vision.image_size) // int(vision.patch_size), int(self.config.scale_factor)
+        tokens = (patches // scale) ** 2
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         layouts = []
         for i, image in enumerate(images):
@@ -120,46 +118,56 @@ class Idefics3Adapter(Adapter):
             text_pos = torch.nonzero((ids[i] != self.image_token_id) & (mask[i] > 0)).flatten()
             if image_pos.numel() != (n_crops + 1) * tokens:
                 raise ValueError(f"example {i}: {image_pos.numel()} image tokens, but {crop_rows}x{crop_cols} crops "
-                                 f"and a global image of {g}x{g} tokens make {(n_crops + 1) * tokens}")
-            width, height = image.size
+                                 f"and a global image of {tokens} tokens make {(n_crops + 1) * tokens}")
             common = dict(seq_len=ids.shape[1], text_positions=text_pos, axis=axis_of(directions[i]), example=i)
-
-            cell = side_px / g
-            glob = grid_layout(g, g, (cell, cell), _scaled(boxes[i], side_px / width, side_px / height),
-                               image_pos[n_crops * tokens:], **common)
-            glob = _frame_maps(pooled_layout(glob, patches, scale), n_crops, per_frame, tokens)
-            if not n_crops:
-                layouts.append(glob)
-                continue
-            # crop tokens on one global grid: token (r, c) is token (r % g, c % g) of crop (r // g, c // g)
-            rows, cols = crop_rows * g, crop_cols * g
-            flat = torch.arange(rows * cols)
-            r, c = flat // cols, flat % cols
-            frame = (r // g) * crop_cols + c // g
-            seq = image_pos[frame * tokens + (r % g) * g + c % g]
-            crops = grid_layout(rows, cols, (cell, cell),
-                                _scaled(boxes[i], crop_cols * side_px / width, crop_rows * side_px / height), seq,
-                                **common)
-            local = replace(crops, rows=r % g, cols=c % g, grid=(g, g))
-            local = pooled_layout(local, patches, scale)
-            crops = replace(crops, vision_pos=local.vision_pos + (frame * per_frame)[:, None],
-                            vision_index={"features": (frame * tokens + (r % g) * g + c % g)[:, None]})
-            layouts.append(stack_layouts([crops, glob]))
+            layouts.append(crops_layout((crop_rows, crop_cols), image.size, int(vision.image_size), patches, scale,
+                                        boxes[i], image_pos, common))
         return layouts
+
+
+def crops_layout(crops: tuple[int, int], image_size: tuple[int, int], tile: int, patches: int, scale: int,
+                 boxes: Mapping[str, Box], image_pos: Tensor, common: Mapping[str, Any], cls: int = 0) -> Layout:
+    """One example's layout when the image, of (width, height) ``image_size``, is stretched to ``crops`` (rows,
+    cols) tiles of ``tile`` px, cut into them row by row, and followed by the whole image squashed to one tile
+    (the global image; alone when ``crops`` is (0, 0)). Each tile is a ``patches x patches`` grid with ``cls``
+    tokens in front at the tower's sites; pixel shuffle folds ``scale x scale`` patch blocks into one token.
+    ``image_pos`` are the image tokens' sequence positions, tile after tile; ``common`` goes to `grid_layout`."""
+    crop_rows, crop_cols = crops
+    n_crops, g = crop_rows * crop_cols, patches // scale
+    per_frame, tokens = patches * patches + cls, g * g
+    width, height = image_size
+    cell = tile / g
+    glob = grid_layout(g, g, (cell, cell), _scaled(boxes, tile / width, tile / height), image_pos[n_crops * tokens:],
+                       **common)
+    glob = _frame_maps(pooled_layout(glob, patches, scale), n_crops, per_frame, tokens, cls)
+    if not n_crops:
+        return glob
+    # crop tokens on one global grid: token (r, c) is token (r % g, c % g) of crop (r // g, c // g)
+    rows, cols = crop_rows * g, crop_cols * g
+    flat = torch.arange(rows * cols)
+    r, c = flat // cols, flat % cols
+    frame = (r // g) * crop_cols + c // g
+    seq = image_pos[frame * tokens + (r % g) * g + c % g]
+    stretched = _scaled(boxes, crop_cols * tile / width, crop_rows * tile / height)
+    crops_grid = grid_layout(rows, cols, (cell, cell), stretched, seq, **common)
+    local = pooled_layout(replace(crops_grid, rows=r % g, cols=c % g, grid=(g, g)), patches, scale)
+    crops_grid = replace(crops_grid, vision_pos=local.vision_pos + (frame * per_frame + cls)[:, None],
+                         vision_index={"features": (frame * tokens + (r % g) * g + c % g)[:, None]})
+    return stack_layouts([crops_grid, glob])
 
 
 def _scaled(boxes: Mapping[str, Box], sx: float, sy: float) -> dict[str, Box]:
     return {name: (x0 * sx, y0 * sy, x1 * sx, y1 * sy) for name, (x0, y0, x1, y1) in boxes.items()}
 
 
-def _frames(spec: SiteSpec) -> SiteSpec:
-    """A tower layer site, per frame and without regions: the tower's residual stream keeps the patch
-    embedding conv's channels-first memory order, so it cannot be regrouped per example without a copy."""
-    shape = "frame head query_pos key_pos" if spec.name.endswith("attn.hook_pattern") else "frame pos d_vision"
+def per_frame_site(spec: SiteSpec, axis: str = "frame") -> SiteSpec:
+    """A tower layer site, per frame (or tile: ``axis``) and without regions: the tower's residual stream keeps
+    the patch embedding conv's channels-first memory order, so it cannot be regrouped per example without a copy."""
+    shape = f"{axis} head query_pos key_pos" if spec.name.endswith("attn.hook_pattern") else f"{axis} pos d_vision"
     return replace(spec, space="none", shape=shape)
 
 
-def _frame_maps(layout: Layout, frame: int, per_frame: int, tokens: int) -> Layout:
-    """Shift a one-frame layout's vision maps to frame ``frame`` of the example's stack."""
-    return replace(layout, vision_pos=layout.vision_pos + frame * per_frame,
+def _frame_maps(layout: Layout, frame: int, per_frame: int, tokens: int, cls: int) -> Layout:
+    """Shift a one-frame layout's vision maps to frame ``frame`` of the example's stack (past its ``cls`` tokens)."""
+    return replace(layout, vision_pos=layout.vision_pos + frame * per_frame + cls,
                    vision_index={"features": layout.vision_index["merged"] + frame * tokens})

@@ -35,14 +35,16 @@ Example:
     (672, 672)
     >>> unpadded(480, 640, rows=48, cols=48)   # feature rows/cols of padding cropped from each side
     (6, 0)
+    >>> bilinear_taps(6, 4).tolist()   # the features each of 4 tokens is interpolated from (LLaVA-OneVision)
+    [[0, 1], [1, 2], [3, 4], [4, 5]]
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -67,6 +69,25 @@ def best_resolution(height: int, width: int, pinpoints: Sequence[Sequence[int]])
     return best
 
 
+def bilinear_taps(n_in: int, n_out: int) -> Tensor:
+    """Per output index of torch's 1-D bilinear resize from ``n_in`` to ``n_out`` (``align_corners=False``),
+    the input indices it reads with nonzero weight: ``(n_out, 1)`` when the size is kept (no resize), else
+    ``(n_out, 2)``, the second repeating the first where it has no weight."""
+    if n_in == n_out:
+        return torch.arange(n_in)[:, None]
+    src = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    low = src.long()
+    high = torch.where((src > low) & (low < n_in - 1), low + 1, low)
+    return torch.stack([low, high], 1)
+
+
+def per_example_sites(specs: Sequence[SiteSpec], view: Callable[[Tensor, Mapping[str, Any]], Tensor]) -> list[SiteSpec]:
+    """Tower layer sites on a tile stack: the residual stream viewed one row per example (``view``), the
+    attention pattern per tile."""
+    return [replace(spec, view=view) if spec.space == "vision" else replace(spec, shape="tile head query_pos key_pos")
+            for spec in specs]
+
+
 def unpadded(height: int, width: int, rows: int, cols: int) -> tuple[int, int]:
     """Rows and columns of padding LLaVA-NeXT crops from each side of a ``rows x cols`` feature grid."""
     if width / height > cols / rows:
@@ -77,6 +98,11 @@ def unpadded(height: int, width: int, rows: int, cols: int) -> tuple[int, int]:
 @register
 class LlavaNextAdapter(Adapter):
     model_types = ("llava_next",)
+    cls_tokens: ClassVar[int] = 1  # per tile at the tower's sites (CLIP's CLS, which the projector drops)
+
+    def _feature_grid(self, rows: int, cols: int) -> tuple[int, int]:
+        """The grid of tile tokens the LM receives from the unpadded ``rows x cols`` feature grid (itself)."""
+        return rows, cols
 
     @property
     def _side(self) -> tuple[int, int]:
@@ -111,8 +137,7 @@ class LlavaNextAdapter(Adapter):
                      None, "none", "tile pos d_vision", view=conv_patches),
             SiteSpec("vision_encoder.hook_pos_embed", f"{TOWER}.embeddings.position_embedding", "output",
                      None, "none", "1 pos d_vision"),
-            *[replace(spec, view=view) if spec.space == "vision" else replace(spec, shape="tile head query_pos key_pos")
-              for spec in vit_layer_sites(f"{TOWER}.encoder.layers", self.n_vision_layers, 0)],
+            *per_example_sites(vit_layer_sites(f"{TOWER}.encoder.layers", self.n_vision_layers, 0), view),
             SiteSpec("vision_encoder.hook_out", TOWER, "output", "last_hidden_state", "vision", vis, view=view),
             # a CLS-less slice of the tile stack, which cannot be regrouped per example without a copy
             SiteSpec("vision_projector.hook_in", "model.multi_modal_projector", "input", "image_features", "none",
@@ -133,6 +158,7 @@ class LlavaNextAdapter(Adapter):
         base_size = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
         crop = dict(ip.crop_size) if getattr(ip, "do_center_crop", False) and ip.crop_size else None
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        cls, per_tile = self.cls_tokens, side * side
         layouts = []
         for i in range(len(images)):  # the processor's image_sizes are the original sizes
             height, width = (int(v) for v in inputs["image_sizes"][i])
@@ -146,29 +172,34 @@ class LlavaNextAdapter(Adapter):
             paste_x, paste_y = (canvas_w - new_w) // 2, (canvas_h - new_h) // 2
             pad_rows, pad_cols = unpadded(height, width, tile_rows * side, tile_cols * side)
             rows, cols = tile_rows * side - 2 * pad_rows, tile_cols * side - 2 * pad_cols
+            out_rows, out_cols = self._feature_grid(rows, cols)
             tiles_map = BoxMap(new_w / width, new_h / height, pad_cols * patch - paste_x, pad_rows * patch - paste_y)
             base_map, _ = resize_crop_map((width, height), {"height": base_size[0], "width": base_size[1]}, crop)
 
             image_pos = torch.nonzero(ids[i] == self.image_token_id).flatten()
             text_pos = torch.nonzero((ids[i] != self.image_token_id) & (mask[i] > 0)).flatten()
-            if image_pos.numel() != side * side + rows * (cols + 1):
+            if image_pos.numel() != per_tile + out_rows * (out_cols + 1):
                 raise ValueError(f"example {i}: {image_pos.numel()} image tokens, but a {height}x{width} image makes "
-                                 f"{side}x{side} base tokens and {rows}x{cols} tile tokens plus {rows} newlines")
-            tile_pos = image_pos[side * side:].view(rows, cols + 1)[:, :cols].flatten()
+                                 f"{side}x{side} base tokens and {out_rows}x{out_cols} tile tokens plus {out_rows} "
+                                 "newlines")
+            tile_pos = image_pos[per_tile:].view(out_rows, out_cols + 1)[:, :out_cols].flatten()
             common = dict(seq_len=ids.shape[1], text_positions=text_pos, axis=axis_of(directions[i]), example=i)
-            tiles = grid_layout(rows, cols, (patch, patch),
+            tiles = grid_layout(out_rows, out_cols, (cols * patch / out_cols, rows * patch / out_rows),
                                 {name: tiles_map.map(box) for name, box in boxes[i].items()}, tile_pos, **common)
             base = grid_layout(side, side, (patch, patch),
                                {name: base_map.map(box) for name, box in boxes[i].items()},
-                               image_pos[:side * side], **common)
-            # each token's tile (0: the base image) and patch within it
-            global_r, global_c = tiles.rows + pad_rows, tiles.cols + pad_cols
+                               image_pos[:per_tile], **common)
+            # each token's features (itself, or the ones it is interpolated from) on the padded global grid,
+            # then their tile (0: the base image) and patch within it
+            taps_r = bilinear_taps(rows, out_rows)[tiles.rows] + pad_rows
+            taps_c = bilinear_taps(cols, out_cols)[tiles.cols] + pad_cols
+            global_r = taps_r[:, :, None].expand(-1, -1, taps_c.shape[1]).flatten(1)
+            global_c = taps_c[:, None, :].expand(-1, taps_r.shape[1], -1).flatten(1)
             tile_of = 1 + (global_r // side) * tile_cols + global_c // side
             within = (global_r % side) * side + global_c % side
-            per_tile = side * side
-            tiles = replace(tiles, vision_pos=tile_of * (per_tile + 1) + 1 + within,
+            tiles = replace(tiles, vision_pos=tile_of * (per_tile + cls) + cls + within,
                             vision_index={"features": tile_of * per_tile + within})
-            base_within = base.rows * side + base.cols
-            base = replace(base, vision_pos=1 + base_within, vision_index={"features": base_within})
+            base_within = (base.rows * side + base.cols)[:, None].expand(-1, within.shape[1])  # as many per token
+            base = replace(base, vision_pos=cls + base_within, vision_index={"features": base_within})
             layouts.append(stack_layouts([tiles, base]))
         return layouts

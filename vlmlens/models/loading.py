@@ -13,7 +13,17 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-from vlmlens.models import gemma3, idefics3, llava, llava_next, paligemma, pixtral, qwen2_vl  # noqa: F401  (each module registers its adapter)
+from vlmlens.models import (  # noqa: F401  (each module registers its adapter)
+    gemma3,
+    idefics3,
+    internvl,
+    llava,
+    llava_next,
+    llava_onevision,
+    paligemma,
+    pixtral,
+    qwen2_vl,
+)
 from vlmlens.models.adapter import adapter_for
 from vlmlens.models.vlm import VLM
 

@@ -338,7 +338,8 @@ def _aux_heads(width: int) -> torch.nn.ModuleDict:
     side = IMAGE_PX // PATCH_PX
     sizes = {"colour": len(S.COLOURS) + 1, "shape": len(S.SHAPES) + 1, **dict.fromkeys(("row", "col"), side),
              **dict.fromkeys(BINDING_WEIGHTS, side)}
-    return torch.nn.ModuleDict({name: torch.nn.Linear(width, sizes[name]) for name in {**AUX_WEIGHTS, **BINDING_WEIGHTS}})
+    names = {**AUX_WEIGHTS, **BINDING_WEIGHTS}
+    return torch.nn.ModuleDict({name: torch.nn.Linear(width, sizes[name]) for name in names})
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -365,11 +366,12 @@ def train_toy(
     """Train the toy on freshly generated scenes, evaluate it on held-out seeds, and save it with a model card.
 
     Each step draws ``sum(MIXTURE.values())`` scenes from seeds >= TRAIN_SEED_BASE; the loss is the cross-entropy
-    of the answer token at the last prompt position plus the auxiliary per-token losses (`AUX_WEIGHTS`); from
-    ``late_from`` of the way through, batches follow `LATE_MIXTURE`. ``init_from`` (a checkpoint folder) starts from
-its weights instead of fresh ones (the auxiliary heads start fresh). Every ``log_every`` steps it prints the accuracy on 64
-    held-out scenes per set (evaluation seed 1) and saves the training state to ``out_dir/train_state.pt``, from
-    which a rerun with the same settings resumes. Deterministic for a fixed seed and thread count.
+    of the answer token at the last prompt position plus the auxiliary losses (`AUX_WEIGHTS`, `BINDING_WEIGHTS`);
+    from ``late_from`` of the way through, batches follow `LATE_MIXTURE`. ``init_from`` (a checkpoint folder)
+    starts from its weights instead of fresh ones (the auxiliary heads start fresh). Every ``log_every`` steps it
+    prints the accuracy on 64 held-out scenes per set (evaluation seed 1) and saves the training state to
+    ``out_dir/train_state.pt``, from which a rerun with the same settings resumes. Deterministic for a fixed seed
+    and thread count.
 
     >>> results = train_toy("/tmp/toy", steps=2, eval_n=4)  # doctest: +SKIP
     >>> results["squares"]["all"]  # doctest: +SKIP
@@ -433,7 +435,8 @@ its weights instead of fresh ones (the auxiliary heads start fresh). Every ``log
                 model.train()
                 out.mkdir(parents=True, exist_ok=True)
                 torch.save(
-                    dict(settings=settings, model=model.state_dict(), heads=heads.state_dict(), optimizer=optimizer.state_dict(),
+                    dict(settings=settings, model=model.state_dict(), heads=heads.state_dict(),
+                         optimizer=optimizer.state_dict(),
                          schedule=schedule.state_dict(), step=step + 1, elapsed=time.time() - started,
                          average=average),
                     state_file,

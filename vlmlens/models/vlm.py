@@ -32,7 +32,7 @@ from vlmlens.models.adapter import Adapter
 from vlmlens.sites import SiteSpec, SiteTable
 
 if TYPE_CHECKING:
-    from vlmlens.interventions import Intervention
+    from vlmlens.interventions import Intervention, Sources
     from vlmlens.scenes import Scene
 
 Logits = Float[Tensor, "batch pos d_vocab"]
@@ -153,40 +153,44 @@ class VLM:
 
     def run_with_cache(self, batch: Batch, sites: str | Iterable[str] = (),
                        interventions: Intervention | Iterable[Intervention] | None = None,
-                       grad: bool = False, stop: bool = False) -> tuple[Logits | None, Cache]:
+                       grad: bool = False, stop: bool = False,
+                       inputs: dict[str, Any] | None = None) -> tuple[Logits | None, Cache]:
         """Logits and a `Cache` of the requested sites (patterns expand), after interventions.
 
         Cached tensors have their site's documented shape (``model.site(name).shape``); attention
         patterns switch the model to eager attention for this call only. With ``grad=True`` the
         cached tensors keep their graph and retain gradients (for attribution). With ``stop=True`` the
         forward pass ends at the last requested site (no logits: None), e.g. to read image embeddings
-        without running the language model.
+        without running the language model. ``inputs`` replaces ``batch.inputs`` (e.g. the LM-only inputs
+        ``model.adapter.lm_inputs(batch.inputs, embeds)`` that feed the language model other embeddings).
         """
         from vlmlens.interventions import flatten
-        return self._forward(batch, [flatten(interventions)], sites, grad=grad, stop=stop)
+        return self._forward(batch, [flatten(interventions)], sites, grad=grad, stop=stop, inputs=inputs)
 
     def run_many(self, batch: Batch, groups: Sequence[Sequence[Intervention]],
                  inputs: dict[str, Any] | None = None,
-                 resume: tuple[int, Tensor] | None = None) -> Float[Tensor, "group batch d_vocab"]:
+                 resume: tuple[int, Tensor] | None = None,
+                 sources: Sources | None = None) -> Float[Tensor, "group batch d_vocab"]:
         """Answer-position logits of one forward pass that runs ``batch`` once per group of interventions.
 
         The batch is repeated along the batch axis and each copy gets its own group, so many
         interventions cost one forward. ``inputs`` replaces ``batch.inputs`` (e.g. LM-only inputs).
         ``resume=(layer, resid_pre)`` skips the LM layers before ``layer``, feeding ``layer`` the given
-        clean residual stream (valid when no edit acts before that layer).
+        clean residual stream (valid when no edit acts before that layer). ``sources`` are the source
+        activations `prepare_sources` gave for these edits (computed here when None).
         """
-        logits, _ = self._forward(batch, groups, (), inputs=inputs, last_only=True, resume=resume)
+        logits, _ = self._forward(batch, groups, (), inputs=inputs, last_only=True, resume=resume, sources=sources)
         return logits[:, -1].reshape(len(groups), len(batch), -1)
 
     def _forward(self, batch: Batch, groups: Sequence[Sequence[Intervention]], sites: str | Iterable[str],
                  grad: bool = False, inputs: dict[str, Any] | None = None,
                  last_only: bool = False, resume: tuple[int, Tensor] | None = None,
-                 stop: bool = False) -> tuple[Logits, Cache]:
+                 stop: bool = False, sources: Sources | None = None) -> tuple[Logits, Cache]:
         from vlmlens.interventions import prepare_sources
         reads = self.site_table.expand(sites) if sites else []
         n, size = len(groups), len(batch)
-        # every source batch runs once per call, however many groups read it
-        sources = prepare_sources(self, batch, [edit for group in groups for edit in group])
+        if sources is None:  # every source batch runs once per call, however many groups read it
+            sources = prepare_sources(self, batch, [edit for group in groups for edit in group])
         edits: list[dict[str, list[Intervention]]] = []
         for group in groups:
             by_site: dict[str, list[Intervention]] = defaultdict(list)

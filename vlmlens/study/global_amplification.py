@@ -122,7 +122,8 @@ def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, alphas: Sequence[float] =
         scores = answers_under(model, model.prepare(list(members)),
                                lambda ids, sub: [[], *(conditions[g][2] for g in edited)], max_batch=max_batch, bar=bar)
         is_strict = all("item" in s.meta for s in members)
-        unique = [strict(scores.correct(r), members) if is_strict else scores.correct(r) for r in range(len(edited) + 1)]
+        unique = [strict(scores.correct(r), members) if is_strict else scores.correct(r)
+                  for r in range(len(edited) + 1)]
         correct = torch.stack([unique[edited.index(g) + 1 if g in edited else 0] for g in range(len(conditions))])
         split = {"dev": torch.arange(len(members)) < len(members) // 2}
         split["test"] = ~split["dev"]
