@@ -252,17 +252,17 @@ class Ablate(Intervention):
         ref = self.reference if isinstance(self.reference, Batch) else batch
         acts = sources[(id(self.reference), spec.name)] if self.reference is not None else x.detach().clone()
         space = spec.layout_space
+        keys = [layout.keys(self.region, space) for layout in batch.layouts]
+        if self.how == "mean":  # each slot's mean over the reference examples, computed once for all targets
+            union = torch.unique(torch.cat(keys))
+            idx = torch.stack([lay.at_keys(union, space, spec.prefix) for lay in ref.layouts]).to(acts.device)
+            means = acts[torch.arange(len(ref.layouts), device=acts.device)[:, None], idx].float().mean(0)
+            return [means[torch.searchsorted(union, k).to(acts.device)] for k in keys]
         out = []
-        for b, layout in enumerate(batch.layouts):
-            keys = layout.keys(self.region, space)
-            idx = torch.stack([lay.at_keys(keys, space, spec.prefix) for lay in ref.layouts]).to(acts.device)
-            slots = acts[torch.arange(len(ref.layouts), device=acts.device)[:, None], idx]
-            if self.how == "mean":
-                out.append(slots.float().mean(0))
-            else:
-                pick = (b + 1 + int(torch.randint(len(ref) - 1, (1,), generator=generator))) % len(ref) \
-                    if ref is batch and len(ref) > 1 else b % len(ref)
-                out.append(slots[pick])
+        for b, target_keys in enumerate(keys):
+            pick = (b + 1 + int(torch.randint(len(ref) - 1, (1,), generator=generator))) % len(ref) \
+                if ref is batch and len(ref) > 1 else b % len(ref)
+            out.append(acts[pick, ref.layouts[pick].at_keys(target_keys, space, spec.prefix).to(acts.device)])
         return out
 
 
