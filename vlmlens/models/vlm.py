@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,12 @@ class VLM:
 
     ``model.hf`` is the transformers model, ``model.processor`` its processor, ``model.nn`` the
     nnsight wrapper (``with model.trace(batch):`` opens a plain nnsight trace on a prepared batch).
+
+    Example:
+        >>> model
+        VLM('toy', family=llava, lm_layers=4, vision_layers=4, device=cpu)
+        >>> model.run(batch).shape  # (batch, pos, d_vocab)
+        torch.Size([16, 112, 34])
     """
 
     def __init__(self, hf: Any, processor: Any, adapter: Adapter, name: str = ""):
@@ -131,15 +138,19 @@ class VLM:
 
     def answer_ids(self, word: str) -> list[int]:
         """Token ids that start the spellings of an answer word (" red", "red", " Red", "Red")."""
+        return list(self._answer_ids(word))
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - the model outlives its cache entries anyway
+    def _answer_ids(self, word: str) -> tuple[int, ...]:
         from vlmlens.scenes import answer_spellings
-        ids = []
+        ids: list[int] = []
         for spelling in answer_spellings(word):
             tokens = self.tokenizer.encode(spelling, add_special_tokens=False)
             if tokens and tokens[0] not in ids and tokens[0] != self.tokenizer.unk_token_id:
                 ids.append(tokens[0])
         if not ids:
             raise ValueError(f"answer {word!r} has no token in {self.name}'s vocabulary")
-        return ids
+        return tuple(ids)
 
     # -- running ------------------------------------------------------------------------------
     def run(self, batch: Batch, interventions: Intervention | Iterable[Intervention] | None = None) -> Logits:
