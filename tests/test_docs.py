@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
 import os
 import pkgutil
 import re
@@ -103,3 +104,23 @@ def test_docs_site_builds_strictly(tmp_path: Path) -> None:
     for recipe in ("behaviour", "last-token-patching", "position-probes", "criss-cross", "remove-vision-order",
                    "backup-mechanism", "global-amplification"):
         assert (site / "recipes" / recipe / "index.html").exists(), recipe
+
+
+PUBLIC_MODULES = ("vlmlens", "vlmlens.scenes", "vlmlens.directions", "vlmlens.probes", "vlmlens.plot",
+                  "vlmlens.display", "vlmlens.study", "vlmlens.scenes.benchmarks", "vlmlens.metrics",
+                  "vlmlens.effects", "vlmlens.interventions", "vlmlens.layout", "vlmlens.cache", "vlmlens.batch",
+                  "vlmlens.sites")
+
+
+def test_every_public_object_has_a_runnable_example() -> None:
+    missing: set[str] = set()
+    for name in PUBLIC_MODULES:
+        module = importlib.import_module(name)
+        public = getattr(module, "__all__", [n for n in vars(module) if not n.startswith("_")])
+        for attr in public:
+            obj = getattr(module, attr)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or not obj.__module__.startswith("vlmlens"):
+                continue
+            if ">>>" not in (obj.__doc__ or ""):
+                missing.add(f"{obj.__module__}.{obj.__qualname__}")  # once, where it is defined
+    assert not missing, "public objects without a docstring example: " + ", ".join(sorted(missing))

@@ -29,7 +29,13 @@ Selector = Callable[[Inputs, Sequence[int]], Inputs]
 
 @dataclass(frozen=True)
 class Batch:
-    """Model inputs (``inputs`` is passed to the model as is), layouts, and the scenes they came from."""
+    """Model inputs (``inputs`` is passed to the model as is), layouts, and the scenes they came from.
+
+    Example:
+        >>> sub = batch[[0, 2]]  # a sub-batch: inputs, layouts, prompts and scenes alike
+        >>> len(sub), sub.scenes[1] is batch.scenes[2], sub.layouts[0].n_image_tokens
+        (2, True, 100)
+    """
 
     inputs: Inputs
     layouts: tuple[Layout, ...]

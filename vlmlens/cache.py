@@ -17,7 +17,13 @@ from vlmlens.sites import SiteSpec, SiteTable
 
 
 class Cache(dict[str, Tensor]):
-    """Site name -> tensor, holding only the sites that were asked for; ``logits`` of the same run."""
+    """Site name -> tensor, holding only the sites that were asked for; ``logits`` of the same run.
+
+    Example:
+        >>> logits, cache = model.run_with_cache(batch, sites=["blocks.*.hook_resid_post"])
+        >>> list(cache)[:2], cache.stack("blocks.*.hook_resid_post").shape
+        (['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'], torch.Size([4, 16, 112, 128]))
+    """
 
     logits: Tensor | None = None
 

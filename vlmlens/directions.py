@@ -30,7 +30,13 @@ Features = Float[Tensor, "example d"]
 
 def pooled_features(model: VLM, batch: Batch, sites: str | Sequence[str], regions: Sequence[str],
                     max_batch: int = 32, progress: bool = False) -> dict[tuple[str, str], Features]:
-    """For each (site, region): every example's activation averaged over the region's tokens."""
+    """For each (site, region): every example's activation averaged over the region's tokens.
+
+    Example:
+        >>> feats = pooled_features(model, batch, "blocks.*.hook_resid_post", ["object:subject", "background"])
+        >>> len(feats), feats[("blocks.0.hook_resid_post", "background")].shape
+        (8, torch.Size([16, 128]))
+    """
     specs = model.site_table.expand(sites)
     out: dict[tuple[str, str], list[Tensor]] = {(s.name, r): [] for s in specs for r in regions}
     chunks = range(0, len(batch), max_batch)
@@ -46,12 +52,22 @@ def pooled_features(model: VLM, batch: Batch, sites: str | Sequence[str], region
 
 
 def pooled(model: VLM, batch: Batch, site: str, region: str, max_batch: int = 32) -> Features:
-    """Each example's activation at ``site`` averaged over the tokens of ``region`` (e.g. an object's box)."""
+    """Each example's activation at ``site`` averaged over the tokens of ``region`` (e.g. an object's box).
+
+    Example:
+        >>> pooled(model, batch, "vision_projector.hook_out", "object:subject").shape
+        torch.Size([16, 128])
+    """
     return pooled_features(model, batch, site, [region], max_batch)[(model.site(site).name, region)]
 
 
 def encode_labels(labels: Sequence[Hashable]) -> tuple[Int[Tensor, " example"], list[Hashable]]:
-    """Integer codes and the sorted class list of arbitrary labels."""
+    """Integer codes and the sorted class list of arbitrary labels.
+
+    Example:
+        >>> encode_labels(["right", "left", "right"])
+        (tensor([1, 0, 1]), ['left', 'right'])
+    """
     classes = sorted(set(labels), key=str)
     index = {c: i for i, c in enumerate(classes)}
     return torch.tensor([index[label] for label in labels]), classes
@@ -72,7 +88,14 @@ def diff_of_means(features: Features, labels: Sequence[Hashable]) -> Float[Tenso
 
 @dataclass(frozen=True)
 class Probe:
-    """A trained linear probe: ``logits = x @ weight.T + bias``, with held-out accuracy and its CI."""
+    """A trained linear probe: ``logits = x @ weight.T + bias``, with held-out accuracy and its CI.
+
+    Example:
+        >>> x = torch.randn(200, 8)
+        >>> fitted = probe(x, (x[:, 0] > 0).tolist())  # two classes: one direction
+        >>> fitted.classes, fitted.directions.shape, fitted.predict(x[:3]).shape
+        ([False, True], torch.Size([1, 8]), torch.Size([3]))
+    """
 
     weight: Float[Tensor, "k d"]
     bias: Float[Tensor, " k"]
@@ -158,20 +181,35 @@ def probe(features: Features, labels: Sequence[Hashable], test_fraction: float =
 
 
 def project_out(features: Features, directions: Float[Tensor, "k d"]) -> Features:
-    """Features with the span of ``directions`` removed."""
+    """Features with the span of ``directions`` removed.
+
+    Example:
+        >>> project_out(torch.tensor([[2.0, 3.0, 4.0]]), torch.tensor([[5.0, 0.0, 0.0]]))
+        tensor([[0., 3., 4.]])
+    """
     q, _ = torch.linalg.qr(directions.float().T)
     return features.float() - (features.float() @ q) @ q.T
 
 
 def onto(features: Features, directions: Float[Tensor, "k d"]) -> Float[Tensor, "example k"]:
-    """Coordinates of features in an orthonormal basis of the span of ``directions``."""
+    """Coordinates of features in an orthonormal basis of the span of ``directions``.
+
+    Example:
+        >>> onto(torch.tensor([[2.0, 3.0, 4.0]]), torch.tensor([[0.0, 0.0, 5.0]])).abs()  # the basis's sign is free
+        tensor([[4.]])
+    """
     q, _ = torch.linalg.qr(directions.float().T)
     return features.float() @ q
 
 
 @dataclass(frozen=True)
 class Disentanglement:
-    """How much a relation subspace predicts relation vs identity, and whether it transfers."""
+    """How much a relation subspace predicts relation vs identity, and whether it transfers.
+
+    Example:
+        >>> Disentanglement(1.0, 0.5, 0.5, 0.9).to_dict()
+        {'relation_in_subspace': 1.0, 'identity_in_subspace': 0.5, 'identity_chance': 0.5, 'transfer_to_unseen': 0.9}
+    """
 
     relation_in_subspace: float
     identity_in_subspace: float
@@ -186,7 +224,15 @@ def disentangle(features: Features, relation: Sequence[Hashable], identity: Sequ
                 heldout: Sequence[bool], seed: int = 0) -> Disentanglement:
     """Fit a relation probe on the examples not ``heldout``; its directions span the relation subspace.
     Report relation and identity (colour/shape) accuracy from the subspace coordinates alone, and the
-    relation probe's accuracy on the held-out identity combinations (transfer)."""
+    relation probe's accuracy on the held-out identity combinations (transfer).
+
+    Example:
+        >>> x = torch.randn(400, 6, generator=torch.Generator().manual_seed(0))
+        >>> relation, colour = (x[:, 0] > 0).tolist(), (x[:, 1] * 2).round().clamp(-2, 2).tolist()  # 5 colours
+        >>> found = disentangle(x, relation, colour, heldout=[c == 2 for c in colour])  # one colour never seen
+        >>> found.relation_in_subspace > 0.9, found.identity_in_subspace < 0.35, found.transfer_to_unseen > 0.9
+        (True, True, True)
+    """
     keep = torch.tensor([not h for h in heldout])
     rel = list(relation)
     train_probe = probe(features[keep], [r for r, k in zip(rel, keep) if k], seed=seed,

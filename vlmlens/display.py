@@ -132,7 +132,13 @@ def png_uri(image: Image.Image) -> str:
 
 
 def image_html(image: Image.Image, width: int | None = None, title: str = "") -> str:
-    """An ``<img>`` tag with the image inline, drawn pixelated when the browser scales it."""
+    """An ``<img>`` tag with the image inline, drawn pixelated when the browser scales it.
+
+    Example:
+        >>> tag = image_html(Image.new("RGB", (4, 4)), width=64, title="blank")
+        >>> tag.startswith('<img src="data:image/png;base64,'), 'width="64"' in tag
+        (True, True)
+    """
     size = f' width="{width}"' if width else ""
     return (f'<img src="{png_uri(image)}"{size} alt="{html.escape(title)}" title="{html.escape(title)}" '
             'style="image-rendering:pixelated;border:1px solid rgba(128,128,128,.4);max-width:none">')
@@ -270,7 +276,15 @@ _plotly_embedded = False
 
 
 def reset_plotly() -> None:
-    """Embed plotly.js again with the next figure (e.g. after clearing the notebook's outputs)."""
+    """Embed plotly.js again with the next figure (e.g. after clearing the notebook's outputs).
+
+    Example:
+        >>> import plotly.graph_objects as go
+        >>> reset_plotly()
+        >>> first, second = figure_html(go.Figure()), figure_html(go.Figure())
+        >>> len(first) > 1_000_000 > len(second)  # only the first carries plotly.js
+        True
+    """
     global _plotly_embedded
     _plotly_embedded = False
 

@@ -41,6 +41,12 @@ class Effects:
 
     ``normalised()`` is ``(value - corrupt) / (clean - corrupt)`` per intervention, where clean is the
     batch without intervention and corrupt the baseline run.
+
+    Example:
+        >>> effects = Effects(values=torch.tensor([[1.0, 3.0], [0.0, 0.0]]), labels=[{"layer": 0}, {"layer": 1}],
+        ...                   clean=torch.tensor([2.0, 2.0]), corrupt=torch.zeros(2))
+        >>> effects.mean(), effects.normalised()
+        (tensor([2., 0.]), tensor([1., 0.]))
     """
 
     values: Float[Tensor, "intervention example"]

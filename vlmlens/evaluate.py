@@ -31,7 +31,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class Evaluation:
-    """Per-example correctness and answer-vs-foil logit difference, and their summaries."""
+    """Per-example correctness and answer-vs-foil logit difference, and their summaries.
+
+    Example:
+        >>> result = vl.evaluate(model, scenes, progress=False)
+        >>> result, result.correct.shape
+        (Evaluation(n=16, accuracy=..., logit_diff=...), torch.Size([16]))
+    """
 
     correct: Float[Tensor, " example"]
     logit_diffs: Float[Tensor, " example"]

@@ -34,7 +34,13 @@ KINDS: dict[str, type[Intervention]] = {}
 
 
 class Intervention:
-    """Base class: ``site``, ``region``, ``apply`` (in place, inside a trace), ``+``, dict round trip."""
+    """Base class: ``site``, ``region``, ``apply`` (in place, inside a trace), ``+``, dict round trip.
+
+    Example:
+        >>> iv = vl.Ablate("hook_embed", region="object")
+        >>> Intervention.from_dict(iv.to_dict()), iv.parts
+        (Ablate('hook_embed', region='object'), (Ablate('hook_embed', region='object'),))
+    """
 
     kind: ClassVar[str] = ""
     site: str
@@ -113,7 +119,14 @@ class Intervention:
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Compose(Intervention):
-    """Several interventions applied in forward order (two at one site: in the order given)."""
+    """Several interventions applied in forward order (two at one site: in the order given).
+
+    Example:
+        >>> both = vl.Ablate("hook_embed", region="object") + vl.Ablate("blocks.1.hook_resid_post", region="background")
+        >>> both
+        Ablate('hook_embed', region='object') + Ablate('blocks.1.hook_resid_post', region='background')
+        >>> logits = model.run(batch, both)  # one forward pass, both edits
+    """
 
     kind: ClassVar[str] = "compose"
     items: tuple[Intervention, ...] = ()
@@ -130,7 +143,13 @@ class Compose(Intervention):
 
 
 def flatten(interventions: Intervention | Iterable[Intervention] | None) -> list[Intervention]:
-    """A flat list of simple interventions from one, a composition, or an iterable of them."""
+    """A flat list of simple interventions from one, a composition, or an iterable of them.
+
+    Example:
+        >>> a, b = vl.Ablate("hook_embed"), vl.Ablate("blocks.0.hook_resid_post")
+        >>> flatten([a + b, a])
+        [Ablate('hook_embed'), Ablate('blocks.0.hook_resid_post'), Ablate('hook_embed')]
+    """
     if interventions is None:
         return []
     if isinstance(interventions, Intervention):
@@ -139,7 +158,14 @@ def flatten(interventions: Intervention | Iterable[Intervention] | None) -> list
 
 
 def prepare_sources(model: VLM, batch: Batch, edits: Sequence[Intervention]) -> Sources:
-    """Run each source batch once, caching every site any edit reads from it."""
+    """Run each source batch once, caching every site any edit reads from it.
+
+    Example:
+        >>> cf = model.prepare(vl.scenes.generate(16, seed=1))
+        >>> sources = prepare_sources(model, batch, [vl.Patch("blocks.2.hook_resid_post", source=cf)])
+        >>> [site for _, site in sources], next(iter(sources.values())).shape
+        (['blocks.2.hook_resid_post'], torch.Size([16, 112, 128]))
+    """
     wanted: dict[int, tuple[Batch | Cache, set[str]]] = {}
     for edit in edits:
         for source in edit.sources():
@@ -438,7 +464,13 @@ def random_directions(like: Tensor, n: int, seed: int = 0) -> Float[Tensor, "n d
 
 @dataclass(frozen=True)
 class Labelled:
-    """An intervention with the grid coordinates it was built from."""
+    """An intervention with the grid coordinates it was built from.
+
+    Example:
+        >>> family = [Labelled(vl.Ablate("hook_embed", region=r), {"region": r}) for r in ("object", "background")]
+        >>> vl.sweep(model, batch, family, vl.LogitDiff(), progress=False).to_pandas()["region"].tolist()
+        ['object', 'background']
+    """
 
     intervention: Intervention
     labels: Mapping[str, Any] = field(default_factory=dict)

@@ -38,7 +38,14 @@ def _is_sequence_region(region: str) -> bool:
 
 
 class RegionError(ValueError):
-    """A region name that cannot be resolved for an example (unknown, empty, or wrong space)."""
+    """A region name that cannot be resolved for an example (unknown, empty, or wrong space).
+
+    Example:
+        >>> grid_layout(1, 2, (8, 8), {}, [0, 1], seq_len=3).positions("object:cup", "lm")
+        Traceback (most recent call last):
+        ...
+        vlmlens.layout.RegionError: no object 'cup' in example 0; objects: []
+    """
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,11 @@ class Layout:
     the main grid; ``i > 0``: ``grids[i - 1]``), ``rows``/``cols`` are on that grid, tokens are listed
     part by part. Regions cover every part (``object`` = the tokens of every grid that overlap the box);
     ``strip`` bands are taken per grid; ``cells`` and `grid_of` refer to the main grid.
+
+    Example:
+        >>> lay = batch.layouts[0]  # the toy: a 10x10 grid of image tokens after a BOS token
+        >>> lay.grid, lay.n_image_tokens, lay.positions("image", "lm")[:3].tolist(), lay.positions("last", "lm")
+        ((10, 10), 100, [1, 2, 3], tensor([111]))
     """
 
     grid: tuple[int, int]
@@ -272,7 +284,13 @@ class Layout:
 
 
 def overlap(box: Box, rows: Tensor, cols: Tensor, cell: tuple[float, float]) -> Bool[Tensor, " tok"]:
-    """Tokens whose cell (``cell`` = (width, height) in processed pixels) overlaps a box with positive area."""
+    """Tokens whose cell (``cell`` = (width, height) in processed pixels) overlaps a box with positive area.
+
+    Example:
+        >>> rows, cols = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])
+        >>> overlap((0, 0, 12, 8), rows, cols, cell=(10, 10)).tolist()  # 2 px into column 1, not into row 1
+        [True, True, False, False]
+    """
     cw, ch = cell
     x0, y0, x1, y1 = box
     inside_x = torch.minimum((cols + 1) * cw, torch.tensor(x1)) - torch.maximum(cols * cw, torch.tensor(x0))
@@ -305,7 +323,12 @@ def grid_layout(rows: int, cols: int, cell: tuple[float, float], boxes: Mapping[
 
 
 def axis_of(direction: str | None) -> Axis | None:
-    """Objects asked about left/right sit in a row (strips are columns); above/below, in a column."""
+    """Objects asked about left/right sit in a row (strips are columns); above/below, in a column.
+
+    Example:
+        >>> axis_of("left"), axis_of("below"), axis_of(None)
+        ('columns', 'rows', None)
+    """
     return {"left": "columns", "right": "columns", "above": "rows", "below": "rows"}.get(direction or "")
 
 

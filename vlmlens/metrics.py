@@ -39,13 +39,24 @@ def _scenes(batch: Batch, metric: str) -> Sequence[Any]:
 
 
 def word_scores(logits: AnswerLogits, model: VLM, words: Sequence[str]) -> Tensor:
-    """Per example and word, the best logit over the word's spellings."""
+    """Per example and word, the best logit over the word's spellings.
+
+    Example:
+        >>> word_scores(model.run(batch)[:, -1], model, ["above", "below"]).shape
+        torch.Size([16, 2])
+    """
     return torch.stack([logits[:, model.answer_ids(w)].float().max(-1).values for w in words], dim=-1)
 
 
 @dataclass(frozen=True)
 class LogitDiff:
-    """Logit of the scene's answer minus the best foil's (each word: its best spelling)."""
+    """Logit of the scene's answer minus the best foil's (each word: its best spelling).
+
+    Example:
+        >>> diffs = LogitDiff()(model.run(batch)[:, -1], batch, model)
+        >>> diffs.shape, diffs.dtype  # > 0 where the answer beats every foil
+        (torch.Size([16]), torch.float32)
+    """
 
     def __call__(self, logits: AnswerLogits, batch: Batch, model: VLM) -> PerExample:
         out = []
@@ -58,7 +69,14 @@ class LogitDiff:
 @dataclass(frozen=True)
 class Prob:
     """Probability of a word summed over its spellings (" red", "red", " Red", "Red"); by default the
-    scene's answer, or a fixed ``answer`` for every example."""
+    scene's answer, or a fixed ``answer`` for every example.
+
+    Example:
+        >>> logits = model.run(batch)[:, -1]
+        >>> p = Prob()(logits, batch, model)
+        >>> p.shape, bool(((p > 0) & (p < 1)).all()), Prob("left")(logits, batch, model).shape
+        (torch.Size([16]), True, torch.Size([16]))
+    """
 
     answer: str | None = None
 
@@ -70,7 +88,13 @@ class Prob:
 
 @dataclass(frozen=True)
 class Accuracy:
-    """1 where the answer ranks first among the scene's candidates (or ``answers``, paired by index)."""
+    """1 where the answer ranks first among the scene's candidates (or ``answers``, paired by index).
+
+    Example:
+        >>> right = Accuracy()(model.run(batch)[:, -1], batch, model)
+        >>> right.shape, set(right.tolist()) <= {0.0, 1.0}
+        (torch.Size([16]), True)
+    """
 
     answers: Sequence[str] | None = None
 
@@ -88,13 +112,27 @@ class Accuracy:
 
 @dataclass(frozen=True)
 class FlipRate(Accuracy):
-    """1 where the answer moved to the counterfactual's (``answers``: the counterfactual answers)."""
+    """1 where the answer moved to the counterfactual's (``answers``: the counterfactual answers).
+
+    Example:
+        >>> pairs = vl.scenes.criss_cross_pairs(vl.scenes.generate(8, seed=0, task="squares"))
+        >>> clean, cf = (model.prepare(list(side)) for side in zip(*pairs))
+        >>> patched = model.run(clean, vl.Patch("hook_embed", region="image", source=cf))[:, -1]
+        >>> FlipRate([s.answer for s in cf.scenes])(patched, clean, model).mean()
+        tensor(1.)
+    """
 
 
 @dataclass(frozen=True)
 class StrictAccuracy:
     """Right under every option order: examples sharing ``scene.meta[key]`` score the minimum of
-    their accuracies (each example of the group gets the group's score)."""
+    their accuracies (each example of the group gets the group's score).
+
+    Example:
+        >>> logits = model.run(batch)[:, -1]  # generated scenes have no "item": each is its own group
+        >>> torch.equal(StrictAccuracy()(logits, batch, model), Accuracy()(logits, batch, model))
+        True
+    """
 
     key: str = "item"
 
@@ -105,18 +143,36 @@ class StrictAccuracy:
 
 
 def metric_name(metric: Callable[..., Tensor]) -> str:
+    """A metric's name for tables and titles: a function's ``__name__``, else its class name.
+
+    Example:
+        >>> metric_name(LogitDiff()), metric_name(lambda logits, batch: logits[:, 0])
+        ('LogitDiff', '<lambda>')
+    """
     return getattr(metric, "__name__", type(metric).__name__)
 
 
 def call_metric(metric: Callable[..., Tensor], logits: AnswerLogits, batch: Batch, model: VLM) -> Tensor:
-    """Call ``f(logits, batch, model)`` or a plain ``f(logits, batch)`` (gradients flow through)."""
+    """Call ``f(logits, batch, model)`` or a plain ``f(logits, batch)`` (gradients flow through).
+
+    Example:
+        >>> first = lambda logits, batch: logits[:, 0]  # a plain two-argument metric
+        >>> call_metric(first, torch.ones(16, 34), batch, model).shape
+        torch.Size([16])
+    """
     if len(inspect.signature(metric).parameters) >= 3:
         return metric(logits, batch, model)
     return metric(logits, batch)
 
 
 def as_metric(metric: Callable[..., Tensor]) -> Callable[[AnswerLogits, Batch, VLM], PerExample]:
-    """The metric as a checked function: a ``(batch,)`` float tensor on the CPU, no NaN."""
+    """The metric as a checked function: a ``(batch,)`` float tensor on the CPU, no NaN.
+
+    Example:
+        >>> score = as_metric(lambda logits, batch: logits[:, 0].double())
+        >>> score(torch.ones(16, 34), batch, model).dtype
+        torch.float32
+    """
 
     def checked(logits: AnswerLogits, batch: Batch, model: VLM) -> PerExample:
         value = call_metric(metric, logits, batch, model)

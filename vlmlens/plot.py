@@ -28,7 +28,14 @@ if TYPE_CHECKING:
 def effects_heatmap(effects: Effects, x: str | None = None, y: str | None = None, value: str = "mean",
                     title: str | None = None) -> go.Figure:
     """Heatmap of one column of ``effects.to_pandas()`` over two label axes (TransformerLens style:
-    RdBu, midpoint 0, confidence interval in the hover text)."""
+    RdBu, midpoint 0, confidence interval in the hover text).
+
+    Example:
+        >>> family = vl.grid(vl.Ablate, site="blocks.{layer}.hook_resid_post", layer=[0, 1], region=["object", "text"])
+        >>> fig = effects_heatmap(vl.sweep(model, batch, family, vl.LogitDiff(), progress=False))
+        >>> fig.data[0].x, fig.data[0].y  # x: the first label axis, y: the second
+        (('0', '1'), ('object', 'text'))
+    """
     frame = effects.to_pandas()
     label_cols = [k for k in effects.labels[0] if k != "intervention"] or ["intervention"]
     x = x or label_cols[0]
@@ -120,13 +127,30 @@ def curves(frame: pd.DataFrame, x: str, y: str = "mean", group: str | None = Non
 
 
 def layer_curves(frame: pd.DataFrame, group: str = "candidate", y: str = "mean", title: str = "") -> go.Figure:
-    """Per-layer curves (a ``layer`` column) with 95% CI bands, one per ``group`` (e.g. candidate answer)."""
+    """Per-layer curves (a ``layer`` column) with 95% CI bands, one per ``group`` (e.g. candidate answer).
+
+    Example:
+        >>> import pandas as pd
+        >>> table = pd.DataFrame({"layer": [0, 1, 0, 1], "candidate": ["clean", "clean", "cf", "cf"],
+        ...                       "mean": [.9, .2, .1, .7], "ci_low": [.8, .1, 0, .6], "ci_high": [1, .3, .2, .8]})
+        >>> [trace.name for trace in layer_curves(table).data if trace.mode]  # each line follows its band
+        ['clean', 'cf']
+    """
     return curves(frame, x="layer", y=y, group=group, title=title, y_title=y, category_x=True)
 
 
 def dose_response(frame: pd.DataFrame, group: str = "method", x: str = "alpha", y: str = "accuracy",
                   baseline: float | None = None, title: str = "") -> go.Figure:
-    """Accuracy (or any ``y``) against the intervention strength ``alpha``, one curve per method, with bands."""
+    """Accuracy (or any ``y``) against the intervention strength ``alpha``, one curve per method, with bands.
+
+    Example:
+        >>> import pandas as pd
+        >>> table = pd.DataFrame({"method": ["probe"] * 3, "alpha": [1, 2, 4], "accuracy": [.5, .6, .7],
+        ...                       "ci_low": [.4, .5, .6], "ci_high": [.6, .7, .8]})
+        >>> fig = dose_response(table, baseline=0.5)  # the baseline: a dotted "no intervention" line
+        >>> len(fig.data), fig.layout.shapes[0].y0
+        (2, 0.5)
+    """
     return curves(frame, x=x, y=y, group=group, title=title, baseline=baseline, baseline_name="no intervention")
 
 

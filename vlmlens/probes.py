@@ -31,13 +31,24 @@ Target = str | Callable[["Scene"], Hashable]
 
 
 def labels_of(scenes: Sequence[Scene], target: Target) -> list[Hashable]:
-    """Labels from a scene attribute name (``"direction"``, ``"answer"``) or a function of a scene."""
+    """Labels from a scene attribute name (``"direction"``, ``"answer"``) or a function of a scene.
+
+    Example:
+        >>> labels_of(scenes[:3], "direction"), labels_of(scenes[:3], lambda s: s.direction in ("left", "right"))
+        (['above', 'below', 'below'], [False, False, False])
+    """
     return [target(s) if callable(target) else getattr(s, target) for s in scenes]
 
 
 def layerwise(model: VLM, scenes: Sequence[Scene], sites: str | Sequence[str], regions: Sequence[str],
               target: Target, max_batch: int = 32, seed: int = 0) -> pd.DataFrame:
-    """Held-out probe accuracy (with CI) for each site and region, features pooled over the region."""
+    """Held-out probe accuracy (with CI) for each site and region, features pooled over the region.
+
+    Example:
+        >>> table = layerwise(model, scenes, "blocks.*.hook_resid_post", ["object:subject", "background"], "direction")
+        >>> len(table), table.columns.tolist()[:3]
+        (8, ['site', 'region', 'accuracy'])
+    """
     labels = labels_of(scenes, target)
     features = pooled_features(model, model.prepare(scenes), sites, regions, max_batch, progress=True)
     rows = []
@@ -51,7 +62,15 @@ def layerwise(model: VLM, scenes: Sequence[Scene], sites: str | Sequence[str], r
 def apply_to_patches(fitted: Probe, cache: Cache, site: str, batch: Batch, model: VLM,
                      cls: Hashable | None = None) -> Float[Tensor, "example rows cols"]:
     """The probe's probability of class ``cls`` (default: its first class) on every image token, laid
-    out on each example's patch grid (NaN where the grid has no token)."""
+    out on each example's patch grid (NaN where the grid has no token).
+
+    Example:
+        >>> site = "blocks.1.hook_resid_post"
+        >>> fitted = probe(vl.directions.pooled(model, batch, site, "object:subject"), labels_of(scenes, "direction"))
+        >>> _, cache = model.run_with_cache(batch, sites=[site])
+        >>> apply_to_patches(fitted, cache, site, batch, model, cls="above").shape
+        torch.Size([16, 10, 10])
+    """
     spec = model.site(site)
     column = fitted.classes.index(cls) if cls is not None else 0
     grids = []

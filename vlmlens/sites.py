@@ -40,6 +40,11 @@ class SiteSpec:
     tell how many examples there are and refuse a batch it cannot regroup (images of different sizes).
     ``index`` names the layout's vision index map for this site's token axis (`Layout.vision_index`;
     empty: `Layout.vision_pos`), for towers whose token order changes along the way.
+
+    Example:
+        >>> spec = model.site("blocks.0.hook_resid_post")
+        >>> spec.space, spec.shape, spec.token_axis, spec.layout_space
+        ('lm', 'batch pos d_model', 1, 'lm')
     """
 
     name: str
@@ -78,12 +83,24 @@ def _glob_to_regex(pattern: str) -> re.Pattern[str]:
 
 
 def is_pattern(name: str) -> bool:
-    """Whether a site name contains `*` or `{...}` placeholders."""
+    """Whether a site name contains `*` or `{...}` placeholders.
+
+    Example:
+        >>> is_pattern("blocks.*.hook_resid_post"), is_pattern("blocks.{layer}.hook_attn_out"), is_pattern("hook_embed")
+        (True, True, False)
+    """
     return "*" in name or "{" in name
 
 
 class UnknownSiteError(KeyError):
-    """A site name that the model does not have; the message lists the closest real ones."""
+    """A site name that the model does not have; the message lists the closest real ones.
+
+    Example:
+        >>> model.site("blocks.0.hook_resid_postt")
+        Traceback (most recent call last):
+        ...
+        vlmlens.sites.UnknownSiteError: unknown site 'blocks.0.hook_resid_postt'; closest: blocks.0.hook_resid_post, ...
+    """
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly
         return str(self.args[0])

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from jaxtyping import Float
 from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from torch import Tensor
@@ -55,14 +56,16 @@ SETS: dict[str, tuple[str, str | None]] = {
 MIXTURE: dict[str, int] = {"squares": 8, "shapes": 8, "relation": 6, "naturalistic": 10}
 #: After the colour tasks are learnt, batches lean on the harder relation sets.
 LATE_MIXTURE: dict[str, int] = {"squares": 4, "shapes": 4, "relation": 14, "naturalistic": 10}
-#: Training-only linear heads on the projector output, one per image token: the colour and shape of the object
-#: whose box covers the patch centre ("none" elsewhere), and the patch's row and column. They give the vision side
+#: Training-only heads on the projector output, one per image token: the colour and shape of the object whose box
+#: covers the patch centre ("none" elsewhere), scored against the LM's embeddings of those words (`WordHead`), and
+#: the patch's row and column (linear). They give the vision side
 #: dense gradients from the first step; without them the answer-only loss sits at chance for thousands of steps.
 AUX_WEIGHTS: dict[str, float] = {"colour": 1.0, "shape": 1.0, "row": 0.5, "col": 0.5}
 #: Training-only heads on the LM's residual at the last prompt position after layer BINDING_LAYER (relation scenes
 #: only): the patch row and column of the subject's and the reference's box centres. They teach the LM to find the
 #: two named objects before comparing them, which the answer-only loss alone learns very slowly.
-BINDING_WEIGHTS: dict[str, float] = {"subject_row": 0.5, "subject_col": 0.5, "reference_row": 0.5, "reference_col": 0.5}
+BINDING_WEIGHTS: dict[str, float] = dict.fromkeys(
+    ("subject_row", "subject_col", "reference_row", "reference_col"), 0.25)
 BINDING_LAYER = 1
 
 _ARCH = {
@@ -334,12 +337,31 @@ def binding_labels(scenes: Sequence[S.Scene]) -> dict[str, Tensor]:
     return {name: torch.tensor(values) for name, values in out.items()}
 
 
-def _aux_heads(width: int) -> torch.nn.ModuleDict:
-    side = IMAGE_PX // PATCH_PX
-    sizes = {"colour": len(S.COLOURS) + 1, "shape": len(S.SHAPES) + 1, **dict.fromkeys(("row", "col"), side),
-             **dict.fromkeys(BINDING_WEIGHTS, side)}
-    names = {**AUX_WEIGHTS, **BINDING_WEIGHTS}
-    return torch.nn.ModuleDict({name: torch.nn.Linear(width, sizes[name]) for name in names})
+class WordHead(torch.nn.Module):
+    """Scores features against the LM's own input embeddings of a closed set of words, plus a learned "none"
+    row: trained on image tokens, it makes a red patch look like the word "red" to the LM, so that a question
+    word can find the patches it names by plain similarity."""
+
+    def __init__(self, embedding: torch.nn.Embedding, ids: Tensor):
+        super().__init__()
+        self.embedding = [embedding]  # a list, so the model's weights are not registered twice
+        self.register_buffer("ids", ids)
+        self.none = torch.nn.Parameter(torch.zeros(embedding.embedding_dim))
+
+    def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... words"]:
+        table = torch.cat([self.none[None], self.embedding[0].weight[self.ids]])
+        return x @ table.T
+
+
+def _aux_heads(model: LlavaForConditionalGeneration, processor: LlavaProcessor) -> torch.nn.ModuleDict:
+    side, width = IMAGE_PX // PATCH_PX, model.config.text_config.hidden_size
+    embedding = model.get_input_embeddings()
+    heads: dict[str, torch.nn.Module] = {
+        "colour": WordHead(embedding, candidate_ids(processor, S.COLOURS)),
+        "shape": WordHead(embedding, candidate_ids(processor, S.SHAPES)),
+    }
+    heads |= {name: torch.nn.Linear(width, side) for name in ("row", "col", *BINDING_WEIGHTS)}
+    return torch.nn.ModuleDict(heads)
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -388,7 +410,7 @@ def train_toy(
             model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(init_from).state_dict())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            heads = _aux_heads(model.config.text_config.hidden_size)
+            heads = _aux_heads(model, processor)
         features: dict[str, Tensor] = {}
         model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: features.__setitem__("image", o))
         model.model.language_model.layers[BINDING_LAYER].register_forward_hook(

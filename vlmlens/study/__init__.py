@@ -46,7 +46,15 @@ EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (behaviour, last_token_
 
 
 def recipe_args(experiment: ModuleType) -> argparse.Namespace:
-    """The command line every recipe script shares: --model, --n, --seed, --out, --device, --dtype."""
+    """The command line every recipe script shares: --model, --n, --seed, --out, --device, --dtype.
+
+    Example:
+        >>> from unittest import mock
+        >>> with mock.patch("sys.argv", ["recipes/criss_cross.py", "--n", "16"]):
+        ...     args = recipe_args(criss_cross)
+        >>> args.model, args.n, args.out
+        ('toy', 16, 'study_out/criss_cross')
+    """
     parser = argparse.ArgumentParser(description=(experiment.__doc__ or "").split("\n")[0])
     parser.add_argument("--model", default="toy", help="'toy', a Hugging Face id, or a local folder")
     parser.add_argument("--n", type=int, default=experiment.DEFAULT_N, help="scenes (or pairs) before filtering")

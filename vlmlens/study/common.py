@@ -39,7 +39,14 @@ Build = Callable[[list[int], Batch], Sequence[Sequence[Intervention]]]
 
 @dataclass
 class StudyResult:
-    """One experiment's outcome: tables (the raw numbers), figures drawn from them, headline numbers."""
+    """One experiment's outcome: tables (the raw numbers), figures drawn from them, headline numbers.
+
+    Example:
+        >>> import pandas as pd
+        >>> result = StudyResult({"accuracy": pd.DataFrame({"task": ["squares"], "accuracy": [0.9]})}, name="demo")
+        >>> sorted(path.name for path in result.save("demo_out").iterdir())
+        ['accuracy.csv', 'summary.json']
+    """
 
     tables: dict[str, pd.DataFrame]
     figures: dict[str, go.Figure] = field(default_factory=dict)

@@ -20,7 +20,7 @@ oracle fix rate lets each failure pick its own ``alpha``.
 Example:
     >>> result = run(model, n=16, alphas=[1, 4], attention_alphas=[1, 2], n_random=1)
     >>> result.tables["fix_rates"].columns.tolist()[:4]
-    ['method', 'best_alpha', 'dev_accuracy', 'test_accuracy']
+    ['set', 'method', 'best_alpha', 'dev_accuracy']
 """
 
 from __future__ import annotations

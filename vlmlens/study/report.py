@@ -55,7 +55,13 @@ def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | N
               experiments: list[str] | None = None, benchmarks: Mapping[str, Sequence[Scene]] | None = None) -> Report:
     """Run every experiment (each with its default n, or ``n``) and write ``out/report.html``, one CSV
     per table and ``out/summary.json``. ``model`` skips loading; ``experiments`` runs a subset;
-    ``benchmarks`` (name -> scenes) are extra evaluation sets for global amplification."""
+    ``benchmarks`` (name -> scenes) are extra evaluation sets for global amplification.
+
+    Example:
+        >>> report = reproduce(model=model, out="study_out", n=16, experiments=["behaviour"])
+        >>> report.path.as_posix(), list(report.results), report.claims[0]["verdict"]
+        ('study_out/report.html', ['behaviour'], 'cannot be assessed')
+    """
     from vlmlens.models import load
     from vlmlens.study import EXPERIMENTS
     started = time.time()

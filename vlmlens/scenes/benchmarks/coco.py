@@ -15,7 +15,15 @@ from .whatsup import load_whatsup_qa
 
 @dataclass(frozen=True)
 class Instances:
-    """A COCO instances file: per image id its size and ``(category name, [x, y, w, h], area)`` annotations."""
+    """A COCO instances file: per image id its size and ``(category name, [x, y, w, h], area)`` annotations.
+
+    >>> import json, pathlib
+    >>> _ = pathlib.Path("instances.json").write_text(json.dumps({"images": [{"id": 7, "width": 8, "height": 6}],
+    ...     "categories": [{"id": 1, "name": "cup"}], "annotations": []}))
+    >>> coco = load_instances("instances.json")
+    >>> coco.sizes, coco.boxes, sorted(coco.categories)
+    ({7: (8, 6)}, {}, ['cup'])
+    """
 
     path: Path
     sizes: dict[int, tuple[int, int]]
