@@ -213,3 +213,20 @@ def test_scale_attention_multiplies_only_the_chosen_logits(model, batch):
         assert torch.allclose(scaled[site][b, :, :-1], clean[site][b, :, :-1], atol=1e-5)
     assert torch.allclose(model.run(batch), clean_logits, atol=1e-5)
     assert not any(hasattr(m, "vlmlens_logit_scale") for m in model.hf.modules())
+
+
+def test_indirect_effect_follows_its_formula_and_is_zero_unedited(toy):
+    clean, cf = (toy.prepare(list(side)) for side in
+                 zip(*vl.scenes.criss_cross_pairs(vl.scenes.generate(12, seed=2, task="squares"))))
+    edit = vl.Patch("hook_embed", region="object", source=cf)
+    effects = vl.sweep(toy, clean, [edit], vl.IndirectEffect([s.answer for s in cf.scenes]), progress=False)
+    assert torch.allclose(effects.clean, torch.zeros(len(clean)), atol=1e-6)
+
+    def prob(logits, words):
+        return torch.stack([vl.Prob(w)(logits[i:i + 1], clean[[i]], toy)[0] for i, w in enumerate(words)])
+    before, after = toy.run(clean)[:, -1], toy.run(clean, edit)[:, -1]
+    answers, flipped = [s.answer for s in clean.scenes], [s.answer for s in cf.scenes]
+    expected = 0.5 * ((prob(after, flipped) - prob(before, flipped)) / prob(before, flipped)
+                      + (prob(before, answers) - prob(after, answers)) / prob(after, answers))
+    assert torch.allclose(effects.values[0], expected, rtol=1e-4)
+    assert float(expected.abs().max()) > 0.1  # the edit does move some answers

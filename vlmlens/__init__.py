@@ -26,12 +26,11 @@ from vlmlens.interventions import (
                                    random_directions,
 )
 from vlmlens.layout import Layout, RegionError
-from vlmlens.metrics import Accuracy, FlipRate, LogitDiff, Prob, StrictAccuracy
+from vlmlens.metrics import Accuracy, FlipRate, IndirectEffect, LogitDiff, Prob, StrictAccuracy
 from vlmlens.models import VLM, load, supported_families
 from vlmlens.sites import UnknownSiteError
 
-__all__ = ["Ablate", "Accuracy", "Batch", "Cache", "Compose", "Effects", "Evaluation", "FlipRate", "Intervention",
-           "Layout", "LogitDiff", "Patch", "Prob", "RegionError", "Scale", "ScaleAttention", "Steer", "StrictAccuracy",
-           "SwapDirection", "UnknownSiteError", "VLM", "attribute", "evaluate", "explore", "grid", "load",
-           "random_directions", "directions", "probes", "scenes", "supported_families",
-           "sweep"]
+__all__ = ["Ablate", "Accuracy", "Batch", "Cache", "Compose", "Effects", "Evaluation", "FlipRate", "IndirectEffect",
+           "Intervention", "Layout", "LogitDiff", "Patch", "Prob", "RegionError", "Scale", "ScaleAttention", "Steer",
+           "StrictAccuracy", "SwapDirection", "UnknownSiteError", "VLM", "attribute", "evaluate", "explore", "grid",
+           "load", "random_directions", "directions", "probes", "scenes", "supported_families", "sweep"]

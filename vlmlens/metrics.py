@@ -14,8 +14,9 @@ Example:
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -121,6 +122,43 @@ class FlipRate(Accuracy):
         >>> FlipRate([s.answer for s in cf.scenes])(patched, clean, model).mean()
         tensor(1.)
     """
+
+
+@dataclass(frozen=True)
+class IndirectEffect:
+    """How far an intervention moves the answer to the counterfactual's (``answers``, paired by index), as
+    Stolfo et al. (2023) measure it: ``(p*(r') - p(r')) / p(r')`` and ``(p(r) - p*(r)) / p*(r)`` averaged, where
+    ``r`` is the scene's answer, ``r'`` the counterfactual's, ``p`` the unedited run (computed once per batch)
+    and ``p*`` the edited one; 0 for no change, large when the probability moves to ``r'``.
+
+    Example:
+        >>> pairs = vl.scenes.criss_cross_pairs(vl.scenes.generate(8, seed=0, task="squares"))
+        >>> clean, cf = (model.prepare(list(side)) for side in zip(*pairs))
+        >>> ie = IndirectEffect([s.answer for s in cf.scenes])
+        >>> float(ie(model.run(clean)[:, -1], clean, model).abs().max())
+        0.0
+        >>> bool((ie(model.run(clean, vl.Patch("hook_embed", "image", source=cf))[:, -1], clean, model) > 1).all())
+        True
+    """
+
+    answers: Sequence[str]
+    _clean: dict[int, tuple[weakref.ref, Tensor]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __call__(self, logits: AnswerLogits, batch: Batch, model: VLM) -> PerExample:
+        scenes = _scenes(batch, "IndirectEffect")
+        if len(self.answers) != len(batch):
+            raise ValueError(f"{len(self.answers)} counterfactual answers for a batch of {len(batch)}")
+        cached = self._clean.get(id(batch))
+        if cached is None or cached[0]() is not batch:
+            unedited = model.run_many(batch, [[]])[0].detach()
+            self._clean[id(batch)] = cached = (weakref.ref(batch), unedited)
+        pairs = [[model.answer_ids(s.answer), model.answer_ids(cf)] for s, cf in zip(scenes, self.answers)]
+
+        def probs(x: AnswerLogits) -> Float[Tensor, "batch 2"]:  # p(r), p(r') per example
+            soft = x.float().softmax(-1)
+            return torch.stack([torch.stack([soft[i, ids].sum() for ids in pair]) for i, pair in enumerate(pairs)])
+        p, p_star = probs(cached[1]), probs(logits)
+        return 0.5 * ((p_star[:, 1] - p[:, 1]) / p[:, 1] + (p[:, 0] - p_star[:, 0]) / p_star[:, 0])
 
 
 @dataclass(frozen=True)
