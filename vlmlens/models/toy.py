@@ -67,6 +67,10 @@ AUX_WEIGHTS: dict[str, float] = {"colour": 1.0, "shape": 1.0, "row": 0.5, "col":
 BINDING_WEIGHTS: dict[str, float] = dict.fromkeys(
     ("subject_row", "subject_col", "reference_row", "reference_col"), 0.25)
 BINDING_LAYER = 1
+#: Training-only attention supervision in LM layer 0 (relation scenes): head 0 from the subject's colour and shape
+#: words should look at the subject's image tokens, head 1 from the reference's words at the reference's. Without
+#: it the question words attend to every object alike and the model never learns which object is which.
+LOOKUP_WEIGHT = 1.0
 
 _ARCH = {
     "vision": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
@@ -293,7 +297,9 @@ def _training_batch(processor: LlavaProcessor, step: int, mixture: dict[str, int
         task, preset = SETS[name]
         scenes += S.generate(count, seed=TRAIN_SEED_BASE + step * len(mixture) + k, task=task, preset=preset)
     targets = candidate_ids(processor, [s.answer for s in scenes])
-    return encode(processor, scenes), targets, {**patch_labels(scenes), **binding_labels(scenes)}
+    inputs = encode(processor, scenes)
+    lookup = lookup_targets(processor, scenes, inputs["input_ids"])
+    return inputs, targets, {**patch_labels(scenes), **binding_labels(scenes), "lookup": lookup}
 
 
 def patch_labels(scenes: Sequence[S.Scene]) -> dict[str, Tensor]:
@@ -304,21 +310,65 @@ def patch_labels(scenes: Sequence[S.Scene]) -> dict[str, Tensor]:
     torch.Size([2, 100])
     """
     side = IMAGE_PX // PATCH_PX
-    centres = torch.arange(side) * PATCH_PX + PATCH_PX // 2
-    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
     colours, shapes = ["none", *S.COLOURS], ["none", *S.SHAPES]
     out = {"colour": [], "shape": []}
     for scene in scenes:
         colour, shape = torch.zeros(side, side, dtype=torch.long), torch.zeros(side, side, dtype=torch.long)
         for obj in reversed(scene.objects):  # objects are listed top-most first
-            x0, y0, x1, y1 = obj.box
-            inside = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+            inside = _centres_inside(obj.box)
             colour[inside], shape[inside] = colours.index(obj.colour), shapes.index(obj.shape)
         out["colour"].append(colour.flatten())
         out["shape"].append(shape.flatten())
     tokens = torch.arange(side * side)
     return {"colour": torch.stack(out["colour"]), "shape": torch.stack(out["shape"]),
             "row": (tokens // side).expand(len(scenes), -1), "col": (tokens % side).expand(len(scenes), -1)}
+
+
+def _centres_inside(box: tuple[int, int, int, int]) -> Tensor:
+    """Which patches of the toy's grid have their centre inside ``box`` (side x side, row-major)."""
+    centres = torch.arange(IMAGE_PX // PATCH_PX) * PATCH_PX + PATCH_PX // 2
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+    x0, y0, x1, y1 = box
+    return (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+
+
+def lookup_targets(processor: LlavaProcessor, scenes: Sequence[S.Scene], input_ids: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+    """For relation scenes, the sequence positions of the subject's and the reference's colour and shape words
+    (``(batch, 2 roles, 2 words)``, -1 for other tasks) and which positions hold each one's image tokens
+    (``(batch, 2 roles, seq)``; patches whose centre lies in the object's box).
+
+    >>> processor = build_processor(vocabulary())
+    >>> scenes = S.generate(2, task="relation") + S.generate(1, task="squares")
+    >>> words, tokens = lookup_targets(processor, scenes, encode(processor, scenes)["input_ids"])
+    >>> words[2].tolist(), bool(tokens[0, 0].any()), bool(tokens[2].any())
+    ([[-1, -1], [-1, -1]], True, False)
+    """
+    shape_ids = candidate_ids(processor, S.SHAPES)
+    words = torch.full((len(scenes), 2, 2), -1, dtype=torch.long)
+    tokens = torch.zeros(len(scenes), 2, input_ids.shape[1], dtype=torch.bool)
+    for b, scene in enumerate(scenes):
+        if scene.task != "relation":
+            continue
+        image = torch.nonzero(input_ids[b] == processor.image_token_id).flatten()
+        shapes = torch.nonzero(torch.isin(input_ids[b], shape_ids) & (torch.arange(input_ids.shape[1]) > image[-1]))
+        for role, shape_pos in enumerate((int(shapes[0]), int(shapes[-1]))):  # "the red square ... the blue circle"
+            words[b, role] = torch.tensor([shape_pos - 1, shape_pos])
+            tokens[b, role, image[_centres_inside(scene.object(("subject", "reference")[role]).box).flatten()]] = True
+    return words, tokens
+
+
+def lookup_loss(attention: Float[Tensor, "batch head seq seq"], words: Tensor, tokens: Tensor) -> Tensor:
+    """Mean ``-log`` of the attention mass that head ``r`` puts on role ``r``'s image tokens from its words."""
+    losses = []
+    for role in range(2):
+        valid = (words[:, role, 0] >= 0) & tokens[:, role].any(-1)
+        if not valid.any():
+            continue
+        rows = attention[valid, role][torch.arange(int(valid.sum()))[:, None], words[valid, role]]  # (n, 2, seq)
+        mass = (rows * tokens[valid, role][:, None]).sum(-1)
+        losses.append(-(mass + 1e-6).log().mean())
+    return torch.stack(losses).mean() if losses else attention.new_zeros(())
 
 
 def binding_labels(scenes: Sequence[S.Scene]) -> dict[str, Tensor]:
@@ -406,6 +456,7 @@ def train_toy(
     torch.set_num_threads(threads)
     try:
         model, processor = build_toy(seed)
+        model.set_attn_implementation("eager")  # attention weights for the lookup loss
         if init_from is not None:
             model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(init_from).state_dict())
         with torch.random.fork_rng(devices=[]):
@@ -437,13 +488,15 @@ def train_toy(
         for step in bar:
             mixture = MIXTURE if step < steps * late_from else LATE_MIXTURE
             inputs, targets, labels = _training_batch(processor, step, mixture)
-            logits = model(**inputs, logits_to_keep=1).logits[:, -1]
+            output = model(**inputs, logits_to_keep=1, output_attentions=True)
+            logits = output.logits[:, -1]
             loss = torch.nn.functional.cross_entropy(logits, targets)
             aux = sum(weight * torch.nn.functional.cross_entropy(heads[name](features["image"]).flatten(0, 1),
                                                                  labels[name].flatten())
                       for name, weight in AUX_WEIGHTS.items())
             aux = aux + sum(weight * torch.nn.functional.cross_entropy(heads[name](features["last"]), labels[name])
                             for name, weight in BINDING_WEIGHTS.items() if (labels[name] >= 0).any())
+            aux = aux + LOOKUP_WEIGHT * lookup_loss(output.attentions[0], *labels["lookup"])
             optimizer.zero_grad(set_to_none=True)
             (loss + aux).backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -465,6 +518,7 @@ def train_toy(
                 )
         train_seconds = time.time() - started
         results = evaluate_toy(model, processor, n=eval_n, seed=0)
+        model.set_attn_implementation("sdpa")
         model.save_pretrained(out)
         processor.save_pretrained(out)
         card = _model_card(model, settings, train_seconds, eval_n, results)
