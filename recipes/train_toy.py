@@ -20,9 +20,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=CHECKPOINT, help="checkpoint folder (default: the shipped one)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: train_toy's)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and training seed")
+    parser.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's weights")
     args = parser.parse_args()
     steps = {} if args.steps is None else {"steps": args.steps}
-    results = train_toy(args.out, seed=args.seed, **steps)
+    results = train_toy(args.out, seed=args.seed, init_from=args.init_from, **steps)
     for name, row in results.items():
         print(f"{name:>12}: " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
 

@@ -55,13 +55,7 @@ def test_tokenizer_covers_every_generated_word(shipped: tuple[LlavaForConditiona
 
 #: Sets where the shipped (interim) checkpoint is still below its floor; strict, so reaching it fails loudly
 #: and this list must shrink (issue 3).
-BELOW_FLOOR = {"relation", "naturalistic"}
-
-
-BELOW = pytest.mark.xfail(strict=True, reason="interim toy below floor")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=BELOW) if n in BELOW_FLOOR else n for n in FLOORS])
+@pytest.mark.parametrize("name", list(FLOORS))
 def test_held_out_accuracy_meets_floor(
     name: str, shipped: tuple[LlavaForConditionalGeneration, LlavaProcessor], held_out: dict[str, list[S.Scene]]
 ) -> None:

@@ -33,10 +33,11 @@ def sites(model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a 
 @app.command("train-toy")
 def train_toy(out: Path = typer.Option(Path("toy_checkpoint"), help="folder for the new checkpoint"),
               steps: int | None = typer.Option(None, help="training steps (default: the shipped recipe's)"),
-              seed: int = typer.Option(0)) -> None:
-    """Train the toy VLM from scratch on synthetic scenes (CPU is fine) and write its checkpoint."""
+              seed: int = typer.Option(0),
+              init_from: Path | None = typer.Option(None, help="start from this checkpoint's weights")) -> None:
+    """Train the toy VLM on synthetic scenes (CPU is fine; from scratch unless --init-from) and write it."""
     from vlmlens.models.toy import train_toy as run
-    run(out, seed=seed, **({"steps": steps} if steps else {}))
+    run(out, seed=seed, init_from=init_from, **({"steps": steps} if steps else {}))
 
 
 @app.command()

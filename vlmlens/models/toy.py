@@ -67,9 +67,10 @@ AUX_WEIGHTS: dict[str, float] = {"colour": 1.0, "shape": 1.0, "row": 0.5, "col":
 BINDING_WEIGHTS: dict[str, float] = dict.fromkeys(
     ("subject_row", "subject_col", "reference_row", "reference_col"), 0.25)
 BINDING_LAYER = 1
-#: Training-only attention supervision in LM layer 0 (relation scenes): head 0 from the subject's colour and shape
-#: words should look at the subject's image tokens, head 1 from the reference's words at the reference's. Without
-#: it the question words attend to every object alike and the model never learns which object is which.
+#: Training-only attention supervision (relation scenes), a two-hop lookup: in LM layer 0, head 0 from the subject's
+#: colour and shape words to the subject's image tokens and head 1 from the reference's words to the reference's;
+#: in layer 1, the same heads from the last position to those words. Without it the question words attend to every
+#: object alike and the model never learns which object is which.
 LOOKUP_WEIGHT = 1.0
 
 _ARCH = {
@@ -358,17 +359,20 @@ def lookup_targets(processor: LlavaProcessor, scenes: Sequence[S.Scene], input_i
     return words, tokens
 
 
-def lookup_loss(attention: Float[Tensor, "batch head seq seq"], words: Tensor, tokens: Tensor) -> Tensor:
-    """Mean ``-log`` of the attention mass that head ``r`` puts on role ``r``'s image tokens from its words."""
+def lookup_loss(attentions: Sequence[Float[Tensor, "batch head seq seq"]], words: Tensor, tokens: Tensor) -> Tensor:
+    """Mean ``-log`` attention mass of the two-hop lookup, for each role ``r`` in head ``r``: in layer 0 from the
+    role's words to its image tokens, in layer 1 from the last position to the role's words."""
     losses = []
     for role in range(2):
         valid = (words[:, role, 0] >= 0) & tokens[:, role].any(-1)
         if not valid.any():
             continue
-        rows = attention[valid, role][torch.arange(int(valid.sum()))[:, None], words[valid, role]]  # (n, 2, seq)
-        mass = (rows * tokens[valid, role][:, None]).sum(-1)
-        losses.append(-(mass + 1e-6).log().mean())
-    return torch.stack(losses).mean() if losses else attention.new_zeros(())
+        n = int(valid.sum())
+        rows = attentions[0][valid, role][torch.arange(n)[:, None], words[valid, role]]  # (n, 2 words, seq)
+        losses.append(-((rows * tokens[valid, role][:, None]).sum(-1) + 1e-6).log().mean())
+        last = attentions[1][valid, role, -1]  # (n, seq)
+        losses.append(-(last.gather(1, words[valid, role]).sum(-1) + 1e-6).log().mean())
+    return torch.stack(losses).mean() if losses else attentions[0].new_zeros(())
 
 
 def binding_labels(scenes: Sequence[S.Scene]) -> dict[str, Tensor]:
@@ -496,7 +500,7 @@ def train_toy(
                       for name, weight in AUX_WEIGHTS.items())
             aux = aux + sum(weight * torch.nn.functional.cross_entropy(heads[name](features["last"]), labels[name])
                             for name, weight in BINDING_WEIGHTS.items() if (labels[name] >= 0).any())
-            aux = aux + LOOKUP_WEIGHT * lookup_loss(output.attentions[0], *labels["lookup"])
+            aux = aux + LOOKUP_WEIGHT * lookup_loss(output.attentions, *labels["lookup"])
             optimizer.zero_grad(set_to_none=True)
             (loss + aux).backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -540,7 +544,9 @@ def _model_card(
                                                      ("steps", "seed", "lr", "warmup", "weight_decay", "threads"))
     n_params = sum(p.numel() for p in model.parameters())
     batch = sum(MIXTURE.values())
-    mixture = ", ".join(f"{count} {name}" for name, count in MIXTURE.items())
+    early, late = (", ".join(f"{count} {name}" for name, count in m.items()) for m in (MIXTURE, LATE_MIXTURE))
+    switch = int(steps * settings["late_from"])
+    mixture = f"{early} for steps < {switch}, then {late}" if switch else late
     sets = ", ".join(f"`{name}` = task {task!r}, preset {preset!r}" for name, (task, preset) in SETS.items())
     header = "| set | all | left | right | above | below | blank image |\n|---|---|---|---|---|---|---|\n"
     rows = "".join(
@@ -548,6 +554,7 @@ def _model_card(
         for name, r in results.items()
     )
     vision, text = _ARCH["vision"], _ARCH["text"]
+    init = f" --init-from {settings['init_from']}" if settings.get("init_from") else ""
     return f"""# vlmlens toy VLM
 
 A `LlavaForConditionalGeneration` ({n_params / 1e6:.2f} M parameters, float32): a CLIP vision tower
@@ -568,10 +575,16 @@ processor = AutoProcessor.from_pretrained("vlmlens/models/toy_checkpoint")
 
 - Data: scenes generated on the fly by `vlmlens.scenes.generate` ({sets}); each step a batch of {batch}:
   {mixture}; step `s` uses seeds `{TRAIN_SEED_BASE} + {len(MIXTURE)} s + k` (never below {TRAIN_SEED_BASE}).
-- Loss: cross-entropy of the answer token at the last prompt position only.
+- Loss: cross-entropy of the answer token at the last prompt position, plus training-only auxiliary terms
+  (the heads are not part of the checkpoint): per image token, the colour and shape of the object under the patch
+  centre scored against the LM's embeddings of those words, and the patch's row and column (`AUX_WEIGHTS`); on
+  relation scenes, the subject's and reference's centre row/column read from the last position after LM layer
+  {BINDING_LAYER} (`BINDING_WEIGHTS`), and the two-hop lookup supervised on attention: layer 0 heads 0/1 from the
+  subject's/reference's words to its image tokens, layer 1 heads 0/1 from the last position to those words
+  (`LOOKUP_WEIGHT` {LOOKUP_WEIGHT}).
 - {steps} steps of AdamW (lr {lr}, weight decay {weight_decay}, {warmup} warm-up steps then cosine decay to lr/10,
   gradient clipping 1.0), seed {seed}, {threads} CPU threads: {train_seconds / 60:.1f} minutes wall.
-- Reproduce: `python recipes/train_toy.py --steps {steps} --seed {seed}`.
+- Reproduce: `python recipes/train_toy.py --steps {steps} --seed {seed}`{init}.
 
 ## Held-out accuracy
 
