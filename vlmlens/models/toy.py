@@ -428,14 +428,14 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
 
 def train_toy(
     out_dir: str | Path = CHECKPOINT,
-    steps: int = 5000,
+    steps: int = 4000,
     seed: int = 0,
     lr: float = 1e-3,
     warmup: int = 100,
     weight_decay: float = 0.01,
     eval_n: int = 400,
     log_every: int = 250,
-    threads: int = 1,
+    threads: int = 2,
     late_from: float = 0.4,
     init_from: str | Path | None = None,
 ) -> dict[str, dict[str, float]]:
