@@ -53,8 +53,6 @@ def test_tokenizer_covers_every_generated_word(shipped: tuple[LlavaForConditiona
         assert ids == {(tokenizer.convert_tokens_to_ids(word),)}, word
 
 
-#: Sets where the shipped (interim) checkpoint is still below its floor; strict, so reaching it fails loudly
-#: and this list must shrink (issue 3).
 @pytest.mark.parametrize("name", list(FLOORS))
 def test_held_out_accuracy_meets_floor(
     name: str, shipped: tuple[LlavaForConditionalGeneration, LlavaProcessor], held_out: dict[str, list[S.Scene]]
