@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from tiny_models import save_tiny_llava
+from tiny_models import boot_bridge, save_tiny_llava
 
 import vlmlens as vl
 
@@ -23,11 +23,7 @@ DIFFERENT_MEANING = {"hook_embed", "vision_encoder.hook_patch_embed", "vision_en
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
     path = save_tiny_llava(tmp_path_factory.mktemp("tl"), image_size=48, patch=8, shortest_edge=48, seed=3)
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformer_lens.model_bridge.sources.transformers import helpers
-    helpers._ensure_torchvision = lambda: False  # never let the bridge pip-install anything
-    bridge = TransformerBridge.boot_transformers(str(path), device="cpu", dtype=torch.float32)
-    return vl.load(path, device="cpu"), bridge
+    return vl.load(path, device="cpu"), boot_bridge(path)
 
 
 def test_shared_sites_hold_the_same_tensors(both):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import boot_bridge
 
 import vlmlens as vl
 from vlmlens.models.loading import TOY_CHECKPOINT
@@ -20,10 +21,7 @@ REGIONS = ["object", "background", "strip:left", "strip:right", "object:middle",
 
 @pytest.fixture(scope="module")
 def bridge():
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformer_lens.model_bridge.sources.transformers import helpers
-    helpers._ensure_torchvision = lambda: False  # never let the bridge pip-install anything
-    return TransformerBridge.boot_transformers(str(TOY_CHECKPOINT), device="cpu", dtype=torch.float32)
+    return boot_bridge(TOY_CHECKPOINT)
 
 
 @pytest.fixture(scope="module")

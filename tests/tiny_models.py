@@ -484,3 +484,11 @@ def save_tiny_internvl(path: Path, *, tile: int = 32, patch: int = 4, max_tiles:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def boot_bridge(path: Path | str):
+    """TransformerLens 4's `TransformerBridge` on a local checkpoint, on the CPU in float32 (it may not pip-install)."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources.transformers import helpers
+    helpers._ensure_torchvision = lambda: False  # never let the bridge pip-install anything
+    return TransformerBridge.boot_transformers(str(path), device="cpu", dtype=torch.float32)

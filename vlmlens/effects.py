@@ -210,10 +210,10 @@ def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: Seq
         raise ValueError(f"baseline must be a Batch, 'zero' or 'mean'; got {baseline!r}")
     paths = _embedding_path(model, batch, baseline, specs, steps)
     grads: dict[str, Tensor] = {}
-    for k, inputs in enumerate(paths):
+    for inputs in paths:
         logits, cache = model.run_with_cache(batch, sites=names, grad=True, inputs=inputs)
         call_metric(metric, logits[:, -1], batch, model).sum().backward()
-        if k == 0 and inputs is None:
+        if inputs is None:  # the clean run itself (steps=1)
             clean, acts = score(logits[:, -1].detach(), batch, model), {n: cache[n].detach() for n in names}
         grads = {n: grads.get(n, 0) + cache[n].grad / len(paths) for n in names}
         model.hf.zero_grad(set_to_none=True)

@@ -67,6 +67,17 @@ class LogitDiff:
         return torch.stack(out)
 
 
+def word_probs(logits: AnswerLogits, model: VLM, words: Sequence[str]) -> PerExample:
+    """Per example, the probability of its word (paired by index), summed over the word's spellings.
+
+    Example:
+        >>> word_probs(model.run(batch)[:, -1], model, ["left"] * len(batch)).shape
+        torch.Size([16])
+    """
+    probs = logits.float().softmax(-1)
+    return torch.stack([probs[i, model.answer_ids(w)].sum() for i, w in enumerate(words)])
+
+
 @dataclass(frozen=True)
 class Prob:
     """Probability of a word summed over its spellings (" red", "red", " Red", "Red"); by default the
@@ -83,8 +94,7 @@ class Prob:
 
     def __call__(self, logits: AnswerLogits, batch: Batch, model: VLM) -> PerExample:
         words = [self.answer] * len(batch) if self.answer else [s.answer for s in _scenes(batch, "Prob")]
-        probs = logits.float().softmax(-1)
-        return torch.stack([probs[i, model.answer_ids(w)].sum() for i, w in enumerate(words)])
+        return word_probs(logits, model, words)
 
 
 @dataclass(frozen=True)
@@ -142,23 +152,20 @@ class IndirectEffect:
     """
 
     answers: Sequence[str]
-    _clean: dict[int, tuple[weakref.ref, Tensor]] = field(default_factory=dict, compare=False, repr=False)
+    #: the last batch scored and its unedited logits (a sweep scores one batch many times)
+    _unedited: list = field(default_factory=list, compare=False, repr=False)
 
     def __call__(self, logits: AnswerLogits, batch: Batch, model: VLM) -> PerExample:
         scenes = _scenes(batch, "IndirectEffect")
         if len(self.answers) != len(batch):
             raise ValueError(f"{len(self.answers)} counterfactual answers for a batch of {len(batch)}")
-        cached = self._clean.get(id(batch))
-        if cached is None or cached[0]() is not batch:
-            unedited = model.run_many(batch, [[]])[0].detach()
-            self._clean[id(batch)] = cached = (weakref.ref(batch), unedited)
-        pairs = [[model.answer_ids(s.answer), model.answer_ids(cf)] for s, cf in zip(scenes, self.answers)]
-
-        def probs(x: AnswerLogits) -> Float[Tensor, "batch 2"]:  # p(r), p(r') per example
-            soft = x.float().softmax(-1)
-            return torch.stack([torch.stack([soft[i, ids].sum() for ids in pair]) for i, pair in enumerate(pairs)])
-        p, p_star = probs(cached[1]), probs(logits)
-        return 0.5 * ((p_star[:, 1] - p[:, 1]) / p[:, 1] + (p[:, 0] - p_star[:, 0]) / p_star[:, 0])
+        if not self._unedited or self._unedited[0]() is not batch:
+            self._unedited[:] = [weakref.ref(batch), model.run_many(batch, [[]])[0].detach()]
+        unedited = self._unedited[1]
+        answers = [s.answer for s in scenes]
+        p, p_star = (word_probs(x, model, answers) for x in (unedited, logits))
+        q, q_star = (word_probs(x, model, self.answers) for x in (unedited, logits))
+        return 0.5 * ((q_star - q) / q + (p - p_star) / p_star)
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,8 @@ MIXTURE: dict[str, int] = {"squares": 8, "shapes": 8, "relation": 6, "naturalist
 LATE_MIXTURE: dict[str, int] = {"squares": 4, "shapes": 4, "relation": 14, "naturalistic": 10}
 #: Training-only heads on the projector output, one per image token: the colour and shape of the object whose box
 #: covers the patch centre ("none" elsewhere), scored against the LM's embeddings of those words (`WordHead`), and
-#: the patch's row and column (linear). They give the vision side
-#: dense gradients from the first step; without them the answer-only loss sits at chance for thousands of steps.
+#: the patch's row and column (linear). They give the vision side dense gradients from the first step; without
+#: them the answer-only loss sits at chance for thousands of steps.
 AUX_WEIGHTS: dict[str, float] = {"colour": 1.0, "shape": 1.0, "row": 0.5, "col": 0.5}
 #: Training-only heads on the LM's residual at the last prompt position after layer BINDING_LAYER (relation scenes
 #: only): the patch row and column of the subject's and the reference's box centres. They teach the LM to find the
