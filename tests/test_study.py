@@ -163,7 +163,8 @@ def test_recipes_are_thin_scripts_over_the_study():
 
 def test_criss_cross_swaps_write_the_counterfactuals_mirrored_tokens(model):
     from vlmlens.scenes import criss_cross_pairs
-    from vlmlens.study.common import by_orientation, cache_of, stimuli
+    from vlmlens.engine import cache as cache_of
+    from vlmlens.study.common import by_orientation, stimuli
     from vlmlens.study.criss_cross import swap
     pairs = criss_cross_pairs(stimuli(model, 4, seed=1, task="squares"))
     clean, cf = model.prepare([p[0] for p in pairs]), model.prepare([p[1] for p in pairs])

@@ -11,7 +11,7 @@ from vlmlens import directions, probes, scenes
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
 from vlmlens.effects import Effects, attribute, sweep
-from vlmlens.evaluate import Evaluation, evaluate
+from vlmlens.evaluate import Evaluation, evaluate, where_correct
 from vlmlens.explore import explore
 from vlmlens.interventions import (
                                    Ablate,
@@ -26,11 +26,12 @@ from vlmlens.interventions import (
                                    random_directions,
 )
 from vlmlens.layout import Layout, RegionError
-from vlmlens.metrics import Accuracy, FlipRate, IndirectEffect, LogitDiff, Prob, StrictAccuracy
+from vlmlens.metrics import Accuracy, FlipRate, IndirectEffect, LogitDiff, Prob, StrictAccuracy, Top1Accuracy
 from vlmlens.models import VLM, load, supported_families
 from vlmlens.sites import UnknownSiteError
 
 __all__ = ["Ablate", "Accuracy", "Batch", "Cache", "Compose", "Effects", "Evaluation", "FlipRate", "IndirectEffect",
            "Intervention", "Layout", "LogitDiff", "Patch", "Prob", "RegionError", "Scale", "ScaleAttention", "Steer",
-           "StrictAccuracy", "SwapDirection", "UnknownSiteError", "VLM", "attribute", "evaluate", "explore", "grid",
-           "load", "random_directions", "directions", "probes", "scenes", "supported_families", "sweep"]
+           "StrictAccuracy", "SwapDirection", "Top1Accuracy", "UnknownSiteError", "VLM", "attribute", "evaluate", "explore", "grid",
+           "load", "random_directions", "directions", "probes", "scenes", "supported_families", "sweep",
+           "where_correct"]

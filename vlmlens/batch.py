@@ -70,29 +70,6 @@ class Batch:
             raise RegionError(f"site {spec.name} has no token axis; regions do not apply there")
         return [layout.positions(region, spec.layout_space, spec.prefix) for layout in self.layouts]
 
-    def where_correct(self, model: Any, *paired: Batch) -> Batch | tuple[Batch, ...]:
-        """Keep the examples the model answers right (top-1 among candidates), as the study does before
-        patching; with paired batches, keep the pairs right on every side, and return them all.
-
-        Example:
-            >>> pairs = vl.scenes.criss_cross_pairs(vl.scenes.generate(16, seed=0, task="squares"))
-            >>> clean, cf = (model.prepare(list(side)) for side in zip(*pairs))
-            >>> clean, cf = clean.where_correct(model, cf)
-            >>> len(clean) == len(cf) <= 16
-            True
-        """
-        from vlmlens.evaluate import answer_logits
-        from vlmlens.metrics import Accuracy
-        for other in paired:
-            if len(other) != len(self):
-                raise ValueError(f"paired batch has {len(other)} examples, this one {len(self)}")
-        keep = torch.ones(len(self), dtype=torch.bool)
-        for part in (self, *paired):
-            keep &= Accuracy()(answer_logits(model, part), part, model).bool()
-        ids = torch.nonzero(keep).flatten().tolist()
-        kept = tuple(part[ids] for part in (self, *paired))
-        return kept if paired else kept[0]
-
     def _repr_html_(self) -> str:
         from vlmlens.display import batch_html
         return batch_html(self)

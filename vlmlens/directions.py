@@ -21,6 +21,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vlmlens.stats import bootstrap_ci
+
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
     from vlmlens.models.vlm import VLM
@@ -42,7 +44,7 @@ def pooled_features(model: VLM, batch: Batch, sites: str | Sequence[str], region
     chunks = range(0, len(batch), max_batch)
     for start in tqdm(chunks, desc="features", unit="chunk", disable=not progress or len(chunks) < 2):
         part = batch[start:start + max_batch]
-        _, cache = model.run_with_cache(part, sites=[s.name for s in specs])
+        _, cache = model.run_with_cache(part, sites=[s.name for s in specs], stop=True)
         for spec in specs:
             acts = cache[spec.name]
             for region in regions:
@@ -123,13 +125,6 @@ class Probe:
         return self.predict_proba(features).argmax(-1)
 
 
-def _binomial_ci(correct: Tensor, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    generator = torch.Generator().manual_seed(seed)
-    picks = torch.randint(len(correct), (n_boot, len(correct)), generator=generator)
-    means = correct.float()[picks].mean(-1)
-    return float(means.quantile(0.025)), float(means.quantile(0.975))
-
-
 def probe(features: Features, labels: Sequence[Hashable], test_fraction: float = 0.25, seed: int = 0,
           weight_decay: float = 1e-3, steps: int = 300,
           test: tuple[Features, Sequence[Hashable]] | None = None) -> Probe:
@@ -177,7 +172,7 @@ def probe(features: Features, labels: Sequence[Hashable], test_fraction: float =
                    ci=(0.0, 0.0), mean=mean, std=std)
     correct = fitted.predict(x_test) == y_test
     return Probe(weight=fitted.weight, bias=fitted.bias, classes=classes, accuracy=float(correct.float().mean()),
-                 ci=_binomial_ci(correct), mean=mean, std=std)
+                 ci=tuple(bootstrap_ci(correct.float()).tolist()), mean=mean, std=std)
 
 
 def project_out(features: Features, directions: Float[Tensor, "k d"]) -> Features:

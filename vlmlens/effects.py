@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +25,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vlmlens import engine
 from vlmlens.batch import Batch
-from vlmlens.interventions import Intervention, Labelled, flatten, prepare_sources
+from vlmlens.interventions import Intervention, Labelled, flatten
 from vlmlens.metrics import as_metric, call_metric, metric_name
+from vlmlens.stats import bootstrap_ci
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
@@ -61,12 +62,7 @@ class Effects:
 
     def ci(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> Float[Tensor, "intervention 2"]:
         """Bootstrap confidence interval of each intervention's mean over examples."""
-        generator = torch.Generator().manual_seed(seed)
-        n = self.values.shape[-1]
-        picks = torch.randint(n, (n_boot, n), generator=generator)
-        means = self.values[:, picks].mean(-1)
-        tail = (1 - level) / 2
-        return torch.quantile(means, torch.tensor([tail, 1 - tail]), dim=-1).T
+        return bootstrap_ci(self.values, level, n_boot, seed)
 
     def normalised(self) -> Float[Tensor, " intervention"]:
         if self.corrupt is None:
@@ -118,25 +114,15 @@ def _labelled(interventions: Sequence[Intervention | Labelled] | Intervention) -
     return [iv if isinstance(iv, Labelled) else Labelled(iv, {"intervention": repr(iv)}) for iv in interventions]
 
 
-def _first_layer(intervention: Intervention) -> int:
-    """The first LM block an intervention touches (0 for anything before the blocks)."""
-    layers = [int(m.group(1)) if (m := re.match(r"blocks\.(\d+)\.", p.site)) else 0 for p in flatten(intervention)]
-    return min(layers)
-
-
-def _default_max_batch(model: VLM) -> int:
-    return 64 if model.device.type == "cpu" else 256
-
-
 def sweep(model: VLM, batch: Batch, interventions: Sequence[Intervention | Labelled] | Intervention,
           metric: Callable[..., Tensor], baseline: Batch | Intervention | None = None,
           max_batch: int | None = None, progress: bool = True) -> Effects:
     """Score every intervention (or composition) by ``metric`` on ``batch``, many per forward pass.
 
-    Interventions are grouped so that each forward pass holds at most ``max_batch`` rows (the batch
-    repeated once per intervention); when every edit is at a language-model site, the vision tower runs
-    once and its embeddings are reused. ``baseline``: a corrupt batch (paired by index) or an
-    intervention that corrupts, for normalised effects.
+    The engine (`vlmlens.engine`) runs it: the batch is repeated once per intervention up to ``max_batch``
+    rows a pass (a larger batch is split into chunks); when every edit is at a language-model site, the
+    vision tower runs once per chunk and each pass starts at the first layer its edits touch.
+    ``baseline``: a corrupt batch (paired by index) or an intervention that corrupts, for normalised effects.
 
     Example:
         >>> effects = vl.sweep(model, batch, [vl.Ablate("hook_embed", region="object")], vl.LogitDiff())
@@ -145,44 +131,26 @@ def sweep(model: VLM, batch: Batch, interventions: Sequence[Intervention | Label
     """
     family = _labelled(interventions)
     score = as_metric(metric)
-    max_batch = max_batch or _default_max_batch(model)
-    if max_batch < len(batch):
-        raise ValueError(f"max_batch={max_batch} is smaller than the batch ({len(batch)}); "
-                         "split the batch or raise max_batch")
-    embed_order = model.site_table.order("hook_embed")
-    lm_only = all(model.site_table.order(p.site) >= embed_order for iv in family for p in flatten(iv.intervention))
-    inputs, resid_pre = None, None
-    if lm_only:
-        logits, cache = model.run_with_cache(batch, sites=["hook_embed", "blocks.*.hook_resid_pre"])
-        inputs = model.adapter.lm_inputs(batch.inputs, cache["hook_embed"])
-        resid_pre = cache
-        clean = score(logits[:, -1], batch, model)
-    else:
-        clean = score(model.run_many(batch, [[]])[0], batch, model)
-    # each source batch runs once for the whole sweep, not once per pass
-    sources = prepare_sources(model, batch, [edit for iv in family for edit in flatten(iv.intervention)])
-    corrupt = None
+
+    def read(logits: Tensor, sub: Batch, unedited: Tensor | None) -> Tensor:
+        return score(logits, sub, model, unedited)
+
+    read.needs_unedited = score.needs_unedited  # type: ignore[attr-defined]
+    groups = [[]] + [flatten(iv.intervention) for iv in family]
+    if isinstance(baseline, Intervention):
+        groups.append(flatten(baseline))
+    elif baseline is not None and not isinstance(baseline, Batch):
+        raise TypeError(f"baseline must be a Batch (paired by index) or an Intervention, got {type(baseline).__name__}")
+    bar = tqdm(total=len(groups) * len(batch), desc="sweep", unit="row", disable=not progress)
+    values = engine.run(model, batch, groups, read, max_batch=max_batch, bar=bar)
+    corrupt = values[-1] if isinstance(baseline, Intervention) else None
     if isinstance(baseline, Batch):
-        corrupt = score(model.run_many(baseline, [[]])[0], baseline, model)
-    elif isinstance(baseline, Intervention):
-        corrupt = score(model.run_many(batch, [flatten(baseline)])[0], batch, model)
-    # interventions grouped by the first LM layer they touch, so each pass skips the layers before it
-    first_layer = [_first_layer(iv.intervention) if resid_pre is not None and inputs is not None else 0
-                   for iv in family]
-    per_pass = max(1, max_batch // len(batch))
-    values: list[Tensor | None] = [None] * len(family)
-    chunks = []
-    for layer in sorted(set(first_layer)):  # a pass never runs a layer that its edits do not need
-        same = [i for i in range(len(family)) if first_layer[i] == layer]
-        chunks += [same[i:i + per_pass] for i in range(0, len(same), per_pass)]
-    for chunk in tqdm(chunks, desc="sweep", unit="pass", disable=not progress or len(chunks) < 2):
-        layer = min(first_layer[i] for i in chunk)
-        resume = (layer, resid_pre[f"blocks.{layer}.hook_resid_pre"]) if layer > 0 and resid_pre else None
-        logits = model.run_many(batch, [flatten(family[i].intervention) for i in chunk], inputs=inputs,
-                                resume=resume, sources=sources)
-        for i, group_logits in zip(chunk, logits):
-            values[i] = score(group_logits, batch, model)
-    return Effects(values=torch.stack(values), labels=[dict(iv.labels) for iv in family], clean=clean,
+        if len(baseline) != len(batch):
+            raise ValueError(f"the baseline batch has {len(baseline)} examples but the batch has {len(batch)}; "
+                             "baselines pair up by index")
+        corrupt = engine.run(model, baseline, [[]], read, max_batch=max_batch, bar=bar)[0]
+    bar.close()
+    return Effects(values=values[1:1 + len(family)], labels=[dict(iv.labels) for iv in family], clean=values[0],
                    corrupt=corrupt, metric=metric_name(metric),
                    interventions=[iv.intervention.to_dict() for iv in family])
 

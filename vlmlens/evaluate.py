@@ -20,11 +20,12 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vlmlens import engine
+from vlmlens.batch import Batch
 from vlmlens.interventions import Intervention, flatten
-from vlmlens.metrics import Accuracy, LogitDiff
+from vlmlens.metrics import Accuracy, AnswerScores, LogitDiff
 
 if TYPE_CHECKING:
-    from vlmlens.batch import Batch
     from vlmlens.models.vlm import VLM
     from vlmlens.scenes import Scene
 
@@ -72,28 +73,54 @@ class Evaluation:
         return f"Evaluation(n={len(self.scenes)}, accuracy={self.accuracy:.3f}, logit_diff={self.logit_diff:.3f})"
 
 
-def answer_logits(model: VLM, batch: Batch, interventions: Intervention | Iterable[Intervention] | None = None,
-                  max_batch: int = 32, progress: bool = False) -> Float[Tensor, "batch d_vocab"]:
-    """Answer-position logits for a batch of any size, run in chunks of ``max_batch`` examples."""
-    edits = flatten(interventions)
-    chunks = range(0, len(batch), max_batch)
-    out = [model.run_many(batch[i:i + max_batch], [edits])[0].float().cpu()
-           for i in tqdm(chunks, desc="evaluate", unit="chunk", disable=not progress or len(chunks) < 2)]
-    return torch.cat(out)
-
-
 def evaluate(model: VLM, scenes: Sequence[Scene], interventions: Intervention | Iterable[Intervention] | None = None,
-             max_batch: int = 32, progress: bool = True) -> Evaluation:
+             max_batch: int | None = None, progress: bool = True) -> Evaluation:
     """Top-1 accuracy among each scene's candidates and answer-vs-foil logit difference.
 
-    Interventions that need a source batch must be built for the same scenes in the same order;
-    with them, ``max_batch`` must cover the whole set (sources pair up by index).
+    The engine runs it in chunks of ``max_batch`` rows; interventions with a paired source (a Batch or
+    Cache) must be built for the same scenes in the same order.
 
     Example:
         >>> vl.evaluate(model, scenes).table.columns.tolist()
         ['task', 'direction', 'accuracy', 'logit_diff', 'n']
     """
+    scenes = list(scenes)
+    if not scenes:
+        raise ValueError("evaluate() needs at least one scene; got an empty list")
     batch = model.prepare(scenes)
-    logits = answer_logits(model, batch, interventions, max_batch=max_batch, progress=progress)
-    return Evaluation(correct=Accuracy()(logits, batch, model), logit_diffs=LogitDiff()(logits, batch, model),
-                      scenes=list(scenes))
+
+    def read(logits: Tensor, sub: Batch, unedited: Tensor | None) -> Tensor:
+        return torch.stack([Accuracy()(logits, sub, model), LogitDiff()(logits, sub, model).cpu()], dim=-1)
+
+    bar = tqdm(total=len(batch), desc="evaluate", unit="scene", disable=not progress)
+    values = engine.run(model, batch, [flatten(interventions)], read, max_batch=max_batch, bar=bar)[0]
+    bar.close()
+    return Evaluation(correct=values[:, 0], logit_diffs=values[:, 1], scenes=scenes)
+
+
+def where_correct(model: VLM, batch: Batch, *paired: Batch, rule: str = "choice",
+                  max_batch: int | None = None) -> Batch | tuple[Batch, ...]:
+    """Keep the examples the model answers right, as the study does before patching; with paired batches,
+    keep the pairs right on every side, and return them all. ``rule``: ``"choice"`` (top-1 among the
+    candidates) or ``"top1"`` (top-1 over the whole vocabulary, the paper's rule).
+
+    Example:
+        >>> pairs = vl.scenes.criss_cross_pairs(vl.scenes.generate(16, seed=0, task="squares"))
+        >>> clean, cf = (model.prepare(list(side)) for side in zip(*pairs))
+        >>> clean, cf = vl.where_correct(model, clean, cf)
+        >>> len(clean) == len(cf) <= 16
+        True
+    """
+    for other in paired:
+        if len(other) != len(batch):
+            raise ValueError(f"paired batch has {len(other)} examples, this one {len(batch)}")
+    keep = torch.ones(len(batch), dtype=torch.bool)
+    for part in (batch, *paired):
+        if part.scenes is None:
+            raise ValueError("where_correct reads answers from scenes; prepare the batches from scenes")
+        read, columns = AnswerScores.reader(model, part.scenes)
+        values = engine.run(model, part, [[]], read, max_batch=max_batch)
+        keep &= AnswerScores.from_values(values, columns, part.scenes, model).correct(0, rule=rule).bool()
+    ids = torch.nonzero(keep).flatten().tolist()
+    kept = tuple(part[ids] for part in (batch, *paired))
+    return kept if paired else kept[0]

@@ -28,8 +28,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vlmlens.interventions import Ablate, Compose, Intervention, Patch, Scale
+from vlmlens import engine
+from vlmlens.interventions import Ablate, Compose, Intervention, Patch, Scale, flatten
 from vlmlens.layout import RegionError
+from vlmlens.metrics import candidate_probs
 
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
@@ -134,7 +136,7 @@ class Explorer:
             self.set_layer(layer)
         self.set_kind(kind)
         self.select_region(region)
-        self.before = self.probabilities(model.run(self.batch))
+        self.before = self.probabilities(None)
         self.after: dict[str, float] | None = None
         self.last: Intervention | None = None
 
@@ -301,7 +303,7 @@ class Explorer:
     def run(self) -> pd.DataFrame:
         """Rerun the model with the edit; returns the candidates' probabilities before and after."""
         edit = self.intervention()
-        self.after = self.probabilities(self.model.run(self.batch, edit))
+        self.after = self.probabilities(edit)
         self.last = edit
         self._changed("run")
         return self.table()
@@ -312,11 +314,16 @@ class Explorer:
         return pd.DataFrame({"candidate": list(self.before), "before": list(self.before.values()),
                              "after": [after.get(c, float("nan")) for c in self.before]})
 
-    def probabilities(self, logits: Float[Tensor, "1 pos d_vocab"]) -> dict[str, float]:
-        """Each candidate's probability at the answer position, renormalised over the candidates."""
-        last = logits[0, -1].float()
-        scores = torch.stack([last[self.model.answer_ids(c)].logsumexp(-1) for c in self.scene.candidates])
-        return dict(zip(self.scene.candidates, scores.softmax(-1).tolist(), strict=True))
+    def probabilities(self, edit: Intervention | None) -> dict[str, float]:
+        """Each candidate's probability at the answer position under ``edit`` (None: unedited), summed over
+        spellings and renormalised over the candidates (`vlmlens.metrics.candidate_probs`), run by the engine."""
+        candidates = self.scene.candidates
+
+        def read(logits: Tensor, sub: Batch, unedited: Tensor | None) -> Tensor:
+            return candidate_probs(logits, self.model, candidates)
+
+        probs = engine.run(self.model, self.batch, [flatten(edit)], read)[0, 0]
+        return dict(zip(candidates, probs.tolist(), strict=True))
 
     def reference(self) -> Batch:
         """Fresh scenes like this one (same task, preset and geometry), for mean ablation and directions."""

@@ -25,12 +25,46 @@ from vlmlens.batch import Batch
 from vlmlens.cache import Cache
 
 if TYPE_CHECKING:
-    from vlmlens.models.vlm import VLM
     from vlmlens.sites import SiteSpec
 
-Sources = dict[tuple[int, str], Tensor]
 Direction = Float[Tensor, "d"] | Float[Tensor, "k d"]
 KINDS: dict[str, type[Intervention]] = {}
+
+
+class _TheBatchItself:
+    """The reference of a mean or resample ablation without one: the examples being run (see `Ablate`)."""
+
+    def __repr__(self) -> str:
+        return "BATCH"
+
+
+BATCH = _TheBatchItself()
+
+
+@dataclass
+class Sources:
+    """Source activations the engine computed for one chunk of examples, read by the edits.
+
+    ``values[(id(source), site)]`` holds the source's activations at a site, rows paired with the chunk's
+    examples for paired sources (`Intervention.sources`) and all of the reference's rows for references
+    (`Intervention.references`); ``layouts[id(source)]`` the batch whose layouts index those rows;
+    ``rows`` the chunk's examples' rows within the `BATCH` reference (its own part of the batch).
+
+    Example:
+        >>> Sources().values
+        {}
+    """
+
+    values: dict[tuple[int, str], Tensor] = field(default_factory=dict)
+    layouts: dict[int, Batch] = field(default_factory=dict)
+    rows: list[int] = field(default_factory=list)
+
+    def get(self, source: Any, spec: SiteSpec) -> Tensor:
+        key = (id(source), spec.name)
+        if key not in self.values:
+            raise KeyError(f"no source activations for {source!r} at {spec.name}; run edits through the engine "
+                           "(model.run, vl.sweep, vl.evaluate), which computes them")
+        return self.values[key]
 
 
 class Intervention:
@@ -59,8 +93,16 @@ class Intervention:
         return Compose(self.parts + other.parts)
 
     def sources(self) -> Iterable[Batch | Cache]:
-        """Batches or caches whose activations at ``site`` this intervention reads."""
+        """Batches or caches paired with the target by index, whose activations at ``site`` this reads."""
         return ()
+
+    def references(self) -> Iterable[Batch | Cache | _TheBatchItself]:
+        """Batches or caches (or `BATCH`, the examples run) read whole at ``site``: not paired by index."""
+        return ()
+
+    def logit_scale(self, batch: Batch, spec: SiteSpec, seq_len: int) -> Float[Tensor, "batch 1 query key"] | None:
+        """Multipliers of the attention logits at ``spec``'s layer, for edits that act inside attention."""
+        return None
 
     def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
         """Edit ``x`` (the live activation at ``spec``, documented shape) in place."""
@@ -157,32 +199,6 @@ def flatten(interventions: Intervention | Iterable[Intervention] | None) -> list
     return [part for iv in interventions for part in flatten(iv)]
 
 
-def prepare_sources(model: VLM, batch: Batch, edits: Sequence[Intervention]) -> Sources:
-    """Run each source batch once, caching every site any edit reads from it.
-
-    Example:
-        >>> cf = model.prepare(vl.scenes.generate(16, seed=1))
-        >>> sources = prepare_sources(model, batch, [vl.Patch("blocks.2.hook_resid_post", source=cf)])
-        >>> [site for _, site in sources], next(iter(sources.values())).shape
-        (['blocks.2.hook_resid_post'], torch.Size([16, 112, 128]))
-    """
-    wanted: dict[int, tuple[Batch | Cache, set[str]]] = {}
-    for edit in edits:
-        for source in edit.sources():
-            wanted.setdefault(id(source), (source, set()))[1].add(model.site(edit.site).name)
-    out: Sources = {}
-    for key, (source, sites) in wanted.items():
-        if isinstance(source, Cache):
-            missing = sites - set(source)
-            if missing:
-                raise KeyError(f"source cache lacks sites {sorted(missing)}; it has {sorted(source)}")
-            out.update({(key, s): source[s] for s in sites})
-        else:
-            _, cache = model.run_with_cache(source, sites=sorted(sites), stop=True)
-            out.update({(key, s): v for s, v in cache.items()})
-    return out
-
-
 # -- reading and writing the tokens of a region ---------------------------------------------------
 
 def _edit(x: Tensor, where: Sequence[Tensor], fn: Callable[..., Tensor], *aligned: Sequence[Tensor]) -> None:
@@ -197,19 +213,14 @@ def _edit(x: Tensor, where: Sequence[Tensor], fn: Callable[..., Tensor], *aligne
         x[b, w] = fn(x[b, w], *(a[b].to(x) for a in aligned)).to(x.dtype)
 
 
-def _check_batch(source: Batch | Cache, batch: Batch, what: str) -> None:
-    size = len(source) if isinstance(source, Batch) else next(iter(source.values())).shape[0]
-    if size != len(batch):
-        raise ValueError(f"{what} has {size} examples but the batch has {len(batch)}; sources pair up by index")
-
-
 def _source_tokens(source: Batch | Cache, region: str, batch: Batch, spec: SiteSpec, sources: Sources,
                    n_target: Sequence[int]) -> list[Tensor]:
-    """Per example, the source activation's tokens of ``region`` (grid order), checked against target sizes."""
-    _check_batch(source, batch, "source")
-    values = sources[(id(source), spec.name)]
-    layout_batch = source if isinstance(source, Batch) else batch
-    where = layout_batch.positions(region, spec)
+    """Per example, the paired source's tokens of ``region`` (grid order), checked against target sizes."""
+    values = sources.get(source, spec)
+    if values.shape[0] != len(batch):
+        raise ValueError(f"the source has {values.shape[0]} examples but the batch has {len(batch)}; "
+                         "sources pair up by index")
+    where = sources.layouts.get(id(source), batch).positions(region, spec)
     for b, (w, n) in enumerate(zip(where, n_target)):
         if w.numel() != n:
             raise ValueError(f"example {b}: source region {region!r} has {w.numel()} tokens, target has {n}; "
@@ -255,8 +266,10 @@ class Ablate(Intervention):
         if self.how not in ("zero", "mean", "resample", "noise"):
             raise ValueError(f"Ablate(how={self.how!r}): use 'zero', 'mean', 'resample' or 'noise'")
 
-    def sources(self) -> Iterable[Batch | Cache]:
-        return (self.reference,) if self.reference is not None else ()
+    def references(self) -> Iterable[Batch | Cache | _TheBatchItself]:
+        if self.how in ("zero", "noise"):
+            return ()
+        return (self.reference if self.reference is not None else BATCH,)
 
     def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
         where = batch.positions(self.region, spec)
@@ -269,14 +282,15 @@ class Ablate(Intervention):
                      for w in where]
             _edit(x, where, torch.add, noise)
         else:
-            values = self._reference_values(x, batch, spec, sources, generator)
+            values = self._reference_values(batch, spec, sources, generator)
             _edit(x, where, lambda _old, new: new, values)
 
-    def _reference_values(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources,
+    def _reference_values(self, batch: Batch, spec: SiteSpec, sources: Sources,
                           generator: torch.Generator) -> list[Tensor]:
         """Per target example, reference activations at the same slots (grid cell / position from end)."""
-        ref = self.reference if isinstance(self.reference, Batch) else batch
-        acts = sources[(id(self.reference), spec.name)] if self.reference is not None else x.detach().clone()
+        reference = self.reference if self.reference is not None else BATCH
+        acts = sources.get(reference, spec)
+        ref = sources.layouts.get(id(reference), batch)
         space = spec.layout_space
         keys = [layout.keys(self.region, space) for layout in batch.layouts]
         if self.how == "mean":  # each slot's mean over the reference examples, computed once for all targets
@@ -286,8 +300,9 @@ class Ablate(Intervention):
             return [means[torch.searchsorted(union, k).to(acts.device)] for k in keys]
         out = []
         for b, target_keys in enumerate(keys):
-            pick = (b + 1 + int(torch.randint(len(ref) - 1, (1,), generator=generator))) % len(ref) \
-                if ref is batch and len(ref) > 1 else b % len(ref)
+            # another example than the target itself when the reference is the batch
+            pick = (sources.rows[b] + 1 + int(torch.randint(len(ref) - 1, (1,), generator=generator))) % len(ref) \
+                if reference is BATCH else b % len(ref)
             out.append(acts[pick, ref.layouts[pick].at_keys(target_keys, space, spec.prefix).to(acts.device)])
         return out
 
@@ -437,7 +452,7 @@ class ScaleAttention(Intervention):
     def region(self) -> str:
         return self.key_region
 
-    def logit_scale(self, batch: Batch, spec: SiteSpec, seq_len: int) -> Float[Tensor, "batch 1 query key"]:
+    def logit_scale(self, batch: Batch, spec: SiteSpec, seq_len: int) -> Float[Tensor, "batch 1 query key"] | None:
         """Multipliers for this layer's attention logits: alpha at (query, key) pairs, 1 elsewhere."""
         scale = torch.ones(len(batch), 1, seq_len, seq_len)
         queries = [lay.positions(self.query, "lm") for lay in batch.layouts]
@@ -500,4 +515,4 @@ def grid(kind: type[Intervention], **axes: Any) -> list[Labelled]:
 
 
 __all__ = ["Intervention", "Compose", "Ablate", "Patch", "SwapDirection", "Scale", "Steer", "ScaleAttention",
-           "random_directions", "grid", "Labelled", "flatten", "prepare_sources"]
+           "random_directions", "grid", "Labelled", "flatten", "Sources", "BATCH"]

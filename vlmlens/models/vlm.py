@@ -174,34 +174,26 @@ class VLM:
         forward pass ends at the last requested site (no logits: None), e.g. to read image embeddings
         without running the language model. ``inputs`` replaces ``batch.inputs`` (e.g. the LM-only inputs
         ``model.adapter.lm_inputs(batch.inputs, embeds)`` that feed the language model other embeddings).
+        The pass goes through the engine (`vlmlens.engine.forward`), which computes the edits' sources.
         """
-        from vlmlens.interventions import flatten
-        return self._forward(batch, [flatten(interventions)], sites, grad=grad, stop=stop, inputs=inputs)
+        from vlmlens import engine
+        return engine.forward(self, batch, interventions, sites, grad=grad, stop=stop, inputs=inputs)
 
-    def run_many(self, batch: Batch, groups: Sequence[Sequence[Intervention]],
-                 inputs: dict[str, Any] | None = None,
-                 resume: tuple[int, Tensor] | None = None,
-                 sources: Sources | None = None) -> Float[Tensor, "group batch d_vocab"]:
-        """Answer-position logits of one forward pass that runs ``batch`` once per group of interventions.
+    def trace_pass(self, batch: Batch, groups: Sequence[Sequence[Intervention]], sites: str | Iterable[str],
+                   grad: bool = False, inputs: dict[str, Any] | None = None, last_only: bool = False,
+                   resume: tuple[int, Tensor] | None = None, stop: bool = False,
+                   sources: Sources | None = None) -> tuple[Logits, Cache]:
+        """One nnsight trace that runs ``batch`` once per group of edits (the copies stacked on the batch
+        axis), reading ``sites`` of the first copy; the engine (`vlmlens.engine`) plans these passes.
 
-        The batch is repeated along the batch axis and each copy gets its own group, so many
-        interventions cost one forward. ``inputs`` replaces ``batch.inputs`` (e.g. LM-only inputs).
-        ``resume=(layer, resid_pre)`` skips the LM layers before ``layer``, feeding ``layer`` the given
-        clean residual stream (valid when no edit acts before that layer). ``sources`` are the source
-        activations `prepare_sources` gave for these edits (computed here when None).
+        ``inputs`` replaces ``batch.inputs``; ``last_only`` computes logits at the last position only;
+        ``resume=(layer, resid_pre)`` skips the LM layers before ``layer``, feeding it the given clean
+        residual stream (valid when no edit acts before it); ``sources`` are the edits' source activations.
         """
-        logits, _ = self._forward(batch, groups, (), inputs=inputs, last_only=True, resume=resume, sources=sources)
-        return logits[:, -1].reshape(len(groups), len(batch), -1)
-
-    def _forward(self, batch: Batch, groups: Sequence[Sequence[Intervention]], sites: str | Iterable[str],
-                 grad: bool = False, inputs: dict[str, Any] | None = None,
-                 last_only: bool = False, resume: tuple[int, Tensor] | None = None,
-                 stop: bool = False, sources: Sources | None = None) -> tuple[Logits, Cache]:
-        from vlmlens.interventions import prepare_sources
+        from vlmlens.interventions import Sources
+        sources = sources if sources is not None else Sources()
         reads = self.site_table.expand(sites) if sites else []
         n, size = len(groups), len(batch)
-        if sources is None:  # every source batch runs once per call, however many groups read it
-            sources = prepare_sources(self, batch, [edit for group in groups for edit in group])
         edits: list[dict[str, list[Intervention]]] = []
         for group in groups:
             by_site: dict[str, list[Intervention]] = defaultdict(list)
@@ -258,10 +250,6 @@ class VLM:
         """
         return self.nn.trace(**batch.inputs, **kwargs)
 
-    def envoy(self, site: str) -> Any:
-        """The nnsight envoy of the module behind a site (for use inside `trace`)."""
-        return self.nn.get(self.site_table[site].module)
-
     def _value(self, spec: SiteSpec, inputs: dict[str, Any]) -> Tensor:
         """The live tensor of a site inside a trace, in its documented shape (edits write through)."""
         envoy = self.nn.get(spec.module)
@@ -281,16 +269,17 @@ class VLM:
 
     def _attention_scales(self, batch: Batch, groups: Sequence[Sequence[Intervention]],
                           seq_len: int) -> dict[str, Tensor]:
-        """Per attention module, logit multipliers for every row of the (repeated) batch."""
-        from vlmlens.interventions import ScaleAttention
+        """Per attention module, logit multipliers for every row of the (repeated) batch, from the edits
+        that act inside attention (`Intervention.logit_scale`)."""
         scales: dict[str, Tensor] = {}
         for g, group in enumerate(groups):
             for edit in group:
-                if not isinstance(edit, ScaleAttention):
-                    continue
                 spec = self.site_table[edit.site]
+                scale = edit.logit_scale(batch, spec, seq_len)
+                if scale is None:
+                    continue
                 rows = scales.setdefault(spec.module, torch.ones(len(groups) * len(batch), 1, seq_len, seq_len))
-                rows[g * len(batch):(g + 1) * len(batch)] *= edit.logit_scale(batch, spec, seq_len)
+                rows[g * len(batch):(g + 1) * len(batch)] *= scale
         return scales
 
     @contextlib.contextmanager

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from vlmlens.evaluate import evaluate
 from vlmlens.plot import bars
 from vlmlens.scenes import RELATIONS
-from vlmlens.study.common import StudyResult, mean_ci, stimuli
+from vlmlens.stats import mean_ci
+from vlmlens.study.common import StudyResult, stimuli
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM

@@ -1,5 +1,5 @@
-"""What every experiment of the study shares: its result type, stimuli at the model's geometry, and one
-batched engine that scores many intervention groups on many examples.
+"""What every experiment of the study shares: its result type, stimuli at the model's geometry, scoring
+groups of interventions on the engine, and summaries.
 
 Example:
     >>> batch = model.prepare(stimuli(model, 8, seed=0, task="squares"))
@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
-from jaxtyping import Float
 from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
 import vlmlens.scenes as S
+from vlmlens import engine
 from vlmlens.batch import Batch
-from vlmlens.interventions import Intervention, flatten
+from vlmlens.interventions import Intervention
+from vlmlens.metrics import AnswerScores
+from vlmlens.stats import mean_ci
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -133,95 +134,17 @@ def by_orientation(scenes: Sequence[Scene]) -> dict[tuple[str, str, str], list[i
     return groups
 
 
-# -- the engine -------------------------------------------------------------------------------------
-
-def default_max_batch(model: VLM) -> int:
-    return 64 if model.device.type == "cpu" else 256
-
-
-@dataclass
-class AnswerScores:
-    """Answer-position log-probabilities of the candidate words' spellings, per intervention group and
-    example: enough for accuracy, flip rate and the probability of any candidate, without keeping the
-    whole vocabulary."""
-
-    logp: Float[Tensor, "group example id"]
-    columns: dict[str, list[int]]
-    scenes: Sequence[Scene]
-
-    @property
-    def n_groups(self) -> int:
-        return self.logp.shape[0]
-
-    def prob(self, group: int, words: Sequence[str | Sequence[str]]) -> Float[Tensor, " example"]:
-        """Per example, the probability of its word (or the sum over its words), summed over spellings."""
-        out = torch.zeros(len(words))
-        for i, w in enumerate(words):
-            for word in ([w] if isinstance(w, str) else w):
-                out[i] += self.logp[group, i, self.columns[word]].exp().sum()
-        return out
-
-    def choice(self, group: int) -> list[str]:
-        """Per example, the candidate the model ranks first (each word scored by its best spelling)."""
-        picks = []
-        for i, scene in enumerate(self.scenes):
-            scores = torch.stack([self.logp[group, i, self.columns[w]].max() for w in scene.candidates])
-            picks.append(scene.candidates[int(scores.argmax())])
-        return picks
-
-    def correct(self, group: int, answers: Sequence[str] | None = None) -> Float[Tensor, " example"]:
-        """1 where the first-ranked candidate is the answer (the scene's, or ``answers`` paired by index)."""
-        targets = [s.answer for s in self.scenes] if answers is None else list(answers)
-        return torch.tensor([float(c == t) for c, t in zip(self.choice(group), targets, strict=True)])
-
+# -- running groups of interventions (on the engine) ---------------------------------------------
 
 def answers_under(model: VLM, batch: Batch, build: Build, parts: Sequence[Sequence[int]] | None = None,
                   max_batch: int | None = None, words: Sequence[str] = (), bar: tqdm | None = None) -> AnswerScores:
-    """Run every intervention group that ``build(ids, sub_batch)`` returns on every example.
-
-    ``parts`` splits the examples into groups that can share region names (see `by_orientation`);
-    within a part, examples go in chunks and ``build`` is called per chunk, so paired sources (a Cache
-    or Batch of the same chunk) line up. Groups share one forward per chunk up to ``max_batch`` rows;
-    when every edit sits at a language-model site, the vision tower runs once per chunk.
-    """
+    """The candidates' scores under every intervention group that ``build(ids, sub_batch)`` returns, on
+    every example: `vlmlens.engine.run` with the `AnswerScores` reader (see there for ``parts``)."""
     if batch.scenes is None:
         raise ValueError("answers_under reads candidates from scenes; prepare the batch from scenes")
-    max_batch = max_batch or default_max_batch(model)
-    vocab = sorted({w for s in batch.scenes for w in s.candidates} | set(words))
-    columns, ids = {}, []
-    for word in vocab:
-        word_ids = model.answer_ids(word)
-        columns[word] = list(range(len(ids), len(ids) + len(word_ids)))
-        ids += word_ids
-    id_tensor = torch.tensor(ids, device=model.device)
-    embed_order = model.site_table.order("hook_embed")
-    out: Tensor | None = None
-    for part in parts if parts is not None else [list(range(len(batch)))]:
-        part = list(part)
-        if not part:
-            continue
-        size = min(len(part), max_batch)
-        for start in range(0, len(part), size):
-            chunk = part[start:start + size]
-            sub = batch[chunk]
-            groups = [flatten(g) for g in build(chunk, sub)]
-            lm_only = all(model.site_table.order(e.site) >= embed_order for g in groups for e in g)
-            inputs = None
-            if lm_only:
-                _, cache = model.run_with_cache(sub, sites=["hook_embed"], stop=True)
-                inputs = model.adapter.lm_inputs(sub.inputs, cache["hook_embed"])
-            per_pass = max(1, max_batch // len(chunk))
-            for g0 in range(0, len(groups), per_pass):
-                logits = model.run_many(sub, groups[g0:g0 + per_pass], inputs=inputs)
-                logp = logits.float().log_softmax(-1)[..., id_tensor].cpu()
-                if out is None:
-                    out = torch.full((len(groups), len(batch), len(ids)), float("nan"))
-                out[g0:g0 + per_pass, chunk] = logp
-                if bar is not None:
-                    bar.update(len(chunk) * logp.shape[0])
-    if out is None:
-        out = torch.zeros((0, 0, len(ids)))
-    return AnswerScores(logp=out, columns=columns, scenes=batch.scenes)
+    read, columns = AnswerScores.reader(model, batch.scenes, words)
+    values = engine.run(model, batch, build, read, parts=parts, max_batch=max_batch, bar=bar)
+    return AnswerScores.from_values(values, columns, batch.scenes, model)
 
 
 def retotal(bar: tqdm, remaining: int) -> None:
@@ -230,25 +153,7 @@ def retotal(bar: tqdm, remaining: int) -> None:
     bar.refresh()
 
 
-def cache_of(model: VLM, batch: Batch, sites: Sequence[str],
-             interventions: Intervention | Sequence[Intervention] | None = None) -> Any:
-    """The `Cache` of ``sites`` for a (sub-)batch, after ``interventions``: a patching source that is
-    computed once and read by every group (the forward pass stops at the last of the sites)."""
-    return model.run_with_cache(batch, sites=list(sites), interventions=interventions, stop=True)[1]
-
-
 # -- summaries --------------------------------------------------------------------------------------
-
-def mean_ci(values: Tensor, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and bootstrap 95% CI of a 1-D tensor (NaN for an empty one)."""
-    values = values.float().flatten()
-    if values.numel() == 0:
-        return float("nan"), float("nan"), float("nan")
-    generator = torch.Generator().manual_seed(seed)
-    picks = torch.randint(values.numel(), (n_boot, values.numel()), generator=generator)
-    means = values[picks].mean(-1)
-    return float(values.mean()), float(means.quantile(0.025)), float(means.quantile(0.975))
-
 
 def summarise(values: Mapping[Any, Tensor], keys: Sequence[str], value: str = "mean") -> pd.DataFrame:
     """One row per key tuple: the labels, the mean (named ``value``), its CI and the count."""

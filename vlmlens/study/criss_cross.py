@@ -26,19 +26,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from tqdm.auto import tqdm
 
+from vlmlens import engine
+from vlmlens.evaluate import where_correct
 from vlmlens.interventions import Compose, Intervention, Patch
 from vlmlens.plot import frame_heatmap
 from vlmlens.scenes import criss_cross_pairs
-from vlmlens.study.common import (
-    StudyResult,
-    answers_under,
-    by_orientation,
-    cache_of,
-    mean_ci,
-    retotal,
-    site_label,
-    stimuli,
-)
+from vlmlens.stats import mean_ci
+from vlmlens.study.common import StudyResult, answers_under, by_orientation, retotal, site_label, stimuli
 
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
@@ -84,7 +78,7 @@ def flip_table(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds:
     def build(ids: list[int], sub: Batch) -> list[list[Intervention]]:
         slots = slots_of[ids[0]]
         pre = before(sub, slots) if before else []
-        source = cache_of(model, cf[ids], sites, before(cf[ids], slots) if before else None)
+        source = engine.cache(model, cf[ids], sites, before(cf[ids], slots) if before else None)
         return [pre] + [[*pre, swap(site, kind, slots, source)] for kind in kinds for site in sites]
 
     scores = answers_under(model, clean, build, parts=list(parts.values()), max_batch=max_batch, bar=bar)
@@ -112,7 +106,7 @@ def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, task: str = "squares", on
     bar = tqdm(total=2 * n + n * (1 + len(KINDS) * len(sites)), desc=NAME, unit="row")
     clean, cf = pairs(model, n, seed, task)
     if only_correct:
-        clean, cf = clean.where_correct(model, cf)
+        clean, cf = where_correct(model, clean, cf)
     bar.update(2 * n)
     retotal(bar, len(clean) * (1 + len(KINDS) * len(sites)))
     table = flip_table(model, clean, cf, sites, max_batch=max_batch, bar=bar)

@@ -35,8 +35,10 @@ from tqdm.auto import tqdm
 
 from vlmlens.directions import pooled, probe
 from vlmlens.interventions import Intervention, Scale, ScaleAttention, random_directions
+from vlmlens.metrics import strict
 from vlmlens.plot import dose_response
-from vlmlens.study.common import StudyResult, answers_under, mean_ci, stimuli
+from vlmlens.stats import mean_ci
+from vlmlens.study.common import StudyResult, answers_under, stimuli
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
@@ -80,16 +82,6 @@ def methods(model: VLM, directions: torch.Tensor, alphas: Sequence[float] = ALPH
     return out
 
 
-def strict(correct: torch.Tensor, scenes: Sequence[Scene]) -> torch.Tensor:
-    """Per example, the minimum correctness over the examples sharing its ``meta["item"]`` (itself alone
-    when scenes have no item key): accuracy under every option order."""
-    items = [s.meta.get("item", f"#{i}") for i, s in enumerate(scenes)]
-    worst: dict = {}
-    for item, c in zip(items, correct.tolist(), strict=True):
-        worst[item] = min(worst.get(item, 1.0), c)
-    return torch.tensor([worst[item] for item in items])
-
-
 def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, alphas: Sequence[float] = ALPHAS,
         attention_alphas: Sequence[float] = ATTENTION_ALPHAS, n_random: int = 3, site: str = SITE,
         max_batch: int | None = None, benchmarks: Mapping[str, Sequence[Scene]] | None = None) -> StudyResult:
@@ -122,7 +114,8 @@ def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, alphas: Sequence[float] =
         scores = answers_under(model, model.prepare(list(members)),
                                lambda ids, sub: [[], *(conditions[g][2] for g in edited)], max_batch=max_batch, bar=bar)
         is_strict = all("item" in s.meta for s in members)
-        unique = [strict(scores.correct(r), members) if is_strict else scores.correct(r)
+        items = [s.meta.get("item", f"#{i}") for i, s in enumerate(members)]
+        unique = [strict(scores.correct(r), items) if is_strict else scores.correct(r)
                   for r in range(len(edited) + 1)]
         correct = torch.stack([unique[edited.index(g) + 1 if g in edited else 0] for g in range(len(conditions))])
         split = {"dev": torch.arange(len(members)) < len(members) // 2}

@@ -26,11 +26,13 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
+from vlmlens import engine
+from vlmlens.evaluate import where_correct
 from vlmlens.interventions import Patch
 from vlmlens.plot import layer_curves
 from vlmlens.scenes import last_token_pairs
 from vlmlens.scenes.entities import ASKED
-from vlmlens.study.common import StudyResult, answers_under, cache_of, retotal, stimuli, summarise
+from vlmlens.study.common import StudyResult, answers_under, retotal, stimuli, summarise
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
@@ -54,13 +56,13 @@ def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, task: str = "squares", on
     pairs = last_token_pairs(stimuli(model, n, seed=seed, task=task), seed=seed)
     clean, cf = model.prepare([p[0] for p in pairs]), model.prepare([p[1] for p in pairs])
     if only_correct:
-        clean, cf = clean.where_correct(model, cf)
+        clean, cf = where_correct(model, clean, cf)
     bar.update(2 * n)
     retotal(bar, len(clean) * (len(layers) + 1))
     kept = len(clean)
 
     def build(ids: list[int], sub) -> list[list[Patch]]:
-        source = cache_of(model, cf[ids], sites)  # one run of the counterfactuals feeds every layer's patch
+        source = engine.cache(model, cf[ids], sites)  # one run of the counterfactuals feeds every layer's patch
         return [[]] + [[Patch(site, region="last", source=source)] for site in sites]
 
     scores = answers_under(model, clean, build, max_batch=max_batch, bar=bar)

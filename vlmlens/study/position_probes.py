@@ -26,10 +26,12 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
+from vlmlens import engine
 from vlmlens.directions import probe
 from vlmlens.probes import apply_to_patches
 from vlmlens.scenes.entities import entity_scene
-from vlmlens.study.common import COLUMN, ROW, StudyResult, by_orientation, cache_of, default_max_batch, mean_ci, stimuli
+from vlmlens.stats import mean_ci
+from vlmlens.study.common import COLUMN, ROW, StudyResult, by_orientation, stimuli
 
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
@@ -51,7 +53,7 @@ def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, task: str = "squares", si
     prob [mean probability of the strip's class], n [tokens], chance), ``heatmap`` (orientation, cls, row,
     col, prob) and ``boxes`` (orientation, name, row0, col0, row1, col1: the heatmap layout's entities).
     """
-    max_batch = max_batch or default_max_batch(model)
+    max_batch = max_batch or engine.default_max_batch(model)
     scenes = stimuli(model, n, seed=seed, task=task)
     groups = by_orientation(scenes)
     bar = tqdm(total=n + min(n_heatmap, n) * len(groups), desc=NAME, unit="image")
@@ -92,7 +94,7 @@ def _activations(model: VLM, batch: Batch, site: str, max_batch: int, bar: tqdm)
     parts = []
     for start in range(0, len(batch), max_batch):
         part = batch[start:start + max_batch]
-        parts.append(cache_of(model, part, [site])[model.site(site).name].float().cpu())
+        parts.append(engine.cache(model, part, [site])[model.site(site).name].float().cpu())
         bar.update(len(part))
     return torch.cat(parts)
 
@@ -144,7 +146,7 @@ def _heatmap(model: VLM, fitted, template: Scene, site: str, n_images: int, max_
     grids: dict[str, list[torch.Tensor]] = {cls: [] for cls in slots}
     for start in range(0, len(scenes), max_batch):
         part = model.prepare(scenes[start:start + max_batch])
-        cache = cache_of(model, part, [site])
+        cache = engine.cache(model, part, [site])
         for cls in slots:
             grids[cls].append(apply_to_patches(fitted, cache, site, part, model, cls=cls))
         bar.update(len(part))

@@ -22,10 +22,12 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
+from vlmlens import engine
 from vlmlens.interventions import Ablate, Intervention, Patch
 from vlmlens.plot import bars
 from vlmlens.scenes import reference_images
-from vlmlens.study.common import StudyResult, answers_under, by_orientation, cache_of, mean_ci, stimuli
+from vlmlens.stats import mean_ci
+from vlmlens.study.common import StudyResult, answers_under, by_orientation, stimuli
 
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
@@ -44,7 +46,7 @@ def reference_caches(model: VLM, batch: Batch, slots: Sequence[str], site: str =
     out = {}
     for key in ("white", *slots):
         ref = model.prepare([r[key] for r in refs])
-        cache = cache_of(model, ref, [site])
+        cache = engine.cache(model, ref, [site])
         # a sub-batch keeps its parent batch's padding: shift the references' sequences to match
         target, own = batch.inputs["input_ids"], ref.inputs["input_ids"]
         shift = target.shape[1] - own.shape[1]

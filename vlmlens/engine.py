@@ -1,0 +1,265 @@
+"""The one engine: every forward pass with interventions in vlmlens is planned and run here.
+
+Given a batch and groups of interventions (a group is the edits of one run of the batch), `run`
+
+- splits the examples into parts (examples that share region names) and chunks of at most ``max_batch``,
+- computes every source once: paired sources sliced per chunk, references whole, `BATCH` per part,
+- runs the vision tower once per chunk when every edit sits at a language-model site,
+- runs the unedited pass once per chunk and starts each group at the first LM layer it edits,
+- packs groups into passes of at most ``max_batch`` rows (the chunk repeated once per group),
+- hands each pass's answer-position logits to ``read``, which keeps only what its caller needs.
+
+`forward` is one pass over a whole batch (``model.run`` and ``model.run_with_cache``), `cache` a chunked
+cache of sites. The nnsight trace of a pass is `VLM.trace_pass`; nothing else runs the model.
+
+Example:
+    >>> import vlmlens as vl
+    >>> from vlmlens import engine
+    >>> model = vl.load("toy")
+    >>> batch = model.prepare(vl.scenes.generate(8, seed=0))
+    >>> groups = [[], [vl.Ablate("hook_embed", region="image")]]
+    >>> engine.run(model, batch, groups, lambda logits, sub, unedited: logits.argmax(-1)).shape
+    torch.Size([2, 8])
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vlmlens.batch import Batch
+from vlmlens.cache import Cache
+from vlmlens.interventions import BATCH, Intervention, Sources, flatten
+
+if TYPE_CHECKING:
+    from vlmlens.models.vlm import VLM
+
+AnswerLogits = Float[Tensor, "example d_vocab"]
+#: ``read(logits, sub_batch, unedited)``: what to keep of one group's answer-position logits on a chunk
+#: (``unedited``: the chunk's logits without edits, or None when ``read.needs_unedited`` is not set).
+Read = Callable[[AnswerLogits, Batch, "AnswerLogits | None"], Tensor]
+Group = Intervention | Sequence[Intervention]
+Build = Callable[[list[int], Batch], Sequence[Group]]
+
+
+def default_max_batch(model: VLM) -> int:
+    """Rows per forward pass unless told otherwise: 64 on a CPU, 256 on an accelerator."""
+    return 64 if model.device.type == "cpu" else 256
+
+
+def checked_max_batch(model: VLM, max_batch: int | None) -> int:
+    if max_batch is None:
+        return default_max_batch(model)
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive number of rows per forward pass, got {max_batch!r}")
+    return max_batch
+
+
+def run(model: VLM, batch: Batch, groups: Sequence[Group] | Build, read: Read,
+        parts: Sequence[Sequence[int]] | None = None, max_batch: int | None = None,
+        bar: tqdm | None = None) -> Tensor:
+    """``read``'s output for every group of interventions on every example: ``(group, example, ...)``, as
+    float32 on the CPU.
+
+    ``groups`` is a list of groups (each a list of interventions, or one, or ``[]`` for the unedited run),
+    or ``build(ids, sub_batch)`` returning them per chunk, for sources made per chunk (a `Cache` of the
+    same sub-batch). ``parts`` splits the examples into sets that share region names (each example in
+    one part); chunks never mix parts.
+
+    Example:
+        >>> right = lambda logits, sub, unedited: vl.Accuracy()(logits, sub, model)
+        >>> engine.run(model, batch, [[]], right).mean() > 0.5
+        tensor(True)
+    """
+    max_batch = checked_max_batch(model, max_batch)
+    parts = _checked_parts(parts, len(batch))
+    static = None if callable(groups) else [flatten(g) for g in groups]
+    store = _SourceStore(model, batch, max_batch)
+    out: Tensor | None = None
+    for p, part in enumerate(parts):
+        for start in range(0, len(part), max_batch):
+            chunk = part[start:start + max_batch]
+            sub = batch[chunk]
+            edits = static if static is not None else [flatten(g) for g in groups(chunk, sub)]  # type: ignore[operator]
+            sources = store.for_chunk(edits, chunk, sub, p, part, list(range(start, start + len(chunk))))
+            values = _run_chunk(model, sub, edits, sources, read, max_batch, bar).float()
+            if out is None:
+                out = torch.full((len(edits), len(batch), *values.shape[2:]), float("nan"))
+            if values.shape[0] != out.shape[0]:
+                raise ValueError(f"build() gave {values.shape[0]} groups for examples {chunk[:3]}..., but "
+                                 f"{out.shape[0]} for earlier ones; every chunk needs the same groups")
+            out[:, chunk] = values
+    if out is None:
+        n_groups = 0 if static is None else len(static)
+        return torch.zeros((n_groups, 0))
+    return out
+
+
+def forward(model: VLM, batch: Batch, interventions: Intervention | Iterable[Intervention] | None = None,
+            sites: str | Iterable[str] = (), grad: bool = False, stop: bool = False,
+            inputs: dict[str, Any] | None = None) -> tuple[Tensor | None, Cache]:
+    """One pass over the whole batch with its sources computed: what ``model.run_with_cache`` does.
+
+    Example:
+        >>> logits, cache = engine.forward(model, batch, vl.Ablate("hook_embed"), sites=["blocks.0.hook_resid_post"])
+        >>> logits.shape[0], cache["blocks.0.hook_resid_post"].shape[0]
+        (8, 8)
+    """
+    edits = flatten(interventions)
+    store = _SourceStore(model, batch, max(len(batch), 1))
+    ids = list(range(len(batch)))
+    sources = store.for_chunk([edits], ids, batch, 0, ids, ids)
+    return model.trace_pass(batch, [edits], sites, grad=grad, stop=stop, inputs=inputs, sources=sources)
+
+
+def cache(model: VLM, batch: Batch, sites: str | Iterable[str],
+          interventions: Intervention | Iterable[Intervention] | None = None,
+          max_batch: int | None = None) -> Cache:
+    """A `Cache` of ``sites`` over a batch of any size, run in chunks (the pass stops at the last site).
+
+    Example:
+        >>> engine.cache(model, batch, ["hook_embed"], max_batch=3)["hook_embed"].shape[0]
+        8
+    """
+    size = checked_max_batch(model, max_batch)
+    edits = flatten(interventions)
+    if len(batch) <= size:
+        return forward(model, batch, edits, sites, stop=True)[1]
+    if any(e.sources() for e in edits):
+        raise ValueError("a cache after paired-source edits is computed in one pass: give max_batch >= the batch "
+                         f"({len(batch)})")
+    pieces = [forward(model, batch[list(range(i, min(i + size, len(batch))))], edits, sites, stop=True)[1]
+              for i in range(0, len(batch), size)]
+    out = Cache()
+    for name in pieces[0]:
+        out[name] = torch.cat([piece[name] for piece in pieces])
+    return out
+
+
+def n_examples(source: Batch | Cache) -> int:
+    """The number of examples a batch or a cache holds (a cache's first axis)."""
+    if isinstance(source, Cache):
+        return next(iter(source.values())).shape[0] if source else 0
+    return len(source)
+
+
+def first_lm_layer(model: VLM, edits: Sequence[Intervention]) -> int:
+    """The first LM block any edit touches (0 for edits before the blocks, e.g. at ``hook_embed``)."""
+    layers = [int(m.group(1)) if (m := re.match(r"blocks\.(\d+)\.", model.site(e.site).name)) else 0 for e in edits]
+    return min(layers, default=0)
+
+
+def is_lm_only(model: VLM, groups: Sequence[Sequence[Intervention]]) -> bool:
+    """Whether every edit sits at a language-model site (so the vision tower's output can be reused)."""
+    embed = model.site_table.order("hook_embed")
+    return all(model.site_table.order(e.site) >= embed for g in groups for e in g)
+
+
+def _checked_parts(parts: Sequence[Sequence[int]] | None, n: int) -> list[list[int]]:
+    if parts is None:
+        return [list(range(n))] if n else []
+    out = [[int(i) for i in part] for part in parts if len(part)]
+    seen = [i for part in out for i in part]
+    if sorted(seen) != list(range(n)):
+        raise ValueError(f"parts must hold every example of the batch exactly once (0..{n - 1}); got {len(seen)} "
+                         f"indices, {len(set(seen))} distinct")
+    return out
+
+
+def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], sources: Sources, read: Read,
+               max_batch: int, bar: tqdm | None) -> Tensor:
+    """Every group on one chunk: the unedited pass once, then passes grouped by their first LM layer."""
+    lm_only = is_lm_only(model, groups)
+    first = [first_lm_layer(model, g) if lm_only else 0 for g in groups]
+    edited = [i for i, g in enumerate(groups) if g]
+    wants_unedited = bool(getattr(read, "needs_unedited", False))
+    resume_layers = sorted({first[i] for i in edited if first[i] > 0})
+    need_unedited = wants_unedited or len(edited) < len(groups) or bool(resume_layers)
+    inputs, unedited, resid = None, None, Cache()
+    if lm_only:
+        sites = ["hook_embed", *(f"blocks.{layer}.hook_resid_pre" for layer in resume_layers)]
+        logits, resid = model.trace_pass(sub, [[]], sites, stop=not need_unedited, last_only=True)
+        inputs = model.adapter.lm_inputs(sub.inputs, resid["hook_embed"])
+        unedited = None if logits is None else logits[:, -1]
+    elif need_unedited:
+        unedited = model.trace_pass(sub, [[]], (), last_only=True)[0][:, -1]
+    results: list[Tensor | None] = [None] * len(groups)
+    for i in set(range(len(groups))) - set(edited):
+        results[i] = read(unedited, sub, unedited)  # type: ignore[arg-type]
+    if bar is not None and len(edited) < len(groups):
+        bar.update(len(sub) * (len(groups) - len(edited)))
+    per_pass = max(1, max_batch // len(sub))
+    for layer in sorted({first[i] for i in edited}):
+        same = [i for i in edited if first[i] == layer]
+        for k in range(0, len(same), per_pass):
+            members = same[k:k + per_pass]
+            resume = (layer, resid[f"blocks.{layer}.hook_resid_pre"]) if layer > 0 else None
+            logits, _ = model.trace_pass(sub, [groups[i] for i in members], (), inputs=inputs, last_only=True,
+                                         resume=resume, sources=sources)
+            for i, group_logits in zip(members, logits[:, -1].reshape(len(members), len(sub), -1)):
+                results[i] = read(group_logits, sub, unedited if wants_unedited else None)
+            if bar is not None:
+                bar.update(len(sub) * len(members))
+    return torch.stack([torch.as_tensor(r).cpu() for r in results])  # type: ignore[misc]
+
+
+class _SourceStore:
+    """Source activations for one engine call, each computed once: a source batch runs once for all
+    chunks (in chunks itself), `BATCH` once per part."""
+
+    def __init__(self, model: VLM, batch: Batch, max_batch: int):
+        self.model, self.batch, self.max_batch = model, batch, max_batch
+        self.full: dict[tuple[Any, ...], Tensor] = {}
+
+    def for_chunk(self, groups: Sequence[Sequence[Intervention]], chunk: list[int], sub: Batch, part_id: int,
+                  part: list[int], rows: list[int]) -> Sources:
+        out = Sources(rows=rows)
+        for edit in (e for g in groups for e in g):
+            site = self.model.site(edit.site).name
+            for source in edit.sources():
+                self._paired(out, source, site, chunk, sub)
+            for reference in edit.references():
+                self._reference(out, reference, site, part_id, part)
+        return out
+
+    def _activations(self, key: tuple[Any, ...], batch: Batch, site: str) -> Tensor:
+        if key not in self.full:
+            self.full[key] = cache(self.model, batch, [site], max_batch=self.max_batch)[site]
+        return self.full[key]
+
+    def _paired(self, out: Sources, source: Batch | Cache, site: str, chunk: list[int], sub: Batch) -> None:
+        size = n_examples(source)
+        if size not in (len(self.batch), len(chunk)):
+            raise ValueError(f"a source has {size} examples but the batch has {len(self.batch)}; "
+                             "sources pair up with the batch by index")
+        whole = size == len(self.batch) and size != len(chunk)
+        if isinstance(source, Cache):
+            if site not in source:
+                raise KeyError(f"source cache lacks site {site}; it has {sorted(source)}")
+            values = source[site]
+        else:
+            values = self._activations((id(source), site), source, site)
+            out.layouts[id(source)] = source[chunk] if whole else source
+        out.values[(id(source), site)] = values[torch.as_tensor(chunk, device=values.device)] if whole else values
+
+    def _reference(self, out: Sources, reference: Any, site: str, part_id: int, part: list[int]) -> None:
+        if reference is BATCH:
+            if len(part) < 2:
+                raise ValueError("mean or resample ablation over the batch itself needs at least 2 examples (got "
+                                 f"{len(part)}); pass reference=<a Batch or Cache of other examples>")
+            members = self.batch[part] if len(part) != len(self.batch) else self.batch
+            out.values[(id(BATCH), site)] = self._activations((id(BATCH), site, part_id), members, site)
+            out.layouts[id(BATCH)] = members
+        elif isinstance(reference, Cache):
+            if site not in reference:
+                raise KeyError(f"reference cache lacks site {site}; it has {sorted(reference)}")
+            out.values[(id(reference), site)] = reference[site]
+        else:
+            out.values[(id(reference), site)] = self._activations((id(reference), site), reference, site)
+            out.layouts[id(reference)] = reference
