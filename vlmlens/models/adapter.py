@@ -2,7 +2,7 @@
 
 An adapter knows one family's module paths (as `SiteSpec`s in forward order), how its processor maps an
 image onto image tokens (`layouts`), and how to slice its inputs. Adding a family is one new file with
-one `@register`-ed subclass. The shared site builders below cover the common decoder and ViT shapes.
+one `@register`-ed subclass, on top of the shared machinery in `vlmlens.models.components`.
 
 Example:
     >>> from vlmlens.models.adapter import supported_families
@@ -64,10 +64,13 @@ def adapter_for(model_type: str, vision_type: str | None = None) -> type[Adapter
 
 class Adapter:
     """Family-specific knowledge for one loaded model. Subclasses set ``model_types`` and implement
-    `sites` and `layouts`; the rest has defaults that suit LLaVA-like models."""
+    `sites` and `layouts` (families do so through `vlmlens.models.components.GridAdapter`, which turns
+    `layouts` into one ``example_layout`` per example); the rest has defaults that suit LLaVA-like models."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
     vision_types: ClassVar[tuple[str, ...]] = ()  # non-empty: only checkpoints with these vision towers
+    nested_images: ClassVar[bool] = False  # the processor reads a flat image list as one example's images
+    lm_input_keys: ClassVar[tuple[str, ...]] = ("attention_mask",)  # inputs the LM needs besides embeddings
 
     def __init__(self, hf: Any, processor: Any):
         self.hf = hf
@@ -103,7 +106,8 @@ class Adapter:
 
     def process(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, Any]:
         """The processor's tensors for one image and one prompt per example (padded batch)."""
-        return dict(self.processor(images=list(images), text=list(prompts), return_tensors="pt", padding=True))
+        listed = [[image] for image in images] if self.nested_images else list(images)
+        return dict(self.processor(images=listed, text=list(prompts), return_tensors="pt", padding=True))
 
     def layouts(self, inputs: dict[str, Any], images: Sequence[Image.Image],
                 boxes: Sequence[dict[str, tuple[float, float, float, float]]],
@@ -119,55 +123,9 @@ class Adapter:
     def lm_inputs(self, inputs: dict[str, Any], embeds: Tensor) -> dict[str, Any] | None:
         """Inputs that run the language model alone on precomputed ``hook_embed`` embeddings (the
         vision tower is skipped), or None where the family needs more than embeddings (e.g. M-RoPE)."""
-        return {"inputs_embeds": embeds, "attention_mask": inputs["attention_mask"]}
+        return {"inputs_embeds": embeds} | {key: inputs[key] for key in self.lm_input_keys}
 
     def select_inputs(self, inputs: dict[str, Any], ids: Sequence[int]) -> dict[str, Any]:
         """Inputs of a sub-batch; default: every tensor is indexed along its first (batch) axis."""
         return {k: v[list(ids)] if isinstance(v, Tensor) else v for k, v in inputs.items()}
 
-
-def decoder_sites(layers: str, n_layers: int, *, inputs_of: str, mid_norm: str, lm_head: str,
-                  d_model: str = "d_model") -> list[SiteSpec]:
-    """LM sites of a pre-norm decoder whose layers have ``self_attn``, ``mlp`` and a norm (``mid_norm``)
-    that receives the residual stream between attention and MLP.
-
-    ``inputs_of`` is the language model module: its ``inputs_embeds`` is ``hook_embed``, the embeddings
-    the LM receives with the image features already in place.
-    """
-    lm = f"batch pos {d_model}"
-    specs = [SiteSpec("hook_embed", inputs_of, "input", "inputs_embeds", "lm", lm)]
-    for i in range(n_layers):
-        block, path = f"blocks.{i}", f"{layers}.{i}"
-        specs += [
-            SiteSpec(f"{block}.hook_resid_pre", path, "input", "hidden_states", "lm", lm),
-            SiteSpec(f"{block}.attn.hook_pattern", f"{path}.self_attn", "output", 1, "none",
-                     "batch head query_pos key_pos", needs_eager_attention=True),
-            SiteSpec(f"{block}.attn.hook_out", f"{path}.self_attn", "output", 0, "lm", lm),
-            SiteSpec(f"{block}.hook_resid_mid", f"{path}.{mid_norm}", "input", "hidden_states", "lm", lm),
-            SiteSpec(f"{block}.mlp.hook_out", f"{path}.mlp", "output", None, "lm", lm),
-            SiteSpec(f"{block}.hook_resid_post", path, "output", None, "lm", lm),
-        ]
-    specs.append(SiteSpec("unembed.hook_out", lm_head, "output", None, "logits", "batch pos d_vocab"))
-    return specs
-
-
-def vit_layer_sites(layers: str, n_layers: int, prefix: int, d: str = "d_vision",
-                    attn: str = "self_attn") -> list[SiteSpec]:
-    """Residual stream and attention pattern of each vision-encoder layer (``prefix`` CLS-like tokens;
-    ``attn``: the name of the layer's attention module, which returns its weights second)."""
-    vis = f"batch pos {d}"
-    specs: list[SiteSpec] = []
-    for i in range(n_layers):
-        name, path = f"vision_encoder.encoder_layers.{i}", f"{layers}.{i}"
-        specs += [
-            SiteSpec(f"{name}.hook_resid_pre", path, "input", "hidden_states", "vision", vis, prefix),
-            SiteSpec(f"{name}.attn.hook_pattern", f"{path}.{attn}", "output", 1, "none",
-                     "batch head query_pos key_pos", needs_eager_attention=True),
-            SiteSpec(f"{name}.hook_resid_post", path, "output", None, "vision", vis, prefix),
-        ]
-    return specs
-
-
-def conv_patches(x: Tensor, inputs: dict[str, Any]) -> Tensor:
-    """View a conv patch embedding ``(batch, d, rows, cols)`` as ``(batch, pos, d)`` (no copy)."""
-    return x.flatten(2).transpose(1, 2)

@@ -26,108 +26,51 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from PIL import Image
-from torch import Tensor
 
-from vlmlens.layout import Layout, axis_of, grid_layout, resize_crop_map
-from vlmlens.models.adapter import Adapter, conv_patches, decoder_sites, register, vit_layer_sites
+from vlmlens.layout import Layout
+from vlmlens.models.adapter import register
+from vlmlens.models.components import (
+    ExampleTokens,
+    GridAdapter,
+    embedding_sites,
+    pooled_layout,
+    processor_resize,
+    projector_sites,
+    vit_layer_sites,
+)
 from vlmlens.sites import SiteSpec
-
-TOWER = "model.vision_tower"
-
-
-def sandwich_decoder_sites(layers: str, n_layers: int, *, inputs_of: str, lm_head: str) -> list[SiteSpec]:
-    """Decoder sites for layers that norm each component's output before adding it to the residual
-    (Gemma 2/3): component outputs are read after those post-norms."""
-    specs = decoder_sites(layers, n_layers, inputs_of=inputs_of, mid_norm="pre_feedforward_layernorm",
-                          lm_head=lm_head)
-    out = []
-    for spec in specs:
-        block, _, hook = spec.name.partition(".")[2].partition(".")
-        if hook == "attn.hook_out":
-            spec = replace(spec, module=f"{layers}.{block}.post_attention_layernorm", key=None)
-        elif hook == "mlp.hook_out":
-            spec = replace(spec, module=f"{layers}.{block}.post_feedforward_layernorm", key=None)
-        out.append(spec)
-    return out
-
-
-def pooled_layout(layout: Layout, patches_per_side: int, kernel: int) -> Layout:
-    """Give a layout on the pooled grid the patch indices of each token's ``kernel x kernel`` window
-    (``vision_pos``) and its own index along the projector's output (``vision_index["merged"]``)."""
-    offsets = torch.arange(kernel)
-    rows = layout.rows[:, None, None] * kernel + offsets[None, :, None]
-    cols = layout.cols[:, None, None] * kernel + offsets[None, None, :]
-    patches = (rows * patches_per_side + cols).flatten(1)
-    merged = (layout.rows * layout.grid[1] + layout.cols)[:, None]
-    return replace(layout, vision_pos=patches, vision_index={"merged": merged})
 
 
 @register
-class Gemma3Adapter(Adapter):
+class Gemma3Adapter(GridAdapter):
     model_types = ("gemma3",)
-
-    @property
-    def _grid(self) -> tuple[int, int, int]:
-        """Patches per side, soft tokens per side, pooling kernel."""
-        vision = self.config.vision_config
-        patches = int(vision.image_size) // int(vision.patch_size)
-        tokens = int(round(int(self.config.mm_tokens_per_image) ** 0.5))
-        return patches, tokens, patches // tokens
+    nested_images = True
+    lm_input_keys = ("attention_mask", "token_type_ids")  # image tokens attend to each other bidirectionally
 
     def sites(self) -> list[SiteSpec]:
-        vis = "batch pos d_vision"
         return [
-            SiteSpec("vision_encoder.hook_patch_embed", f"{TOWER}.embeddings.patch_embedding", "output", None,
-                     "vision", vis, view=conv_patches),
-            SiteSpec("vision_encoder.hook_pos_embed", f"{TOWER}.embeddings.position_embedding", "output", None,
-                     "none", "1 pos d_vision"),
-            *vit_layer_sites(f"{TOWER}.encoder.layers", self.n_vision_layers, 0),
-            SiteSpec("vision_encoder.hook_out", TOWER, "output", "last_hidden_state", "vision", vis),
-            SiteSpec("vision_projector.hook_in", "model.multi_modal_projector", "input", "vision_outputs",
-                     "vision", vis),
-            SiteSpec("vision_projector.hook_out", "model.multi_modal_projector", "output", None, "vision",
-                     "batch pos d_model", index="merged"),
-            *sandwich_decoder_sites("model.language_model.layers", self.n_lm_layers,
-                                    inputs_of="model.language_model", lm_head="lm_head"),
+            *embedding_sites(self.tower),
+            *vit_layer_sites(f"{self.tower}.encoder.layers", self.n_vision_layers),
+            *projector_sites(self.tower, self.projector, "vision_outputs", index="merged"),
+            *self.decoder_sites(sandwich=True),
         ]
 
     def process(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, Any]:
-        # Gemma3's processor reads a flat image list as one example's images: nest one per example
-        inputs = dict(self.processor(images=[[image] for image in images], text=list(prompts),
-                                     return_tensors="pt", padding=True))
+        inputs = super().process(images, prompts)
         if inputs["pixel_values"].shape[0] != len(images):
             raise ValueError(f"the processor made {inputs['pixel_values'].shape[0]} crops for {len(images)} images "
                              "(pan-and-scan is on?); vlmlens needs one crop per image: set "
                              "processor.image_processor.do_pan_and_scan = False")
         return inputs
 
-    def layouts(self, inputs: dict[str, Any], images: Sequence[Image.Image],
-                boxes: Sequence[dict[str, tuple[float, float, float, float]]],
-                directions: Sequence[str | None]) -> list[Layout]:
-        ip = self.processor.image_processor
-        size = dict(ip.size) if getattr(ip, "do_resize", True) else None
-        patches, tokens, kernel = self._grid
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        layouts = []
-        for i, image in enumerate(images):
-            box_map, (width, height) = resize_crop_map(image.size, size, None)
-            cell = (width / tokens, height / tokens)
-            image_pos = torch.nonzero(ids[i] == self.image_token_id).flatten()
-            text_pos = torch.nonzero((ids[i] != self.image_token_id) & (mask[i] > 0)).flatten()
-            layout = grid_layout(tokens, tokens, cell,
-                                 {name: box_map.map(box) for name, box in boxes[i].items()},
-                                 image_pos, seq_len=ids.shape[1], text_positions=text_pos,
-                                 axis=axis_of(directions[i]), example=i)
-            layouts.append(pooled_layout(layout, patches, kernel))
-        return layouts
-
-    def lm_inputs(self, inputs: dict[str, Any], embeds: Tensor) -> dict[str, Any] | None:
-        """Embeddings, mask, and token types (image tokens attend to each other bidirectionally)."""
-        return {"inputs_embeds": embeds, "attention_mask": inputs["attention_mask"],
-                "token_type_ids": inputs["token_type_ids"]}
+    def example_layout(self, example: ExampleTokens, inputs: Mapping[str, Any]) -> Layout:
+        vision = self.config.vision_config
+        patches = int(vision.image_size) // int(vision.patch_size)
+        tokens = int(round(int(self.config.mm_tokens_per_image) ** 0.5))  # soft tokens per side
+        box_map, (width, height) = processor_resize(self.processor.image_processor, example.image.size)
+        layout = example.grid(tokens, tokens, (width / tokens, height / tokens), box_map)
+        return pooled_layout(layout, patches, patches // tokens)

@@ -39,21 +39,22 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import torch
-from PIL import Image
-from torch import Tensor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
-from vlmlens.layout import Layout, axis_of
-from vlmlens.models.adapter import Adapter, decoder_sites, register, vit_layer_sites
-from vlmlens.models.idefics3 import crops_layout
-from vlmlens.models.llava_next import per_example_sites
+from vlmlens.layout import Layout
+from vlmlens.models.adapter import register
+from vlmlens.models.components import (
+    ExampleTokens,
+    GridAdapter,
+    PerExample,
+    crops_layout,
+    require_select_strategy,
+    vit_layer_sites,
+)
 from vlmlens.sites import SiteSpec
-
-TOWER = "model.vision_tower"
 
 
 def tile_arrangement(image_size: tuple[int, int], tile: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
@@ -63,7 +64,7 @@ def tile_arrangement(image_size: tuple[int, int], tile: int, min_tiles: int, max
 
 
 @register
-class InternVLAdapter(Adapter):
+class InternVLAdapter(GridAdapter):
     model_types = ("internvl",)
 
     @property
@@ -76,68 +77,40 @@ class InternVLAdapter(Adapter):
                              f"{vision.image_size} px tiles of {vision.patch_size} px patches")
         return int(height), int(height) // int(patch), round(1 / self.config.downsample_ratio)
 
-    def tiles_per_example(self, inputs: Mapping[str, Any]) -> list[int]:
+    def stacked_pixels(self, inputs: Mapping[str, Any]) -> list[int]:
         """Tiles of each example's image (the processor does not say: ``g*g`` image tokens per tile)."""
         _, patches, scale = self._grid
         counts = (inputs["input_ids"] == self.image_token_id).sum(1) // (patches // scale) ** 2
         return counts.tolist()
 
-    def per_example(self, x: Tensor, inputs: Mapping[str, Any]) -> Tensor:
-        """View the tile stack ``(all tiles, pos, d)`` as ``(batch, tiles * pos, d)``."""
-        counts = self.tiles_per_example(inputs)
-        if len(set(counts)) > 1:
-            raise ValueError(f"vision sites view the tile stack as one row per example, which needs the same number "
-                             f"of tiles for every image; this batch has {counts} (thumbnail included). Use images "
-                             "of one aspect ratio class, or LM sites")
-        return x.view(len(counts), -1, x.shape[-1])
-
     def sites(self) -> list[SiteSpec]:
-        if self.config.vision_feature_select_strategy != "default":
-            raise ValueError("vlmlens supports InternVL with vision_feature_select_strategy='default' only; "
-                             f"this checkpoint uses {self.config.vision_feature_select_strategy!r}")
-        view, projector = self.per_example, "model.multi_modal_projector"
+        require_select_strategy(self.config, "default")
+        view = PerExample(self.stacked_pixels, "tiles (thumbnail included)", "the same number of tiles for every "
+                          "image", "Use images of one aspect ratio class, or LM sites")
         return [
             # the patch embeddings of a tile stack, before the CLS token: not regroupable per example without a copy
-            SiteSpec("vision_encoder.hook_patch_embed", f"{TOWER}.embeddings.patch_embeddings", "output", None,
+            SiteSpec("vision_encoder.hook_patch_embed", f"{self.tower}.embeddings.patch_embeddings", "output", None,
                      "none", "tile pos d_vision"),
-            *per_example_sites(vit_layer_sites(f"{TOWER}.encoder.layer", self.n_vision_layers, 0, attn="attention"),
-                               view),
-            SiteSpec("vision_encoder.hook_out", TOWER, "output", "last_hidden_state", "vision", "batch pos d_vision",
-                     view=view),
-            SiteSpec("vision_projector.hook_in", projector, "input", "image_features", "vision",
+            *vit_layer_sites(f"{self.tower}.encoder.layer", self.n_vision_layers, attn="attention", view=view,
+                             stack="tile"),
+            SiteSpec("vision_encoder.hook_out", self.tower, "output", "last_hidden_state", "vision",
+                     "batch pos d_vision", view=view),
+            SiteSpec("vision_projector.hook_in", self.projector, "input", "image_features", "vision",
                      "batch pos d_shuffled", view=view, index="features"),
-            SiteSpec("vision_projector.hook_out", projector, "output", None, "vision", "batch pos d_model", view=view,
-                     index="features"),
-            *decoder_sites("model.language_model.layers", self.n_lm_layers, inputs_of="model.language_model",
-                           mid_norm="post_attention_layernorm", lm_head="lm_head"),
+            SiteSpec("vision_projector.hook_out", self.projector, "output", None, "vision", "batch pos d_model",
+                     view=view, index="features"),
+            *self.decoder_sites(),
         ]
 
-    def select_inputs(self, inputs: dict[str, Any], ids: Sequence[int]) -> dict[str, Any]:
-        # pixel_values is one stack of every example's tiles: pick the chosen examples' tiles
-        counts = self.tiles_per_example(inputs)
-        starts = [sum(counts[:i]) for i in range(len(counts))]
-        tiles = [t for i in ids for t in range(starts[i], starts[i] + counts[i])]
-        picked = super().select_inputs({k: v for k, v in inputs.items() if k != "pixel_values"}, ids)
-        return picked | {"pixel_values": inputs["pixel_values"][tiles]}
-
-    def layouts(self, inputs: dict[str, Any], images: Sequence[Image.Image],
-                boxes: Sequence[dict[str, tuple[float, float, float, float]]],
-                directions: Sequence[str | None]) -> list[Layout]:
+    def example_layout(self, example: ExampleTokens, inputs: Mapping[str, Any]) -> Layout:
         ip = self.processor.image_processor
         tile, patches, scale = self._grid
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        layouts = []
-        for i, (image, n_tiles) in enumerate(zip(images, self.tiles_per_example(inputs))):
-            width, height = image.size
-            rows, cols = (0, 0) if n_tiles == 1 else tile_arrangement((height, width), tile, ip.min_patches,
-                                                                      ip.max_patches)
-            if n_tiles not in (1, rows * cols + 1):
-                raise ValueError(f"example {i}: the processor made {n_tiles} tiles of a {width}x{height} image, but "
-                                 f"its settings (min_patches={ip.min_patches}, max_patches={ip.max_patches}) give "
-                                 f"{rows}x{cols} tiles plus a thumbnail")
-            image_pos = torch.nonzero(ids[i] == self.image_token_id).flatten()
-            text_pos = torch.nonzero((ids[i] != self.image_token_id) & (mask[i] > 0)).flatten()
-            common = dict(seq_len=ids.shape[1], text_positions=text_pos, axis=axis_of(directions[i]), example=i)
-            layouts.append(crops_layout((rows, cols), image.size, tile, patches, scale, boxes[i], image_pos, common,
-                                        cls=1))
-        return layouts
+        n_tiles = example.image_pos.numel() // (patches // scale) ** 2
+        width, height = example.image.size
+        rows, cols = (0, 0) if n_tiles == 1 else tile_arrangement((height, width), tile, ip.min_patches,
+                                                                  ip.max_patches)
+        if n_tiles not in (1, rows * cols + 1):
+            raise ValueError(f"example {example.index}: the processor made {n_tiles} tiles of a {width}x{height} "
+                             f"image, but its settings (min_patches={ip.min_patches}, max_patches={ip.max_patches}) "
+                             f"give {rows}x{cols} tiles plus a thumbnail")
+        return crops_layout(example, (rows, cols), tile, patches, scale, cls=1)

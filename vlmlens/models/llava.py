@@ -13,21 +13,24 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import torch
-from PIL import Image
-
-from vlmlens.layout import Layout, axis_of, grid_layout, resize_crop_map
-from vlmlens.models.adapter import Adapter, conv_patches, decoder_sites, register, vit_layer_sites
+from vlmlens.layout import Layout
+from vlmlens.models.adapter import register
+from vlmlens.models.components import (
+    ExampleTokens,
+    GridAdapter,
+    embedding_sites,
+    processor_resize,
+    projector_sites,
+    vit_layer_sites,
+)
 from vlmlens.sites import SiteSpec
-
-TOWER = "model.vision_tower"
 
 
 @register
-class LlavaAdapter(Adapter):
+class LlavaAdapter(GridAdapter):
     model_types = ("llava",)
 
     @property
@@ -41,38 +44,15 @@ class LlavaAdapter(Adapter):
         return self._cls_tokens if self.config.vision_feature_select_strategy == "full" else 0
 
     def sites(self) -> list[SiteSpec]:
-        vis, cls = "batch pos d_vision", self._cls_tokens
         return [
-            SiteSpec("vision_encoder.hook_patch_embed", f"{TOWER}.embeddings.patch_embedding", "output", None,
-                     "vision", vis, 0, view=conv_patches),
-            SiteSpec("vision_encoder.hook_pos_embed", f"{TOWER}.embeddings.position_embedding", "output", None,
-                     "none", "1 pos d_vision"),
-            *vit_layer_sites(f"{TOWER}.encoder.layers", self.n_vision_layers, cls),
-            SiteSpec("vision_encoder.hook_out", TOWER, "output", "last_hidden_state", "vision", vis, cls),
-            SiteSpec("vision_projector.hook_in", "model.multi_modal_projector", "input", "image_features",
-                     "vision", vis, self._kept_cls),
-            SiteSpec("vision_projector.hook_out", "model.multi_modal_projector", "output", None,
-                     "vision", "batch pos d_model", self._kept_cls),
-            *decoder_sites("model.language_model.layers", self.n_lm_layers, inputs_of="model.language_model",
-                           mid_norm="post_attention_layernorm", lm_head="lm_head"),
+            *embedding_sites(self.tower),
+            *vit_layer_sites(f"{self.tower}.encoder.layers", self.n_vision_layers, prefix=self._cls_tokens),
+            *projector_sites(self.tower, self.projector, prefix=self._cls_tokens, kept=self._kept_cls),
+            *self.decoder_sites(),
         ]
 
-    def layouts(self, inputs: dict[str, Any], images: Sequence[Image.Image],
-                boxes: Sequence[dict[str, tuple[float, float, float, float]]],
-                directions: Sequence[str | None]) -> list[Layout]:
-        ip = self.processor.image_processor
+    def example_layout(self, example: ExampleTokens, inputs: Mapping[str, Any]) -> Layout:
         patch = int(self.config.vision_config.patch_size)
-        size = dict(ip.size) if getattr(ip, "do_resize", True) and ip.size else None
-        crop = dict(ip.crop_size) if getattr(ip, "do_center_crop", False) and ip.crop_size else None
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        layouts = []
-        for i, image in enumerate(images):
-            box_map, (width, height) = resize_crop_map(image.size, size, crop)
-            image_pos = torch.nonzero(ids[i] == self.image_token_id).flatten()[self._kept_cls:]
-            text_pos = torch.nonzero((ids[i] != self.image_token_id) & (mask[i] > 0)).flatten()
-            layouts.append(grid_layout(
-                height // patch, width // patch, (patch, patch),
-                {name: box_map.map(box) for name, box in boxes[i].items()},
-                image_pos, seq_len=ids.shape[1], text_positions=text_pos,
-                axis=axis_of(directions[i]), example=i))
-        return layouts
+        box_map, (width, height) = processor_resize(self.processor.image_processor, example.image.size)
+        return example.grid(height // patch, width // patch, (patch, patch), box_map,
+                            example.image_pos[self._kept_cls:])

@@ -41,165 +41,17 @@ Example:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
-from typing import Any, ClassVar
+from vlmlens.models.adapter import register
 
-import torch
-from PIL import Image
-from torch import Tensor
+# the anyres arithmetic is shared with LLaVA-OneVision; it is named here too, where LLaVA-NeXT's readers look
+from vlmlens.models.components import AnyresAdapter, best_resolution, bilinear_taps, unpadded
 
-from vlmlens.layout import BoxMap, Layout, axis_of, grid_layout, resize_crop_map, stack_layouts
-from vlmlens.models.adapter import Adapter, conv_patches, decoder_sites, register, vit_layer_sites
-from vlmlens.sites import SiteSpec
-
-TOWER = "model.vision_tower"
-
-
-def best_resolution(height: int, width: int, pinpoints: Sequence[Sequence[int]]) -> tuple[int, int]:
-    """LLaVA-NeXT's choice of canvas (height, width): the most image pixels kept, then the least waste."""
-    best, best_kept, best_waste = (0, 0), 0, float("inf")
-    for h, w in pinpoints:
-        scale = min(w / width, h / height)
-        kept = min(int(width * scale) * int(height * scale), width * height)
-        waste = w * h - kept
-        if kept > best_kept or (kept == best_kept and waste < best_waste):
-            best, best_kept, best_waste = (h, w), kept, waste
-    return best
-
-
-def bilinear_taps(n_in: int, n_out: int) -> Tensor:
-    """Per output index of torch's 1-D bilinear resize from ``n_in`` to ``n_out`` (``align_corners=False``),
-    the input indices it reads with nonzero weight: ``(n_out, 1)`` when the size is kept (no resize), else
-    ``(n_out, 2)``, the second repeating the first where it has no weight."""
-    if n_in == n_out:
-        return torch.arange(n_in)[:, None]
-    src = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
-    low = src.long()
-    high = torch.where((src > low) & (low < n_in - 1), low + 1, low)
-    return torch.stack([low, high], 1)
-
-
-def per_example_sites(specs: Sequence[SiteSpec], view: Callable[[Tensor, Mapping[str, Any]], Tensor]) -> list[SiteSpec]:
-    """Tower layer sites on a tile stack: the residual stream viewed one row per example (``view``), the
-    attention pattern per tile."""
-    return [replace(spec, view=view) if spec.space == "vision" else replace(spec, shape="tile head query_pos key_pos")
-            for spec in specs]
-
-
-def unpadded(height: int, width: int, rows: int, cols: int) -> tuple[int, int]:
-    """Rows and columns of padding LLaVA-NeXT crops from each side of a ``rows x cols`` feature grid."""
-    if width / height > cols / rows:
-        return (rows - int(round(height * (cols / width), 7))) // 2, 0
-    return 0, (cols - int(round(width * (rows / height), 7))) // 2
+__all__ = ["LlavaNextAdapter", "best_resolution", "bilinear_taps", "unpadded"]
 
 
 @register
-class LlavaNextAdapter(Adapter):
+class LlavaNextAdapter(AnyresAdapter):
     model_types = ("llava_next",)
-    cls_tokens: ClassVar[int] = 1  # per tile at the tower's sites (CLIP's CLS, which the projector drops)
-
-    def _feature_grid(self, rows: int, cols: int) -> tuple[int, int]:
-        """The grid of tile tokens the LM receives from the unpadded ``rows x cols`` feature grid (itself)."""
-        return rows, cols
-
-    @property
-    def _side(self) -> tuple[int, int]:
-        """Tile size in pixels and patches per tile side."""
-        vision = self.config.vision_config
-        return int(vision.image_size), int(vision.image_size) // int(vision.patch_size)
-
-    def _tiles(self, image_size: Sequence[int]) -> tuple[int, int]:
-        """Tile rows and columns for an image of (height, width)."""
-        tile, _ = self._side
-        h, w = best_resolution(int(image_size[0]), int(image_size[1]), self.config.image_grid_pinpoints)
-        return h // tile, w // tile
-
-    def per_example(self, x: Tensor, inputs: Mapping[str, Any]) -> Tensor:
-        """View the tile stack ``(all tiles, pos, d)`` as ``(batch, tiles * pos, d)``."""
-        counts = [rows * cols + 1 for rows, cols in (self._tiles(s) for s in inputs["image_sizes"].tolist())]
-        if len(set(counts)) > 1:
-            raise ValueError(f"vision sites view the tile stack as one row per example, which needs the same number "
-                             f"of tiles for every image; this batch has {counts} (base image included), from image "
-                             f"sizes {inputs['image_sizes'].tolist()}. Use images of one aspect ratio, or LM sites")
-        return x.view(len(counts), -1, x.shape[-1])
-
-    def sites(self) -> list[SiteSpec]:
-        if self.config.vision_feature_select_strategy != "default":
-            raise ValueError("vlmlens supports LLaVA-NeXT with vision_feature_select_strategy='default' only; "
-                             f"this checkpoint uses {self.config.vision_feature_select_strategy!r}")
-        vis = "batch pos d_vision"
-        view = self.per_example
-        return [
-            # the conv output of a tile stack cannot be regrouped per example without a copy: no regions here
-            SiteSpec("vision_encoder.hook_patch_embed", f"{TOWER}.embeddings.patch_embedding", "output",
-                     None, "none", "tile pos d_vision", view=conv_patches),
-            SiteSpec("vision_encoder.hook_pos_embed", f"{TOWER}.embeddings.position_embedding", "output",
-                     None, "none", "1 pos d_vision"),
-            *per_example_sites(vit_layer_sites(f"{TOWER}.encoder.layers", self.n_vision_layers, 0), view),
-            SiteSpec("vision_encoder.hook_out", TOWER, "output", "last_hidden_state", "vision", vis, view=view),
-            # a CLS-less slice of the tile stack, which cannot be regrouped per example without a copy
-            SiteSpec("vision_projector.hook_in", "model.multi_modal_projector", "input", "image_features", "none",
-                     "tile pos d_vision"),
-            SiteSpec("vision_projector.hook_out", "model.multi_modal_projector", "output", None, "vision",
-                     "batch pos d_model", view=view, index="features"),
-            *decoder_sites("model.language_model.layers", self.n_lm_layers, inputs_of="model.language_model",
-                           mid_norm="post_attention_layernorm", lm_head="lm_head"),
-        ]
-
-    def layouts(self, inputs: dict[str, Any], images: Sequence[Image.Image],
-                boxes: Sequence[dict[str, tuple[float, float, float, float]]],
-                directions: Sequence[str | None]) -> list[Layout]:
-        ip = self.processor.image_processor
-        tile, side = self._side
-        patch = tile // side
-        size = dict(ip.size)
-        base_size = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
-        crop = dict(ip.crop_size) if getattr(ip, "do_center_crop", False) and ip.crop_size else None
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        cls, per_tile = self.cls_tokens, side * side
-        layouts = []
-        for i in range(len(images)):  # the processor's image_sizes are the original sizes
-            height, width = (int(v) for v in inputs["image_sizes"][i])
-            tile_rows, tile_cols = self._tiles((height, width))
-            canvas_h, canvas_w = tile_rows * tile, tile_cols * tile
-            # the image is resized into the canvas keeping its aspect ratio, then padded (centred)
-            if canvas_w / width < canvas_h / height:
-                new_w, new_h = canvas_w, min(math.ceil(height * canvas_w / width), canvas_h)
-            else:
-                new_w, new_h = min(math.ceil(width * canvas_h / height), canvas_w), canvas_h
-            paste_x, paste_y = (canvas_w - new_w) // 2, (canvas_h - new_h) // 2
-            pad_rows, pad_cols = unpadded(height, width, tile_rows * side, tile_cols * side)
-            rows, cols = tile_rows * side - 2 * pad_rows, tile_cols * side - 2 * pad_cols
-            out_rows, out_cols = self._feature_grid(rows, cols)
-            tiles_map = BoxMap(new_w / width, new_h / height, pad_cols * patch - paste_x, pad_rows * patch - paste_y)
-            base_map, _ = resize_crop_map((width, height), {"height": base_size[0], "width": base_size[1]}, crop)
-
-            image_pos = torch.nonzero(ids[i] == self.image_token_id).flatten()
-            text_pos = torch.nonzero((ids[i] != self.image_token_id) & (mask[i] > 0)).flatten()
-            if image_pos.numel() != per_tile + out_rows * (out_cols + 1):
-                raise ValueError(f"example {i}: {image_pos.numel()} image tokens, but a {height}x{width} image makes "
-                                 f"{side}x{side} base tokens and {out_rows}x{out_cols} tile tokens plus {out_rows} "
-                                 "newlines")
-            tile_pos = image_pos[per_tile:].view(out_rows, out_cols + 1)[:, :out_cols].flatten()
-            common = dict(seq_len=ids.shape[1], text_positions=text_pos, axis=axis_of(directions[i]), example=i)
-            tiles = grid_layout(out_rows, out_cols, (cols * patch / out_cols, rows * patch / out_rows),
-                                {name: tiles_map.map(box) for name, box in boxes[i].items()}, tile_pos, **common)
-            base = grid_layout(side, side, (patch, patch),
-                               {name: base_map.map(box) for name, box in boxes[i].items()},
-                               image_pos[:per_tile], **common)
-            # each token's features (itself, or the ones it is interpolated from) on the padded global grid,
-            # then their tile (0: the base image) and patch within it
-            taps_r = bilinear_taps(rows, out_rows)[tiles.rows] + pad_rows
-            taps_c = bilinear_taps(cols, out_cols)[tiles.cols] + pad_cols
-            global_r = taps_r[:, :, None].expand(-1, -1, taps_c.shape[1]).flatten(1)
-            global_c = taps_c[:, None, :].expand(-1, taps_r.shape[1], -1).flatten(1)
-            tile_of = 1 + (global_r // side) * tile_cols + global_c // side
-            within = (global_r % side) * side + global_c % side
-            tiles = replace(tiles, vision_pos=tile_of * (per_tile + cls) + cls + within,
-                            vision_index={"features": tile_of * per_tile + within})
-            base_within = (base.rows * side + base.cols)[:, None].expand(-1, within.shape[1])  # as many per token
-            base = replace(base, vision_pos=cls + base_within, vision_index={"features": base_within})
-            layouts.append(stack_layouts([tiles, base]))
-        return layouts
+    cls_tokens = 1  # CLIP's, per tile at the tower's sites; the projector drops it
+    select_strategy = "default"
+    layers_per_example = True  # CLIP's residual stream is a plain (tiles, pos, d) tensor

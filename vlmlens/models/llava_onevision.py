@@ -44,14 +44,10 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
-from vlmlens.models.adapter import conv_patches, decoder_sites, register, vit_layer_sites
-from vlmlens.models.idefics3 import per_frame_site
-from vlmlens.models.llava_next import LlavaNextAdapter
-from vlmlens.sites import SiteSpec
+from vlmlens.models.adapter import register
+from vlmlens.models.components import AnyresAdapter
 
-TOWER = "model.vision_tower"
 PREFIX = "anyres_max_"
 
 
@@ -63,35 +59,15 @@ def anyres_max_grid(rows: int, cols: int, side: int, max_tiles: int) -> tuple[in
 
 
 @register
-class LlavaOnevisionAdapter(LlavaNextAdapter):
+class LlavaOnevisionAdapter(AnyresAdapter):
     model_types = ("llava_onevision",)
-    cls_tokens: ClassVar[int] = 0  # SigLIP has none
+    cls_tokens = 0  # SigLIP has none
+    select_strategy = "full"
+    layers_per_example = False  # SigLIP's residual stream keeps the patch conv's channels-first memory order
 
-    def _feature_grid(self, rows: int, cols: int) -> tuple[int, int]:
+    def feature_grid(self, rows: int, cols: int) -> tuple[int, int]:
         aspect = str(self.config.vision_aspect_ratio)
         if not aspect.startswith(PREFIX) or not aspect.removeprefix(PREFIX).isdigit():
             raise ValueError(f"vlmlens supports LLaVA-OneVision with vision_aspect_ratio='anyres_max_<n>'; this "
                              f"checkpoint uses {aspect!r}")
-        return anyres_max_grid(rows, cols, self._side[1], int(aspect.removeprefix(PREFIX)))
-
-    def sites(self) -> list[SiteSpec]:
-        if self.config.vision_feature_select_strategy != "full":
-            raise ValueError("vlmlens supports LLaVA-OneVision with vision_feature_select_strategy='full' only; "
-                             f"this checkpoint uses {self.config.vision_feature_select_strategy!r}")
-        view = self.per_example
-        return [
-            SiteSpec("vision_encoder.hook_patch_embed", f"{TOWER}.embeddings.patch_embedding", "output", None,
-                     "none", "tile pos d_vision", view=conv_patches),
-            SiteSpec("vision_encoder.hook_pos_embed", f"{TOWER}.embeddings.position_embedding", "output", None,
-                     "none", "1 pos d_vision"),
-            *[per_frame_site(spec, "tile")
-              for spec in vit_layer_sites(f"{TOWER}.encoder.layers", self.n_vision_layers, 0)],
-            SiteSpec("vision_encoder.hook_out", TOWER, "output", "last_hidden_state", "vision", "batch pos d_vision",
-                     view=view),
-            SiteSpec("vision_projector.hook_in", "model.multi_modal_projector", "input", "image_features", "none",
-                     "tile pos d_vision"),
-            SiteSpec("vision_projector.hook_out", "model.multi_modal_projector", "output", None, "vision",
-                     "batch pos d_model", view=view, index="features"),
-            *decoder_sites("model.language_model.layers", self.n_lm_layers, inputs_of="model.language_model",
-                           mid_norm="post_attention_layernorm", lm_head="lm_head"),
-        ]
+        return anyres_max_grid(rows, cols, self.side[1], int(aspect.removeprefix(PREFIX)))

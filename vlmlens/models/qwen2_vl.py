@@ -35,37 +35,30 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from jaxtyping import Int
 from PIL import Image
 from torch import Tensor
 
-from vlmlens.layout import BoxMap, Layout, axis_of, grid_layout
-from vlmlens.models.adapter import Adapter, decoder_sites, register
+from vlmlens.layout import BoxMap, Layout
+from vlmlens.models.adapter import register
+from vlmlens.models.components import ExampleTokens, GridAdapter, PerExample, vit_layer_sites
 from vlmlens.sites import SiteSpec
 
-TOWER = "model.visual"
+
+def patch_counts(inputs: Mapping[str, Any]) -> list[int]:
+    """Patches per image (``t*h*w`` of ``image_grid_thw``), one image per example."""
+    return inputs["image_grid_thw"].prod(-1).tolist()
 
 
-def per_example(x: Tensor, inputs: Mapping[str, Any]) -> Tensor:
-    """View a tensor flattened over all images, ``(total, ...)``, as ``(batch, total / batch, ...)``.
-
-    Needs one image per example and the same ``t*h*w`` patch count for every image of the batch.
-    """
-    grids = inputs["image_grid_thw"]
-    n_examples = inputs["input_ids"].shape[0] if "input_ids" in inputs else inputs["attention_mask"].shape[0]
-    counts = grids.prod(-1).tolist()
-    if len(counts) != n_examples:
-        raise ValueError(f"vision sites need one image per example; the batch has {len(counts)} images for "
-                         f"{n_examples} examples")
-    if len(set(counts)) > 1:
-        raise ValueError(f"vision sites view all images' patches as (batch, pos, d), which needs images of equal "
-                         f"patch counts; this batch has grids {grids[:, 1:].tolist()} (patches). Resize the images "
-                         "to one size, or read only LM sites (hook_embed onwards) for mixed sizes")
-    return x.view(n_examples, -1, *x.shape[1:])
+# all images' patches are concatenated into one (total_patches, d) axis
+per_example = PerExample(patch_counts, "patches", "images of equal patch counts", "Resize the images to one size, "
+                         "or read only LM sites (hook_embed onwards) for mixed sizes")
 
 
 @register
-class Qwen2VLAdapter(Adapter):
+class Qwen2VLAdapter(GridAdapter):
     model_types = ("qwen2_vl", "qwen2_5_vl")
+    tower = "model.visual"
 
     @property
     def n_vision_layers(self) -> int:
@@ -81,31 +74,23 @@ class Qwen2VLAdapter(Adapter):
         return self.config.model_type == "qwen2_5_vl"
 
     def sites(self) -> list[SiteSpec]:
-        vis, merged = "batch pos d_vision", "batch pos d_model"
-        specs = [
-            SiteSpec("vision_encoder.hook_patch_embed", f"{TOWER}.patch_embed", "output", None, "vision", vis,
+        vis, merger = "batch pos d_vision", f"{self.tower}.merger"
+        return [
+            SiteSpec("vision_encoder.hook_patch_embed", f"{self.tower}.patch_embed", "output", None, "vision", vis,
                      view=per_example, index="patches"),
-            SiteSpec("vision_encoder.hook_pos_embed", f"{TOWER}.rotary_pos_emb", "output", 0, "none",
+            SiteSpec("vision_encoder.hook_pos_embed", f"{self.tower}.rotary_pos_emb", "output", 0, "none",
                      "batch pos d_head", view=per_example),
-        ]
-        for i in range(self.n_vision_layers):
-            name, path = f"vision_encoder.encoder_layers.{i}", f"{TOWER}.blocks.{i}"
-            specs += [
-                SiteSpec(f"{name}.hook_resid_pre", path, "input", "hidden_states", "vision", vis, view=per_example),
-                SiteSpec(f"{name}.hook_resid_post", path, "output", None, "vision", vis, view=per_example),
-            ]
-        specs += [
+            # Qwen's vision attention returns no weights: no pattern site
+            *vit_layer_sites(f"{self.tower}.blocks", self.n_vision_layers, attn=None, view=per_example),
             # the tower has no final norm: its output is the last block's, which is what the merger receives
-            SiteSpec("vision_encoder.hook_out", f"{TOWER}.merger", "input", "x", "vision", vis, view=per_example),
-            SiteSpec("vision_projector.hook_in", f"{TOWER}.merger", "input", "x", "vision", vis, view=per_example),
-            SiteSpec("vision_projector.hook_out", f"{TOWER}.merger", "output", None, "vision", merged,
+            SiteSpec("vision_encoder.hook_out", merger, "input", "x", "vision", vis, view=per_example),
+            SiteSpec("vision_projector.hook_in", merger, "input", "x", "vision", vis, view=per_example),
+            SiteSpec("vision_projector.hook_out", merger, "output", None, "vision", "batch pos d_model",
                      view=per_example, index="merged"),
-            *decoder_sites("model.language_model.layers", self.n_lm_layers, inputs_of="model.language_model",
-                           mid_norm="post_attention_layernorm", lm_head="lm_head"),
+            *self.decoder_sites(),
         ]
-        return specs
 
-    def window_order(self, rows: int, cols: int) -> Tensor:
+    def window_order(self, rows: int, cols: int) -> Int[Tensor, " tok"]:
         """Merged-token indices (row-major) in the order the tower's blocks see them (identity for Qwen2-VL)."""
         if not self.windowed:
             return torch.arange(rows * cols)
@@ -119,39 +104,30 @@ class Qwen2VLAdapter(Adapter):
     def layouts(self, inputs: dict[str, Any], images: Sequence[Image.Image],
                 boxes: Sequence[dict[str, tuple[float, float, float, float]]],
                 directions: Sequence[str | None]) -> list[Layout]:
-        patch, merge = int(self.config.vision_config.patch_size), self.merge
-        ids, mask, grids = inputs["input_ids"], inputs["attention_mask"], inputs["image_grid_thw"]
-        if len(grids) != len(images):
-            raise ValueError(f"{len(grids)} images were processed for {len(images)} examples; vlmlens expects "
-                             "one image per example")
-        layouts = []
-        for i, image in enumerate(images):
-            frames, grid_h, grid_w = (int(v) for v in grids[i])
-            if frames != 1:
-                raise ValueError(f"example {i}: image grid {grids[i].tolist()} has {frames} frames; only images "
-                                 "(one frame) are supported")
-            rows, cols = grid_h // merge, grid_w // merge
-            width, height = image.size
-            box_map = BoxMap(grid_w * patch / width, grid_h * patch / height)
-            image_pos = torch.nonzero(ids[i] == self.image_token_id).flatten()
-            text_pos = torch.nonzero((ids[i] != self.image_token_id) & (mask[i] > 0)).flatten()
-            layout = grid_layout(rows, cols, (patch * merge, patch * merge),
-                                 {name: box_map.map(box) for name, box in boxes[i].items()},
-                                 image_pos, seq_len=ids.shape[1], text_positions=text_pos,
-                                 axis=axis_of(directions[i]), example=i)
-            window = torch.argsort(self.window_order(rows, cols))  # merged token -> its slot in window order
-            within = torch.arange(merge * merge)
-            processor_order = torch.arange(rows * cols)[:, None] * merge * merge + within
-            layouts.append(replace(layout, vision_pos=window[:, None] * merge * merge + within,
-                                   vision_index={"patches": processor_order, "merged": window[:, None]}))
-        return layouts
+        if len(inputs["image_grid_thw"]) != len(images):
+            raise ValueError(f"{len(inputs['image_grid_thw'])} images were processed for {len(images)} examples; "
+                             "vlmlens expects one image per example")
+        return super().layouts(inputs, images, boxes, directions)
 
-    def select_inputs(self, inputs: dict[str, Any], ids: Sequence[int]) -> dict[str, Any]:
-        counts = inputs["image_grid_thw"].prod(-1).tolist()
-        patches = torch.split(inputs["pixel_values"], counts)
-        out = {k: v[list(ids)] if isinstance(v, Tensor) else v for k, v in inputs.items() if k != "pixel_values"}
-        out["pixel_values"] = torch.cat([patches[i] for i in ids])
-        return out
+    def example_layout(self, example: ExampleTokens, inputs: Mapping[str, Any]) -> Layout:
+        patch, merge = int(self.config.vision_config.patch_size), self.merge
+        frames, grid_h, grid_w = (int(v) for v in inputs["image_grid_thw"][example.index])
+        if frames != 1:
+            raise ValueError(f"example {example.index}: image grid {[frames, grid_h, grid_w]} has {frames} frames; "
+                             "only images (one frame) are supported")
+        rows, cols = grid_h // merge, grid_w // merge
+        width, height = example.image.size
+        layout = example.grid(rows, cols, (patch * merge, patch * merge),
+                              BoxMap(grid_w * patch / width, grid_h * patch / height))
+        # the processor lists each merged token's merge x merge patches together; the tower may reorder tokens
+        window = torch.argsort(self.window_order(rows, cols))  # merged token -> its slot in window order
+        within = torch.arange(merge * merge)
+        processor_order = torch.arange(rows * cols)[:, None] * merge * merge + within
+        return replace(layout, vision_pos=window[:, None] * merge * merge + within,
+                       vision_index={"patches": processor_order, "merged": window[:, None]})
+
+    def stacked_pixels(self, inputs: Mapping[str, Any]) -> list[int]:
+        return patch_counts(inputs)
 
     def lm_inputs(self, inputs: dict[str, Any], embeds: Tensor) -> dict[str, Any] | None:
         """Embeddings plus the M-RoPE positions the model would compute from the full inputs."""
