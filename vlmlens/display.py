@@ -20,17 +20,13 @@ import html
 import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields, is_dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PIL import Image, ImageDraw
 
-if TYPE_CHECKING:
-    from vlmlens.batch import Batch
-    from vlmlens.effects import Effects
-    from vlmlens.evaluate import Evaluation
-    from vlmlens.interventions import Intervention
-    from vlmlens.layout import Layout
-    from vlmlens.scenes import Scene
+# The objects drawn here (Scene, Layout, Batch, Intervention, Effects, Evaluation) import this module from
+# their ``_repr_html_``; it names them only in annotations, as ``Any``, so that it imports none of them back.
+Scene = Layout = Batch = Intervention = Effects = Evaluation = Any
 
 Cell = tuple[int, int]
 

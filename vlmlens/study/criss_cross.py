@@ -36,6 +36,7 @@ from vlmlens.study.common import StudyResult, answers_under, by_orientation, ret
 
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
+    from vlmlens.metrics import AnswerScores
     from vlmlens.models.vlm import VLM
 
 NAME = "criss_cross"
@@ -67,11 +68,12 @@ def pairs(model: VLM, n: int, seed: int, task: str) -> tuple[Batch, Batch]:
     return model.prepare([p[0] for p in made]), model.prepare([p[1] for p in made])
 
 
-def flip_table(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds: Sequence[str] = KINDS,
-               before: Before | None = None, max_batch: int | None = None, bar: tqdm | None = None) -> pd.DataFrame:
-    """Flip rate (answer moves to the counterfactual's) and accuracy (clean answer kept) per site and
-    region kind; ``before(sub_batch, slots)`` gives edits applied first to both sides (e.g. removing the
-    vision encoder's ordering signal), whose counterfactual run feeds the swaps."""
+def swap_scores(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds: Sequence[str] = KINDS,
+                before: Before | None = None, max_batch: int | None = None, bar: tqdm | None = None) -> AnswerScores:
+    """The candidates' scores with no swap (group 0), then with each (kind, site) swap in the order
+    ``[(kind, site) for kind in kinds for site in sites]``; ``before(sub_batch, slots)`` gives edits applied
+    first to both sides (e.g. removing the vision encoder's ordering signal), whose counterfactual run
+    feeds the swaps. Each orientation runs as its own part, so region names mean one slot throughout."""
     parts = by_orientation(clean.scenes or ())
     slots_of = {i: slots for slots, ids in parts.items() for i in ids}
 
@@ -81,7 +83,14 @@ def flip_table(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds:
         source = engine.cache(model, cf[ids], sites, before(cf[ids], slots) if before else None)
         return [pre] + [[*pre, swap(site, kind, slots, source)] for kind in kinds for site in sites]
 
-    scores = answers_under(model, clean, build, parts=list(parts.values()), max_batch=max_batch, bar=bar)
+    return answers_under(model, clean, build, parts=list(parts.values()), max_batch=max_batch, bar=bar)
+
+
+def flip_table(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds: Sequence[str] = KINDS,
+               before: Before | None = None, max_batch: int | None = None, bar: tqdm | None = None) -> pd.DataFrame:
+    """Flip rate (answer moves to the counterfactual's) and accuracy (clean answer kept) per site and
+    region kind, from `swap_scores`."""
+    scores = swap_scores(model, clean, cf, sites, kinds, before, max_batch, bar)
     cf_answers = [s.answer for s in cf.scenes or ()]
     rows = []
     labels = [("none", "none")] + [(kind, site) for kind in kinds for site in sites]
