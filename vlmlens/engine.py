@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -202,7 +203,8 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], sources
             resume = (layer, resid[f"blocks.{layer}.hook_resid_pre"]) if layer > 0 else None
             logits, _ = model.trace_pass(sub, [groups[i] for i in members], (), inputs=inputs, last_only=True,
                                          resume=resume, sources=sources)
-            for i, group_logits in zip(members, logits[:, -1].reshape(len(members), len(sub), -1)):
+            per_group = rearrange(logits[:, -1], "(group example) vocab -> group example vocab", group=len(members))
+            for i, group_logits in zip(members, per_group):
                 results[i] = read(group_logits, sub, unedited if wants_unedited else None)
             if bar is not None:
                 bar.update(len(sub) * len(members))

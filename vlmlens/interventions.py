@@ -27,7 +27,6 @@ from vlmlens.cache import Cache
 if TYPE_CHECKING:
     from vlmlens.sites import SiteSpec
 
-Direction = Float[Tensor, "d"] | Float[Tensor, "k d"]
 KINDS: dict[str, type[Intervention]] = {}
 
 

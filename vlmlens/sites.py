@@ -43,8 +43,8 @@ class SiteSpec:
 
     Example:
         >>> spec = model.site("blocks.0.hook_resid_post")
-        >>> spec.space, spec.shape, spec.token_axis, spec.layout_space
-        ('lm', 'batch pos d_model', 1, 'lm')
+        >>> spec.space, spec.shape, spec.layout_space
+        ('lm', 'batch pos d_model', 'lm')
     """
 
     name: str
@@ -67,13 +67,6 @@ class SiteSpec:
         if self.space == "vision":
             return f"vision:{self.index}" if self.index else "vision"
         return None
-
-    @property
-    def token_axis(self) -> int | None:
-        """Index of the token axis in the documented shape (None if the site has no token axis)."""
-        if self.space == "none":
-            return None
-        return self.shape.split().index("pos") if "pos" in self.shape.split() else None
 
 
 def _glob_to_regex(pattern: str) -> re.Pattern[str]:
