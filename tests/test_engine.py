@@ -38,6 +38,14 @@ def test_groups_chunks_and_layer_skipping_equal_separate_passes(toy, batch, sour
     assert all((expected[g] - expected[0]).abs().max() > 1e-3 for g in range(1, len(groups)))
 
 
+def test_one_group_per_pass_edits_at_the_lm_input_never_leak_into_the_next_pass(toy, batch):
+    """With a chunk as large as max_batch each pass holds one group, all fed the chunk's embeddings."""
+    groups = [[vl.Ablate("hook_embed", region=region)] for region in ("image", "object", "background")]
+    expected = torch.stack([toy.run(batch, g)[:, -1] for g in groups])
+    got = engine.run(toy, batch, groups, logits_of, max_batch=len(batch))
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().amax((1, 2))
+
+
 def test_vision_site_edits_run_the_whole_model_and_agree(toy, batch):
     groups = [[vl.Ablate("vision_encoder.encoder_layers.1.hook_resid_post", region="object")],
               [vl.Ablate("blocks.0.hook_resid_post", region="object")]]

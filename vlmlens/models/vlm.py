@@ -206,6 +206,10 @@ class VLM:
         inputs = dict(batch.inputs if inputs is None else inputs)
         if n > 1:
             inputs = self.adapter.repeat_inputs(inputs, n)
+        elif "inputs_embeds" in inputs and any(groups[0]):
+            # edits at the LM input write into this tensor in place: never into the caller's (the engine
+            # feeds one chunk's embeddings to every pass)
+            inputs["inputs_embeds"] = inputs["inputs_embeds"].clone()
         if last_only:
             inputs["logits_to_keep"] = 1
         cache = Cache()
