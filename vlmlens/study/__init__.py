@@ -11,7 +11,7 @@
 ==========================  ====================================================================
 
 Each module also has ``figures(tables)``, which redraws its figures from its tables (e.g. read back from
-the CSVs), and ``NAME`` / ``DEFAULT_N``. ``recipes/<name>.py`` runs one from the command line;
+the CSVs), and ``NAME`` / ``DEFAULT_N``. ``vlmlens run <name>`` runs one from the command line;
 ``vlmlens reproduce`` (or `reproduce`) runs them all and writes one report.
 
 Example:
@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 from types import ModuleType
 
 from vlmlens.study import (
@@ -45,25 +44,5 @@ EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (behaviour, last_token_
                                                             global_amplification)}
 
 
-def recipe_args(experiment: ModuleType) -> argparse.Namespace:
-    """The command line every recipe script shares: --model, --n, --seed, --out, --device, --dtype.
-
-    Example:
-        >>> from unittest import mock
-        >>> with mock.patch("sys.argv", ["recipes/criss_cross.py", "--n", "16"]):
-        ...     args = recipe_args(criss_cross)
-        >>> args.model, args.n, args.out
-        ('toy', 16, 'study_out/criss_cross')
-    """
-    parser = argparse.ArgumentParser(description=(experiment.__doc__ or "").split("\n")[0])
-    parser.add_argument("--model", default="toy", help="'toy', a Hugging Face id, or a local folder")
-    parser.add_argument("--n", type=int, default=experiment.DEFAULT_N, help="scenes (or pairs) before filtering")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=f"study_out/{experiment.NAME}", help="folder for CSV, JSON and HTML figures")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
-    return parser.parse_args()
-
-
 __all__ = ["EXPERIMENTS", "StudyResult", "backup_mechanism", "behaviour", "criss_cross", "global_amplification",
-           "last_token_patching", "position_probes", "recipe_args", "remove_vision_order", "reproduce"]
+           "last_token_patching", "position_probes", "remove_vision_order", "reproduce"]
