@@ -36,7 +36,7 @@ def widened_toy(path: Path, width: int = 4, seed: int = 0) -> Path:
     import torch
     from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 
-    from vlmlens.models.loading import TOY_CHECKPOINT
+    from vlmlens.models.toy import TOY_CHECKPOINT
     config = LlavaConfig.from_pretrained(TOY_CHECKPOINT)
     for sub in (config.vision_config, config.text_config):
         sub.hidden_size *= width

@@ -3,7 +3,9 @@
 For an activation-patching sweep over every LM layer x {object, background} (clean <- counterfactual at
 ``blocks.{l}.hook_resid_pre``), on the toy and on a wider random LLaVA of the toy's shape:
 (1) `vl.sweep` vs a naive loop of one nnsight trace per intervention vs TransformerLens's bridge
-    (`run_with_hooks`, one forward per intervention);
+    (`run_with_hooks`, one forward per intervention), and vs its compute floor: plain transformers forwards,
+    without tracing, of exactly the rows and LM layers the family needs (the clean and source passes, then
+    each edit's first layer to the end, packed into passes of the same rows as the sweep's);
 (2) attribution patching (`vl.attribute`, integrated along the clean-to-counterfactual path in
     ATTRIBUTION_STEPS steps; plain AtP beside it) vs the exact sweep: time ratio and Spearman correlation of
     the mean effects, over the same family, and on the toy also over every layer x sequence position;
@@ -11,7 +13,8 @@ For an activation-patching sweep over every LM layer x {object, background} (cle
     memory above the level before the workload, sampled every millisecond; `max_memory_allocated` on GPU).
 
 Run: python benchmarks/sweep.py [--n 16] [--repeats 3] [--device cpu]
-Targets: sweep <= 0.6x the faster of naive / TransformerLens; attribution Spearman >= 0.9 on the toy.
+Targets: sweep <= 0.6x the faster of naive / TransformerLens and <= 1.3x the floor; attribution Spearman >= 0.9
+on the toy.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from common import interleaved_times, report, widened_toy
 from scipy.stats import spearmanr
 
 import vlmlens as vl
+from vlmlens import engine
+from vlmlens.interventions import flatten
+from vlmlens.models.toy import TOY_CHECKPOINT
 
 ATTRIBUTION_STEPS = 5
 MAX_BATCH = 64  # rows per forward pass of the sweep: one chunk
@@ -73,6 +79,36 @@ def transformerlens_patching(model_path: str, model: vl.VLM, clean: vl.Batch, cf
     return run
 
 
+def compute_floor(model: vl.VLM, clean: vl.Batch, cf: vl.Batch, family):
+    """Plain forwards of what the family needs: the clean and counterfactual batches through the whole model,
+    then, per first edited layer, the LM from that layer on for as many copies of the batch as edits start
+    there (in passes of at most MAX_BATCH rows), fed the clean residual stream; logits at the last position."""
+    lm, head = model.hf.model.language_model, model.hf.lm_head
+    layers = lm.layers
+    first = [engine.first_lm_layer(model, flatten(item.intervention)) for item in family]
+    _, cache = model.run_with_cache(clean, sites=[f"blocks.{layer}.hook_resid_pre" for layer in sorted(set(first))])
+    per_pass = max(1, MAX_BATCH // len(clean))
+    passes = []
+    for layer in sorted(set(first)):
+        count = first.count(layer)
+        passes += [(layer, min(per_pass, count - k)) for k in range(0, count, per_pass)]
+    mask = clean.inputs["attention_mask"]
+
+    def run() -> None:
+        with torch.inference_mode():
+            for batch in (clean, cf):
+                model.hf(**batch.inputs, logits_to_keep=1)
+            for layer, copies in passes:
+                hidden = cache[f"blocks.{layer}.hook_resid_pre"].repeat(copies, 1, 1)
+                lm.layers = layers[layer:]
+                try:
+                    out = lm(inputs_embeds=hidden, attention_mask=mask.repeat(copies, 1))
+                finally:
+                    lm.layers = layers
+                head(out.last_hidden_state[:, -1:])
+    return run
+
+
 def spearman(exact: vl.Effects, estimate: vl.Effects) -> float:
     return float(spearmanr(exact.mean().numpy(), estimate.mean().numpy()).statistic)
 
@@ -85,6 +121,7 @@ def speed(model_path: str, label: str, n: int, repeats: int, device: str | None)
         "sweep": lambda: vl.sweep(model, clean, family, metric, max_batch=MAX_BATCH, progress=False),
         "naive": lambda: [model.run(clean, item.intervention) for item in family],
         "transformerlens": transformerlens_patching(model_path, model, clean, cf, family),
+        "floor": compute_floor(model, clean, cf, family),
         "attribution": lambda: vl.attribute(model, clean, sites, regions, metric, baseline=cf,
                                             steps=ATTRIBUTION_STEPS),
         "atp": lambda: vl.attribute(model, clean, sites, regions, metric, baseline=cf),
@@ -94,6 +131,7 @@ def speed(model_path: str, label: str, n: int, repeats: int, device: str | None)
     return {f"{label}_{k}_s": v for k, v in times.items()} | {
         f"{label}_sweep_vs_naive": times["sweep"] / times["naive"],
         f"{label}_sweep_vs_transformerlens": times["sweep"] / times["transformerlens"],
+        f"{label}_sweep_vs_floor": times["sweep"] / times["floor"],
         f"{label}_attribution_time_vs_exact": times["attribution"] / times["sweep"],
         f"{label}_attribution_spearman": spearman(exact, fns["attribution"]()),
         f"{label}_atp_spearman": spearman(exact, fns["atp"]()),
@@ -127,8 +165,12 @@ def resident_bytes() -> int:
 def peak_memory(model_path: str, n: int, device: str | None, what: str) -> float:
     """Run in a fresh process: bytes of peak memory added by one workload after loading and preparing."""
     model, clean, cf, family = setup(model_path, n, device)
-    chunk = [[]] * (MAX_BATCH // len(clean))  # the unedited batch, repeated to one chunk's rows
-    workload = (lambda: model.run_many(clean, chunk)) if what == "forward" else (
+    rows = model.adapter.repeat_inputs(clean.inputs, MAX_BATCH // len(clean))  # one chunk's rows, unedited
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model.hf(**rows, logits_to_keep=1)
+    workload = forward if what == "forward" else (
         lambda: vl.sweep(model, clean, family, vl.LogitDiff(), max_batch=MAX_BATCH, progress=False))
     if model.device.type == "cuda":
         torch.cuda.synchronize()
@@ -173,20 +215,22 @@ def main() -> None:
     torch.manual_seed(0)
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"toy": str(vl.models.loading.TOY_CHECKPOINT), "wide": str(widened_toy(Path(tmp) / "wide"))}
+        models = {"toy": str(TOY_CHECKPOINT), "wide": str(widened_toy(Path(tmp) / "wide"))}
         for label, path in models.items():
             figures |= speed(path, label, args.n, args.repeats, args.device)
         figures |= per_position(models["toy"], args.n, args.device)
         figures["peak_memory_vs_forward"] = memory_ratio(models["toy"], args.n, args.device)
     rows = [(label, f"{figures[f'{label}_interventions']:.0f}", f"{figures[f'{label}_sweep_s']:.2f}",
              f"{figures[f'{label}_naive_s']:.2f}", f"{figures[f'{label}_transformerlens_s']:.2f}",
-             f"{figures[f'{label}_sweep_vs_naive']:.2f}", f"{figures[f'{label}_sweep_vs_transformerlens']:.2f}",
+             f"{figures[f'{label}_floor_s']:.2f}", f"{figures[f'{label}_sweep_vs_naive']:.2f}",
+             f"{figures[f'{label}_sweep_vs_transformerlens']:.2f}", f"{figures[f'{label}_sweep_vs_floor']:.2f}",
              f"{figures[f'{label}_attribution_s']:.2f}", f"{figures[f'{label}_attribution_spearman']:.2f}",
              f"{figures[f'{label}_atp_spearman']:.2f}")
             for label in models]
     headline = {
         "sweep_vs_naive": figures["toy_sweep_vs_naive"],
         "sweep_vs_transformerlens": figures["toy_sweep_vs_transformerlens"],
+        "sweep_vs_floor": figures["toy_sweep_vs_floor"],
         "attribution_time_vs_exact": figures["toy_attribution_time_vs_exact"],
         "attribution_spearman": figures["toy_attribution_spearman"],
         "peak_memory_vs_forward": figures["peak_memory_vs_forward"],
@@ -195,7 +239,8 @@ def main() -> None:
           f"{figures['toy_positions_attribution_time_vs_exact']:.3f}x the exact sweep's time, Spearman "
           f"{figures['toy_positions_attribution_spearman']:.2f}; peak memory of the sweep "
           f"{figures['peak_memory_vs_forward']:.2f}x a clean forward's")
-    report(rows, ("model", "interventions", "sweep s", "naive s", "TL s", "sweep/naive", "sweep/TL",
+    report(rows, ("model", "interventions", "sweep s", "naive s", "TL s", "floor s", "sweep/naive", "sweep/TL",
+                  "sweep/floor",
                   "attribution s", "spearman", "AtP spearman"),
            headline | {k: v for k, v in figures.items() if k not in headline})
 

@@ -28,10 +28,11 @@ from vlmlens.interventions import (
 from vlmlens.layout import Layout, RegionError
 from vlmlens.metrics import Accuracy, FlipRate, IndirectEffect, LogitDiff, Prob, StrictAccuracy, Top1Accuracy
 from vlmlens.models import VLM, load, supported_families
+from vlmlens.plan import Plan, plan
 from vlmlens.sites import UnknownSiteError
 
-__all__ = ["Ablate", "Accuracy", "Batch", "Cache", "Compose", "Effects", "Evaluation", "FlipRate", "IndirectEffect",
-           "Intervention", "Layout", "LogitDiff", "Patch", "Prob", "RegionError", "Scale", "ScaleAttention", "Steer",
-           "StrictAccuracy", "SwapDirection", "Top1Accuracy", "UnknownSiteError", "VLM", "attribute", "evaluate", "explore", "grid",
-           "load", "random_directions", "directions", "probes", "scenes", "supported_families", "sweep",
-           "where_correct"]
+__all__ = ["Ablate", "Accuracy", "attribute", "Batch", "Cache", "Compose", "directions", "Effects", "evaluate",
+           "Evaluation", "explore", "FlipRate", "grid", "IndirectEffect", "Intervention", "Layout", "load",
+           "LogitDiff", "Patch", "Plan", "plan", "Prob", "probes", "random_directions", "RegionError",
+           "Scale", "ScaleAttention", "scenes", "Steer", "StrictAccuracy", "supported_families",
+           "SwapDirection", "sweep", "Top1Accuracy", "UnknownSiteError", "VLM", "where_correct"]

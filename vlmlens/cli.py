@@ -2,11 +2,14 @@
 
 Example:
     $ vlmlens sites --model toy
+    $ vlmlens run criss_cross --n 64
 """
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
+from types import ModuleType
 
 import typer
 
@@ -17,8 +20,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Spatial-reas
 def sites(model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a local folder"),
           pattern: str | None = typer.Option(None,
                                              help="only sites matching this pattern, e.g. 'blocks.*.hook_resid_post'"),
-          device: str | None = typer.Option(None)) -> None:
-    """List a model's sites: name, documented shape, and the module behind it."""
+          device: str | None = typer.Option(None, help="e.g. cpu, cuda; 'meta': the architecture without weights "
+                                                      "(instant, no memory)")) -> None:
+    """List a model's sites: name, shape (with the model's sizes), and the module behind it."""
+    from vlmlens.dims import sized_shape
     from vlmlens.models import load
     vlm = load(model, device=device)
     names = vlm.sites(pattern)
@@ -26,18 +31,57 @@ def sites(model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a 
     typer.echo(repr(vlm))
     for name in names:
         spec = vlm.site(name)
-        typer.echo(f"{name:<{width}}  [{spec.shape}]  {spec.module}.{spec.io}")
+        typer.echo(f"{name:<{width}}  [{sized_shape(vlm, name)}]  {spec.module}.{spec.io}")
     typer.echo(f"{len(names)} sites")
 
 
 @app.command("train-toy")
-def train_toy(out: Path = typer.Option(Path("toy_checkpoint"), help="folder for the new checkpoint"),
-              steps: int | None = typer.Option(None, help="training steps (default: the shipped recipe's)"),
+def train_toy(organism: str = typer.Option("toy", help="which toy: toy, toy-sequence, toy-content, toy-background"),
+              out: Path | None = typer.Option(None, help="folder for the new checkpoint (default: the shipped one)"),
+              steps: int | None = typer.Option(None, help="training steps (default: the organism's recipe)"),
               seed: int = typer.Option(0),
-              init_from: Path | None = typer.Option(None, help="start from this checkpoint's weights")) -> None:
-    """Train the toy VLM on synthetic scenes (CPU is fine; from scratch unless --init-from) and write it."""
+              threads: int = typer.Option(2, help="CPU threads (results are reproducible for a fixed count)"),
+              init_from: str | None = typer.Option(None, help="start from this checkpoint folder's (or toy's) weights")
+              ) -> None:
+    """Train a toy VLM on synthetic scenes (CPU is fine) and write it with its card; the organisms start from the
+    shipped toy's weights, the toy from scratch, unless --init-from. Rerun the same command to resume."""
     from vlmlens.models.toy import train_toy as run
-    run(out, seed=seed, init_from=init_from, **({"steps": steps} if steps else {}))
+    results = run(organism, out, steps=steps, seed=seed, threads=threads, init_from=init_from)
+    for name, row in results.items():
+        typer.echo(f"{name:>12}: " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
+
+
+def _experiment(name: str) -> ModuleType:
+    """The study experiment called ``name`` (``criss-cross`` works too), or exit with one line naming the
+    valid ones and the closest."""
+    from vlmlens.study import EXPERIMENTS
+    key = name.replace("-", "_")
+    if key in EXPERIMENTS:
+        return EXPERIMENTS[key]
+    closest = difflib.get_close_matches(key, EXPERIMENTS, n=1, cutoff=0.0)
+    typer.echo(f"Error: unknown experiment {name!r}; did you mean {closest[0]!r}? "
+               f"Valid: {', '.join(EXPERIMENTS)}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command("run")
+def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_token_patching, position_probes, "
+                                                              "criss_cross, remove_vision_order, backup_mechanism "
+                                                              "or global_amplification"),
+                   model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a local folder"),
+                   n: int | None = typer.Option(None, help="scenes (or pairs); default: the experiment's own"),
+                   seed: int = typer.Option(0),
+                   out: Path | None = typer.Option(None, help="folder for its CSVs, summary.json and figures "
+                                                              "(default: study_out/<experiment>)"),
+                   device: str | None = typer.Option(None, help="e.g. cuda, cpu (default: cuda when available)"),
+                   dtype: str | None = typer.Option(None, help="e.g. bfloat16, float32")) -> None:
+    """Run one experiment of the study, print its tables and write them (CSV, summary.json, HTML figures)."""
+    from vlmlens.models import load
+    module = _experiment(experiment)
+    result = module.run(load(model, device=device, dtype=dtype), n=module.DEFAULT_N if n is None else n,
+                        seed=seed)
+    typer.echo(str(result))
+    typer.echo(f"written to {result.save(out or Path('study_out') / module.NAME)}")
 
 
 @app.command()
