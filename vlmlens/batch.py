@@ -42,6 +42,9 @@ class Batch:
     prompts: tuple[str, ...]
     scenes: tuple[Scene, ...] | None
     select_inputs: Selector
+    #: the first sequence position that live tensors at LM sites hold (the engine's prefix reuse runs only the
+    #: positions from an edit's first on); `positions` counts LM-site positions from there
+    start: int = 0
 
     def __len__(self) -> int:
         return len(self.layouts)
@@ -68,7 +71,8 @@ class Batch:
         """Per example, the indices of ``region`` along ``spec``'s token axis (grid order)."""
         if spec.space not in ("vision", "lm", "logits"):
             raise RegionError(f"site {spec.name} has no token axis; regions do not apply there")
-        return [layout.positions(region, spec.layout_space, spec.prefix) for layout in self.layouts]
+        where = [layout.positions(region, spec.layout_space, spec.prefix) for layout in self.layouts]
+        return [w - self.start for w in where] if self.start and spec.layout_space == "lm" else where
 
     def _repr_html_(self) -> str:
         from vlmlens.display import batch_html

@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -26,6 +28,7 @@ class Cache(dict[str, Tensor]):
     """
 
     logits: Tensor | None = None
+    past: Any = None  # the run's keys and values (a transformers cache), where the engine asked for them
 
     def stack(self, pattern: str) -> Tensor:
         """Stack the cached sites matching a pattern along a new first axis, in forward order."""

@@ -5,7 +5,9 @@ Given a batch and groups of interventions (a group is the edits of one run of th
 - splits the examples into parts (examples that share region names) and chunks of at most ``max_batch``,
 - computes every source once: paired sources sliced per chunk, references whole, `BATCH` per part,
 - runs the vision tower once per chunk when every edit sits at a language-model site,
-- runs the unedited pass once per chunk and starts each group at the first LM layer it edits,
+- runs the unedited pass once per chunk and starts each group at the first LM layer it edits and, where the
+  LM is causal (``adapter.prefix_reuse``) and the edits local in position, at the first sequence position
+  they touch: earlier positions keep the clean run's keys and values, so they are never recomputed,
 - packs groups into passes of at most ``max_batch`` rows (the chunk repeated once per group),
 - hands each pass's answer-position logits to ``read``, which keeps only what its caller needs.
 
@@ -175,18 +177,22 @@ def _checked_parts(parts: Sequence[Sequence[int]] | None, n: int) -> list[list[i
 
 def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], sources: Sources, read: Read,
                max_batch: int, bar: tqdm | None) -> Tensor:
-    """Every group on one chunk: the unedited pass once, then passes grouped by their first LM layer."""
+    """Every group on one chunk: the unedited pass once, then passes grouped by the first LM layer and the
+    first sequence position their edits touch (`plan_passes`)."""
     lm_only = is_lm_only(model, groups)
     first = [first_lm_layer(model, g) if lm_only else 0 for g in groups]
+    starts = [first_position(model, g, sub) if lm_only else 0 for g in groups]
     edited = [i for i, g in enumerate(groups) if g]
     wants_unedited = bool(getattr(read, "needs_unedited", False))
-    resume_layers = sorted({first[i] for i in edited if first[i] > 0})
+    resume_layers = sorted({first[i] for i in edited if first[i] > 0 or starts[i] > 0})
     need_unedited = wants_unedited or len(edited) < len(groups) or bool(resume_layers)
     inputs, unedited, resid = None, None, Cache()
     if lm_only:
-        sites = ["hook_embed", *(f"blocks.{layer}.hook_resid_pre" for layer in resume_layers)]
-        logits, resid = model.trace_pass(sub, [[]], sites, stop=not need_unedited, last_only=True)
+        sites = ["hook_embed", *(f"blocks.{layer}.hook_resid_pre" for layer in resume_layers if layer > 0)]
+        logits, resid = model.trace_pass(sub, [[]], sites, stop=not need_unedited, last_only=True,
+                                         keep_past=any(starts[i] > 0 for i in edited))
         inputs = model.adapter.lm_inputs(sub.inputs, resid["hook_embed"])
+        resid["blocks.0.hook_resid_pre"] = resid["hook_embed"]
         unedited = None if logits is None else logits[:, -1]
     elif need_unedited:
         unedited = model.trace_pass(sub, [[]], (), last_only=True)[0][:, -1]
@@ -195,25 +201,68 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], sources
         results[i] = read(unedited, sub, unedited)  # type: ignore[arg-type]
     if bar is not None and len(edited) < len(groups):
         bar.update(len(sub) * (len(groups) - len(edited)))
-    per_pass = max(1, max_batch // len(sub))
+    for layer, start, members in plan_passes(first, starts, edited, max(1, max_batch // len(sub))):
+        resume = (layer, resid[f"blocks.{layer}.hook_resid_pre"]) if layer > 0 or start > 0 else None
+        past = prefix_past(resid.past, start, len(members)) if start > 0 else None
+        logits, _ = model.trace_pass(sub, [groups[i] for i in members], (), inputs=inputs, last_only=True,
+                                     resume=resume, sources=sources, start=start, past=past)
+        per_group = rearrange(logits[:, -1], "(group example) vocab -> group example vocab", group=len(members))
+        for i, group_logits in zip(members, per_group):
+            results[i] = read(group_logits, sub, unedited if wants_unedited else None)
+        if bar is not None:
+            bar.update(len(sub) * len(members))
+    return torch.stack([torch.as_tensor(r).cpu() for r in results])  # type: ignore[misc]
+
+
+def plan_passes(first: Sequence[int], starts: Sequence[int], edited: Sequence[int],
+                per_pass: int) -> list[tuple[int, int, list[int]]]:
+    """``(layer, start, groups)`` per pass: groups sharing their first edited layer, sorted by the first
+    position they edit and packed ``per_pass`` at a time; a pass starts at its earliest member's position.
+
+    Example:
+        >>> plan_passes(first=[0, 2, 2, 2], starts=[0, 9, 3, 5], edited=[1, 2, 3], per_pass=2)
+        [(2, 3, [2, 3]), (2, 9, [1])]
+    """
+    out = []
     for layer in sorted({first[i] for i in edited}):
-        same = [i for i in edited if first[i] == layer]
+        same = sorted((i for i in edited if first[i] == layer), key=lambda i: (starts[i], i))
         for k in range(0, len(same), per_pass):
             members = same[k:k + per_pass]
-            resume = (layer, resid[f"blocks.{layer}.hook_resid_pre"]) if layer > 0 else None
-            logits, _ = model.trace_pass(sub, [groups[i] for i in members], (), inputs=inputs, last_only=True,
-                                         resume=resume, sources=sources)
-            per_group = rearrange(logits[:, -1], "(group example) vocab -> group example vocab", group=len(members))
-            for i, group_logits in zip(members, per_group):
-                results[i] = read(group_logits, sub, unedited if wants_unedited else None)
-            if bar is not None:
-                bar.update(len(sub) * len(members))
-    return torch.stack([torch.as_tensor(r).cpu() for r in results])  # type: ignore[misc]
+            out.append((layer, min(starts[i] for i in members), members))
+    return out
+
+
+def first_position(model: VLM, edits: Sequence[Intervention], batch: Batch) -> int:
+    """The first sequence position any edit can change (0 where that is not known to be later: edits that
+    are not local in position, sites without sequence positions, families whose LM is not causal).
+
+    Example:
+        >>> first_position(model, [vl.Patch("blocks.1.hook_resid_pre", region="last")], batch) > 0
+        True
+    """
+    if not edits or not model.adapter.prefix_reuse:
+        return 0
+    first = []
+    for edit in edits:
+        spec = model.site(edit.site)
+        if not edit.position_local or spec.layout_space != "lm":
+            return 0
+        first.append(min(int(w.min()) for w in batch.positions(edit.region, spec)))
+    return min(first)
+
+
+def prefix_past(past: Any, start: int, copies: int) -> Any:
+    """A fresh transformers cache of the clean run's keys and values before ``start``, for ``copies`` copies
+    of the chunk stacked on the batch axis (a pass appends to it, so each pass gets its own)."""
+    from transformers import DynamicCache
+    return DynamicCache(ddp_cache_data=[
+        (layer.keys[:, :, :start].repeat(copies, 1, 1, 1), layer.values[:, :, :start].repeat(copies, 1, 1, 1))
+        for layer in past.layers])
 
 
 class _SourceStore:
     """Source activations for one engine call, each computed once: a source batch runs once for all
-    chunks (in chunks itself), `BATCH` once per part."""
+    chunks (in chunks itself) and all the sites its edits read, `BATCH` once per part."""
 
     def __init__(self, model: VLM, batch: Batch, max_batch: int):
         self.model, self.batch, self.max_batch = model, batch, max_batch
@@ -221,21 +270,43 @@ class _SourceStore:
 
     def for_chunk(self, groups: Sequence[Sequence[Intervention]], chunk: list[int], sub: Batch, part_id: int,
                   part: list[int], rows: list[int]) -> Sources:
+        edits = [e for g in groups for e in g]
+        self._compute(edits, part_id, part)
         out = Sources(rows=rows)
-        for edit in (e for g in groups for e in g):
+        for edit in edits:
             site = self.model.site(edit.site).name
             for source in edit.sources():
-                self._paired(out, source, site, chunk, sub)
+                self._paired(out, source, site, chunk)
             for reference in edit.references():
                 self._reference(out, reference, site, part_id, part)
         return out
 
-    def _activations(self, key: tuple[Any, ...], batch: Batch, site: str) -> Tensor:
-        if key not in self.full:
-            self.full[key] = cache(self.model, batch, [site], max_batch=self.max_batch)[site]
-        return self.full[key]
+    def _members(self, part: list[int]) -> Batch:
+        """The examples a `BATCH` reference averages over: the part's."""
+        if len(part) < 2:
+            raise ValueError("mean or resample ablation over the batch itself needs at least 2 examples (got "
+                             f"{len(part)}); pass reference=<a Batch or Cache of other examples>")
+        return self.batch[part] if len(part) != len(self.batch) else self.batch
 
-    def _paired(self, out: Sources, source: Batch | Cache, site: str, chunk: list[int], sub: Batch) -> None:
+    def _compute(self, edits: Sequence[Intervention], part_id: int, part: list[int]) -> None:
+        """Run each source batch not yet run, once, for every site the edits read from it."""
+        wanted: dict[tuple[Any, ...], tuple[Batch, set[str]]] = {}
+        for edit in edits:
+            site = self.model.site(edit.site).name
+            for source in (*edit.sources(), *edit.references()):
+                if source is BATCH:
+                    key, batch = (id(BATCH), part_id), self._members(part)
+                elif isinstance(source, Batch):
+                    key, batch = (id(source),), source
+                else:
+                    continue
+                if (*key, site) not in self.full:
+                    wanted.setdefault(key, (batch, set()))[1].add(site)
+        for key, (batch, sites) in wanted.items():
+            computed = cache(self.model, batch, sorted(sites), max_batch=self.max_batch)
+            self.full.update({(*key, site): computed[site] for site in sites})
+
+    def _paired(self, out: Sources, source: Batch | Cache, site: str, chunk: list[int]) -> None:
         size = n_examples(source)
         if size not in (len(self.batch), len(chunk)):
             raise ValueError(f"a source has {size} examples but the batch has {len(self.batch)}; "
@@ -246,22 +317,18 @@ class _SourceStore:
                 raise KeyError(f"source cache lacks site {site}; it has {sorted(source)}")
             values = source[site]
         else:
-            values = self._activations((id(source), site), source, site)
+            values = self.full[(id(source), site)]
             out.layouts[id(source)] = source[chunk] if whole else source
         out.values[(id(source), site)] = values[torch.as_tensor(chunk, device=values.device)] if whole else values
 
     def _reference(self, out: Sources, reference: Any, site: str, part_id: int, part: list[int]) -> None:
         if reference is BATCH:
-            if len(part) < 2:
-                raise ValueError("mean or resample ablation over the batch itself needs at least 2 examples (got "
-                                 f"{len(part)}); pass reference=<a Batch or Cache of other examples>")
-            members = self.batch[part] if len(part) != len(self.batch) else self.batch
-            out.values[(id(BATCH), site)] = self._activations((id(BATCH), site, part_id), members, site)
-            out.layouts[id(BATCH)] = members
+            out.values[(id(BATCH), site)] = self.full[(id(BATCH), part_id, site)]
+            out.layouts[id(BATCH)] = self._members(part)
         elif isinstance(reference, Cache):
             if site not in reference:
                 raise KeyError(f"reference cache lacks site {site}; it has {sorted(reference)}")
             out.values[(id(reference), site)] = reference[site]
         else:
-            out.values[(id(reference), site)] = self._activations((id(reference), site), reference, site)
+            out.values[(id(reference), site)] = self.full[(id(reference), site)]
             out.layouts[id(reference)] = reference

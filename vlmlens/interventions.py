@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -76,6 +76,9 @@ class Intervention:
     """
 
     kind: ClassVar[str] = ""
+    #: the edit changes only its region's tokens at its site (so, under causal attention, nothing before
+    #: them): what lets the engine recompute only the positions from the edit's first on
+    position_local: ClassVar[bool] = True
     site: str
     region: str
 
@@ -219,7 +222,8 @@ def _source_tokens(source: Batch | Cache, region: str, batch: Batch, spec: SiteS
     if values.shape[0] != len(batch):
         raise ValueError(f"the source has {values.shape[0]} examples but the batch has {len(batch)}; "
                          "sources pair up by index")
-    where = sources.layouts.get(id(source), batch).positions(region, spec)
+    # a cache is read at the target's own (absolute) positions, even when the live tensor starts later
+    where = sources.layouts.get(id(source), replace(batch, start=0)).positions(region, spec)
     for b, (w, n) in enumerate(zip(where, n_target)):
         if w.numel() != n:
             raise ValueError(f"example {b}: source region {region!r} has {w.numel()} tokens, target has {n}; "
@@ -434,6 +438,7 @@ class ScaleAttention(Intervention):
     """
 
     kind: ClassVar[str] = "scale_attention"
+    position_local: ClassVar[bool] = False  # it changes attention from its queries to earlier keys
     site: str = ""
     alpha: float = 1.0
     query: str = "last"

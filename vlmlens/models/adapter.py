@@ -71,6 +71,10 @@ class Adapter:
     vision_types: ClassVar[tuple[str, ...]] = ()  # non-empty: only checkpoints with these vision towers
     nested_images: ClassVar[bool] = False  # the processor reads a flat image list as one example's images
     lm_input_keys: ClassVar[tuple[str, ...]] = ("attention_mask",)  # inputs the LM needs besides embeddings
+    #: the LM is causal over the whole sequence and takes a key/value cache, so an edit at position p changes
+    #: nothing before p and the engine may reuse the clean run's keys and values there (False for prefix-LM
+    #: masks, e.g. Gemma 3's bidirectional image tokens); set per family once its tests show equality
+    prefix_reuse: ClassVar[bool] = False
 
     def __init__(self, hf: Any, processor: Any):
         self.hf = hf
@@ -95,12 +99,15 @@ class Adapter:
         raise NotImplementedError
 
     # -- inputs -------------------------------------------------------------------------------
-    def prompt(self, question: str) -> str:
+    def prompt(self, question: str, system: str | None = None) -> str:
         """The text fed to the processor for one question: the chat template if the processor has
-        one (answer follows the generation prompt), else the image token, a newline, the question."""
+        one (answer follows the generation prompt; ``system``, if given, as a plain-string system turn
+        before the user's), else the image token, a newline, the question (no system message)."""
         template = getattr(self.processor, "chat_template", None)
         if template:
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            if system:
+                messages.insert(0, {"role": "system", "content": system})
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)
         return f"{self.processor.image_token}\n{question}"
 

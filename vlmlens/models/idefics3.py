@@ -69,6 +69,7 @@ per_example = PerExample(real_frames, "frames (global image included)", "the sam
 @register
 class Idefics3Adapter(GridAdapter):
     model_types = ("idefics3", "smolvlm")
+    prefix_reuse = True
     tower, projector, lm = "model.vision_model", "model.connector", "model.text_model"
     nested_images = True
 

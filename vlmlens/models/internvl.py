@@ -66,6 +66,7 @@ def tile_arrangement(image_size: tuple[int, int], tile: int, min_tiles: int, max
 @register
 class InternVLAdapter(GridAdapter):
     model_types = ("internvl",)
+    prefix_reuse = True
 
     @property
     def _grid(self) -> tuple[int, int, int]:

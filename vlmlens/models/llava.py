@@ -32,6 +32,7 @@ from vlmlens.sites import SiteSpec
 @register
 class LlavaAdapter(GridAdapter):
     model_types = ("llava",)
+    prefix_reuse = True
 
     @property
     def _cls_tokens(self) -> int:

@@ -52,6 +52,7 @@ __all__ = ["LlavaNextAdapter", "best_resolution", "bilinear_taps", "unpadded"]
 @register
 class LlavaNextAdapter(AnyresAdapter):
     model_types = ("llava_next",)
+    prefix_reuse = True
     cls_tokens = 1  # CLIP's, per tile at the tower's sites; the projector drops it
     select_strategy = "default"
     layers_per_example = True  # CLIP's residual stream is a plain (tiles, pos, d) tensor

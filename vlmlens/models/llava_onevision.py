@@ -61,6 +61,7 @@ def anyres_max_grid(rows: int, cols: int, side: int, max_tiles: int) -> tuple[in
 @register
 class LlavaOnevisionAdapter(AnyresAdapter):
     model_types = ("llava_onevision",)
+    prefix_reuse = True
     cls_tokens = 0  # SigLIP has none
     select_strategy = "full"
     layers_per_example = False  # SigLIP's residual stream keeps the patch conv's channels-first memory order

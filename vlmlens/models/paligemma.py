@@ -47,11 +47,11 @@ class PaliGemmaAdapter(GridAdapter):
             *self.decoder_sites(sandwich=self.config.text_config.model_type != "gemma"),
         ]
 
-    def prompt(self, question: str) -> str:
+    def prompt(self, question: str, system: str | None = None) -> str:
         """The chat template if the processor has one, else PaliGemma's prefix format: image tokens, then
         the question (the processor adds ``<bos>`` after the image tokens and a newline at the end)."""
         if getattr(self.processor, "chat_template", None):
-            return super().prompt(question)
+            return super().prompt(question, system)
         return f"{self.processor.image_token}{question}"
 
     def process(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, Any]:

@@ -62,6 +62,7 @@ per_example = PerExample(pixel_counts, "px", "images of equal size after resizin
 @register
 class MistralAdapter(GridAdapter):
     model_types = ("mistral3",)
+    prefix_reuse = True
 
     @property
     def merge(self) -> int:

@@ -58,6 +58,7 @@ per_example = PerExample(patch_counts, "patches", "images of equal patch counts"
 @register
 class Qwen2VLAdapter(GridAdapter):
     model_types = ("qwen2_vl", "qwen2_5_vl")
+    prefix_reuse = True
     tower = "model.visual"
 
     @property

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -59,6 +61,8 @@ class VLM:
         self.name = name or getattr(hf.config, "_name_or_path", "")
         self.nn = NNsight(hf)
         self.site_table = SiteTable(adapter.sites())
+        # the forward's key/value cache argument: ``cache`` in recent transformers, ``past_key_values`` before
+        self._cache_argument = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
         processor.tokenizer.padding_side = "left"  # the answer position is the last one for every example
 
     # -- vocabulary ---------------------------------------------------------------------------
@@ -99,7 +103,8 @@ class VLM:
         """Model inputs and layouts for scenes, or for ``(images, questions)`` with optional boxes.
 
         A question that already contains the processor's image token is used verbatim; otherwise the
-        adapter wraps it (chat template, or image token + newline).
+        adapter wraps it (chat template, or image token + newline), with the scene's
+        ``meta["system"]`` as the system message where the chat template has one.
 
         Example:
             >>> batch = model.prepare(vl.scenes.generate(3, seed=1))
@@ -126,7 +131,9 @@ class VLM:
             raise ValueError(f"{len(images)} images, {len(questions)} questions and {len(box_list)} box sets: "
                              "give one of each per example")
         image_token = self.processor.image_token
-        prompts = [q if image_token in q else self.adapter.prompt(q) for q in questions]
+        systems = [s.meta.get("system") for s in scenes] if scenes else [None] * len(questions)
+        prompts = [q if image_token in q else self.adapter.prompt(q, system)
+                   for q, system in zip(questions, systems, strict=True)]
         inputs = self.adapter.process(images, prompts)
         inputs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
@@ -182,13 +189,17 @@ class VLM:
     def trace_pass(self, batch: Batch, groups: Sequence[Sequence[Intervention]], sites: str | Iterable[str],
                    grad: bool = False, inputs: dict[str, Any] | None = None, last_only: bool = False,
                    resume: tuple[int, Tensor] | None = None, stop: bool = False,
-                   sources: Sources | None = None) -> tuple[Logits, Cache]:
+                   sources: Sources | None = None, start: int = 0, past: Any = None,
+                   keep_past: bool = False) -> tuple[Logits, Cache]:
         """One nnsight trace that runs ``batch`` once per group of edits (the copies stacked on the batch
         axis), reading ``sites`` of the first copy; the engine (`vlmlens.engine`) plans these passes.
 
         ``inputs`` replaces ``batch.inputs``; ``last_only`` computes logits at the last position only;
         ``resume=(layer, resid_pre)`` skips the LM layers before ``layer``, feeding it the given clean
         residual stream (valid when no edit acts before it); ``sources`` are the edits' source activations.
+        ``start`` > 0 (with LM-only ``inputs`` and ``past``, the clean run's keys and values before ``start``
+        for every copy) runs only the positions from ``start`` on; ``keep_past`` returns the run's keys and
+        values as ``cache.past``.
         """
         from vlmlens.interventions import Sources
         sources = sources if sources is not None else Sources()
@@ -204,6 +215,9 @@ class VLM:
         ordered = sorted(specs.values(), key=lambda s: self.site_table.order(s.name))
         read_names = {s.name for s in reads}
         inputs = dict(batch.inputs if inputs is None else inputs)
+        if start:
+            inputs = {k: v[..., start:, :] if k == "inputs_embeds" else v[..., start:] if k == "position_ids" else v
+                      for k, v in inputs.items()}
         if n > 1:
             inputs = self.adapter.repeat_inputs(inputs, n)
         elif "inputs_embeds" in inputs and any(groups[0]):
@@ -212,6 +226,11 @@ class VLM:
             inputs["inputs_embeds"] = inputs["inputs_embeds"].clone()
         if last_only:
             inputs["logits_to_keep"] = 1
+        if past is not None or keep_past:
+            inputs["use_cache"] = True
+        if past is not None:
+            inputs[self._cache_argument] = past
+        target = replace(batch, start=start) if start else batch
         cache = Cache()
         scales = self._attention_scales(batch, groups, inputs["input_ids"].shape[1] if "input_ids" in inputs
                                         else inputs["inputs_embeds"].shape[1])
@@ -222,7 +241,7 @@ class VLM:
         with self._attention(implementation), self._logit_scales(scales), grad_mode:
             with self.nn.trace(**inputs) as tracer:
                 if resume is not None:
-                    hidden = resume[1].repeat(n, *[1] * (resume[1].dim() - 1))
+                    hidden = resume[1][:, start:].repeat(n, *[1] * (resume[1].dim() - 1))
                     for layer in range(resume[0]):
                         self.nn.get(self.site_table[f"blocks.{layer}.hook_resid_post"].module).skip(hidden)
                 for spec in ordered:
@@ -230,7 +249,7 @@ class VLM:
                     for g, by_site in enumerate(edits):
                         part = value[g * size:(g + 1) * size] if n > 1 else value
                         for edit in by_site.get(spec.name, ()):
-                            edit.apply(part, batch, spec, sources)
+                            edit.apply(part, target, spec, sources)
                     if spec.name in read_names:
                         if grad:
                             value.retain_grad()
@@ -238,6 +257,8 @@ class VLM:
                 if stop:
                     tracer.stop()
                 cache.logits = self.nn.output.logits  # stored on an object: the trace body cannot bind locals
+                if keep_past:
+                    cache.past = getattr(self.nn.output, self._cache_argument)
         return cache.logits, cache
 
     def trace(self, batch: Batch, **kwargs: Any) -> Any:

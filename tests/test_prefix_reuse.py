@@ -1,0 +1,87 @@
+"""Prefix reuse: a pass recomputes only the positions from its edits' first on, with the clean run's keys and
+values before them, and gives what full recomputation gives, on the toy and on every family's tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_families import FAMILIES, FAMILY_IDS, QUESTIONS
+
+import vlmlens as vl
+from vlmlens import engine
+
+
+def logits_of(logits, sub, unedited):
+    return logits
+
+
+def starts_seen(model, monkeypatch) -> list[int]:
+    seen: list[int] = []
+    trace_pass = model.trace_pass
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("start", 0))
+        return trace_pass(*args, **kwargs)
+
+    monkeypatch.setattr(model, "trace_pass", spy)
+    return seen
+
+
+def full_recomputation(model, batch, groups, monkeypatch, **options):
+    with monkeypatch.context() as patch:
+        patch.setattr(model.adapter, "prefix_reuse", False)
+        return engine.run(model, batch, groups, logits_of, **options)
+
+
+def position_edits(model, source):
+    """Last-position patching at every layer, single positions late and early, an edit of the text."""
+    last = [[vl.Patch(f"blocks.{layer}.hook_resid_pre", region="last", source=source)] for layer in model.lm_layers]
+    grid = [[vl.Patch(f"blocks.{layer}.hook_resid_pre", region=f"pos:{i}", source=source)]
+            for layer in model.lm_layers[:2] for i in (-2, -6, 1)]
+    return last + grid + [[vl.Ablate("blocks.1.hook_resid_post", region="last", how="mean")],
+                          [vl.Steer("hook_embed", vector=torch.ones(model.hf.config.get_text_config().hidden_size),
+                                    region="pos:-3")]]
+
+
+def test_toy_last_position_and_grid_patching_equal_full_recomputation(toy, monkeypatch):
+    batch = toy.prepare(vl.scenes.generate(6, seed=2, task="squares"))
+    source = toy.prepare(vl.scenes.generate(6, seed=3, task="squares"))
+    groups = position_edits(toy, source)
+    expected = full_recomputation(toy, batch, groups, monkeypatch, max_batch=12)
+    seen = starts_seen(toy, monkeypatch)
+    got = engine.run(toy, batch, groups, logits_of, max_batch=12)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    seq = batch.inputs["input_ids"].shape[1]
+    assert seq - 1 in seen and max(seen) < seq  # last-position passes ran one position
+    unedited = toy.run(batch)[:, -1]
+    # the edits act: last-position patches after layer 0 (before it the position holds the same word), the steer
+    acting = [*range(1, len(toy.lm_layers)), len(groups) - 1]
+    assert all((expected[g] - unedited).abs().max() > 1e-3 for g in acting)
+
+
+def test_edits_that_are_not_local_in_position_run_every_position(toy, monkeypatch):
+    batch = toy.prepare(vl.scenes.generate(4, seed=2, task="squares"))
+    groups = [[vl.ScaleAttention(layer=2, alpha=3.0, query="last", key_region="image")]]
+    seen = starts_seen(toy, monkeypatch)
+    engine.run(toy, batch, groups, logits_of)
+    assert set(seen) == {0}
+    assert engine.first_position(toy, groups[0], batch) == 0
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=FAMILY_IDS)
+def loaded(request, tmp_path_factory):
+    family = request.param
+    model = vl.load(family.build(tmp_path_factory.mktemp(family.name)), device="cpu")
+    batch = model.prepare((family.images(), QUESTIONS), boxes=family.boxes)
+    return model, batch
+
+
+def test_prefix_reuse_equals_full_recomputation_on_every_family(loaded, monkeypatch):
+    model, batch = loaded
+    source = batch[list(reversed(range(len(batch))))]
+    groups = position_edits(model, source)
+    expected = full_recomputation(model, batch, groups, monkeypatch)
+    seen = starts_seen(model, monkeypatch)
+    got = engine.run(model, batch, groups, logits_of)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    assert (max(seen) > 0) == model.adapter.prefix_reuse  # families that opt out run every position
