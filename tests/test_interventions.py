@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from PIL import Image
@@ -174,10 +176,16 @@ def test_attribution_is_exact_for_a_no_op_and_first_order_otherwise(model, batch
     site = "blocks.*.hook_resid_post"
     same = vl.attribute(model, batch, site, ["object", "background"], diff, baseline=batch)
     assert torch.allclose(same.values, same.clean.expand_as(same.values), atol=1e-6)
-    est = vl.attribute(model, batch, site, ["image"], diff, baseline=other)
-    exact = vl.sweep(model, batch, [vl.Patch(s, region="image", source=other) for s in model.sites(site)],
+    # first order: for a baseline a small step away (slightly noisier pixels), estimate = exact effect to O(step^2)
+    noise = 1e-2 * torch.randn(batch.inputs["pixel_values"].shape, generator=torch.Generator().manual_seed(0))
+    near = dataclasses.replace(batch, inputs=dict(batch.inputs, pixel_values=batch.inputs["pixel_values"] + noise))
+    regions = ["object", "background", "last"]
+    est = vl.attribute(model, batch, site, regions, diff, baseline=near)
+    exact = vl.sweep(model, batch, [vl.Patch(s, region=r, source=near) for s in model.sites(site) for r in regions],
                      diff, progress=False)
-    assert est.values.shape == exact.values.shape
+    est_effect, exact_effect = est.values - est.clean, exact.values - exact.clean
+    assert exact_effect.abs().max() > 1e-5  # the step moves the metric
+    assert torch.allclose(est_effect, exact_effect, rtol=0.05, atol=0.05 * float(exact_effect.abs().max()))
     assert not any(p.grad is not None for p in model.hf.parameters())
 
 
