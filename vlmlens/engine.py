@@ -52,11 +52,24 @@ Build = Callable[[list[int], Batch], Sequence[Group]]
 
 
 def default_max_batch(model: VLM) -> int:
-    """Rows per forward pass unless told otherwise: 64 on a CPU, 256 on an accelerator."""
+    """Rows per forward pass unless told otherwise: 64 on a CPU, 256 on an accelerator.
+
+    Example:
+        >>> from vlmlens.engine import default_max_batch
+        >>> default_max_batch(model)
+        64
+    """
     return 64 if model.device.type == "cpu" else 256
 
 
 def checked_max_batch(model: VLM, max_batch: int | None) -> int:
+    """``max_batch`` checked as a positive row count, or the default.
+
+    Example:
+        >>> from vlmlens.engine import checked_max_batch
+        >>> checked_max_batch(model, None), checked_max_batch(model, 8)
+        (64, 8)
+    """
     if max_batch is None:
         return default_max_batch(model)
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
@@ -76,6 +89,7 @@ def run(model: VLM, batch: Batch, groups: Sequence[Group] | Build, read: Read,
     one part); chunks never mix parts.
 
     Example:
+        >>> from vlmlens import engine
         >>> right = lambda logits, sub, unedited: vl.Accuracy()(logits, sub, model)
         >>> engine.run(model, batch, [[]], right).mean() > 0.5
         tensor(True)
@@ -110,9 +124,10 @@ def forward(model: VLM, batch: Batch, interventions: Intervention | Iterable[Int
     """One pass over the whole batch with its sources computed: what ``model.run_with_cache`` does.
 
     Example:
+        >>> from vlmlens import engine
         >>> logits, cache = engine.forward(model, batch, vl.Ablate("hook_embed"), sites=["blocks.0.hook_resid_post"])
-        >>> logits.shape[0], cache["blocks.0.hook_resid_post"].shape[0]
-        (8, 8)
+        >>> logits.shape[0] == cache["blocks.0.hook_resid_post"].shape[0] == len(batch)
+        True
     """
     edits = flatten(interventions)
     store = _SourceStore(model, batch, max(len(batch), 1))
@@ -127,8 +142,9 @@ def cache(model: VLM, batch: Batch, sites: str | Iterable[str],
     """A `Cache` of ``sites`` over a batch of any size, run in chunks (the pass stops at the last site).
 
     Example:
-        >>> engine.cache(model, batch, ["hook_embed"], max_batch=3)["hook_embed"].shape[0]
-        8
+        >>> from vlmlens import engine
+        >>> engine.cache(model, batch, ["hook_embed"], max_batch=3)["hook_embed"].shape[0] == len(batch)
+        True
     """
     size = checked_max_batch(model, max_batch)
     edits = flatten(interventions)
@@ -145,7 +161,7 @@ def cache(model: VLM, batch: Batch, sites: str | Iterable[str],
     return out
 
 
-def n_examples(source: Batch | Cache) -> int:
+def _n_examples(source: Batch | Cache) -> int:
     """The number of examples a batch or a cache holds (a cache's first axis)."""
     if isinstance(source, Cache):
         return next(iter(source.values())).shape[0] if source else 0
@@ -153,12 +169,18 @@ def n_examples(source: Batch | Cache) -> int:
 
 
 def first_lm_layer(model: VLM, edits: Sequence[Intervention]) -> int:
-    """The first LM block any edit touches (0 for edits before the blocks, e.g. at ``hook_embed``)."""
+    """The first LM block any edit touches (0 for edits before the blocks, e.g. at ``hook_embed``).
+
+    Example:
+        >>> from vlmlens.engine import first_lm_layer
+        >>> first_lm_layer(model, [vl.Ablate("blocks.2.hook_resid_post"), vl.Ablate("blocks.3.hook_resid_pre")])
+        2
+    """
     layers = [int(m.group(1)) if (m := re.match(r"blocks\.(\d+)\.", model.site(e.site).name)) else 0 for e in edits]
     return min(layers, default=0)
 
 
-def is_lm_only(model: VLM, groups: Sequence[Sequence[Intervention]]) -> bool:
+def _is_lm_only(model: VLM, groups: Sequence[Sequence[Intervention]]) -> bool:
     """Whether every edit sits at a language-model site (so the vision tower's output can be reused)."""
     embed = model.site_table.order("hook_embed")
     return all(model.site_table.order(e.site) >= embed for g in groups for e in g)
@@ -179,7 +201,7 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], sources
                max_batch: int, bar: tqdm | None) -> Tensor:
     """Every group on one chunk: the unedited pass once, then passes grouped by the first LM layer and the
     first sequence position their edits touch (`plan_passes`)."""
-    lm_only = is_lm_only(model, groups)
+    lm_only = _is_lm_only(model, groups)
     first = [first_lm_layer(model, g) if lm_only else 0 for g in groups]
     starts = [first_position(model, g, sub) if lm_only else 0 for g in groups]
     edited = [i for i, g in enumerate(groups) if g]
@@ -203,7 +225,7 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], sources
         bar.update(len(sub) * (len(groups) - len(edited)))
     for layer, start, members in plan_passes(first, starts, edited, max(1, max_batch // len(sub))):
         resume = (layer, resid[f"blocks.{layer}.hook_resid_pre"]) if layer > 0 or start > 0 else None
-        past = prefix_past(resid.past, start, len(members)) if start > 0 else None
+        past = _prefix_past(resid.past, start, len(members)) if start > 0 else None
         logits, _ = model.trace_pass(sub, [groups[i] for i in members], (), inputs=inputs, last_only=True,
                                      resume=resume, sources=sources, start=start, past=past)
         per_group = rearrange(logits[:, -1], "(group example) vocab -> group example vocab", group=len(members))
@@ -220,6 +242,7 @@ def plan_passes(first: Sequence[int], starts: Sequence[int], edited: Sequence[in
     position they edit and packed ``per_pass`` at a time; a pass starts at its earliest member's position.
 
     Example:
+        >>> from vlmlens.engine import plan_passes
         >>> plan_passes(first=[0, 2, 2, 2], starts=[0, 9, 3, 5], edited=[1, 2, 3], per_pass=2)
         [(2, 3, [2, 3]), (2, 9, [1])]
     """
@@ -237,6 +260,7 @@ def first_position(model: VLM, edits: Sequence[Intervention], batch: Batch) -> i
     are not local in position, sites without sequence positions, families whose LM is not causal).
 
     Example:
+        >>> from vlmlens.engine import first_position
         >>> first_position(model, [vl.Patch("blocks.1.hook_resid_pre", region="last")], batch) > 0
         True
     """
@@ -251,7 +275,7 @@ def first_position(model: VLM, edits: Sequence[Intervention], batch: Batch) -> i
     return min(first)
 
 
-def prefix_past(past: Any, start: int, copies: int) -> Any:
+def _prefix_past(past: Any, start: int, copies: int) -> Any:
     """A fresh transformers cache of the clean run's keys and values before ``start``, for ``copies`` copies
     of the chunk stacked on the batch axis (a pass appends to it, so each pass gets its own)."""
     from transformers import DynamicCache
@@ -307,7 +331,7 @@ class _SourceStore:
             self.full.update({(*key, site): computed[site] for site in sites})
 
     def _paired(self, out: Sources, source: Batch | Cache, site: str, chunk: list[int]) -> None:
-        size = n_examples(source)
+        size = _n_examples(source)
         if size not in (len(self.batch), len(chunk)):
             raise ValueError(f"a source has {size} examples but the batch has {len(self.batch)}; "
                              "sources pair up with the batch by index")

@@ -179,8 +179,9 @@ def candidate_probs(logits: AnswerLogits, model: VLM, candidates: Sequence[str])
     renormalised over the candidates.
 
     Example:
-        >>> candidate_probs(model.run(batch)[:, -1], model, ["left", "right"]).sum(-1)[:2]
-        tensor([1., 1.])
+        >>> probs = candidate_probs(model.run(batch)[:, -1], model, ["left", "right"])
+        >>> probs.shape, bool(torch.allclose(probs.sum(-1), torch.ones(len(batch))))
+        (torch.Size([16, 2]), True)
     """
     logp = logits.float().log_softmax(-1)
     scores = torch.stack([logp[:, model.answer_ids(w)].logsumexp(-1) for w in candidates], dim=-1)

@@ -150,5 +150,13 @@ class SiteTable:
             stem = re.sub(r"\d+", "0", name).split(".")[-1]
             close = [n for n in self._specs if n.endswith(stem)][:5]
         hint = f"; closest: {', '.join(close)}" if close else ""
+        # a site that only some blocks have (e.g. attention patterns of a hybrid model's full-attention layers)
+        block = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+        same = re.compile(rf"blocks\.\d+\.{re.escape(block[2])}") if block else None
+        having = [n.split(".")[1] for n in self._specs if same and same.fullmatch(n)]
+        if having:
+            listed = f"0..{len(having) - 1}" if having == [str(i) for i in range(len(having))] else ", ".join(having)
+            hint = (f": block {block[1]} has no {block[2]}; only blocks {listed} do "
+                    f"(model.sites('blocks.*.{block[2]}') lists them)")
         return (f"unknown site {name!r}{hint}. model.sites() lists all "
                 f"{len(self._specs)} sites; `*` or `{{layer}}` expand over layers.")

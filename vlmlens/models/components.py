@@ -91,12 +91,15 @@ def embedding_sites(tower: str, stack: str = "batch", positions: str = "1") -> l
 
 
 def vit_layer_sites(layers: str, n_layers: int, *, prefix: int = 0, attn: str | None = "self_attn",
-                    view: View | None = None, stack: str = "batch", d: str = "d_vision") -> list[SiteSpec]:
+                    view: View | None = None, stack: str = "batch", d: str = "d_vision", first: int = 0,
+                    index: str = "") -> list[SiteSpec]:
     """Residual stream and attention pattern of each vision-encoder layer.
 
     ``prefix``: CLS-like tokens in front; ``attn``: the layer's attention module, which returns its weights
     second (None: no pattern site); ``stack``: the leading axis the tower runs on (``tile``, ``frame``), where
-    the residual stream is regrouped per example by ``view``, or, without one, has no regions.
+    the residual stream is regrouped per example by ``view``, or, without one, has no regions; ``first``: the
+    number of the first layer (a second encoder numbered on after a first, as Mllama's global one); ``index``: the
+    layout's map for the residual stream's token axis.
 
     Example:
         >>> [s.name.split(".", 3)[-1] for s in vit_layer_sites("encoder.layers", 1)]
@@ -106,13 +109,14 @@ def vit_layer_sites(layers: str, n_layers: int, *, prefix: int = 0, attn: str | 
     space, shape = ("vision", f"batch pos {d}") if per_example else ("none", f"{stack} pos {d}")
     specs: list[SiteSpec] = []
     for i in range(n_layers):
-        name, path = f"vision_encoder.encoder_layers.{i}", f"{layers}.{i}"
+        name, path = f"vision_encoder.encoder_layers.{first + i}", f"{layers}.{i}"
         specs.append(SiteSpec(f"{name}.hook_resid_pre", path, "input", "hidden_states", space, shape, prefix,
-                              view=view))
+                              view=view, index=index))
         if attn:
             specs.append(SiteSpec(f"{name}.attn.hook_pattern", f"{path}.{attn}", "output", 1, "none",
                                   f"{stack} head query_pos key_pos", needs_eager_attention=True))
-        specs.append(SiteSpec(f"{name}.hook_resid_post", path, "output", None, space, shape, prefix, view=view))
+        specs.append(SiteSpec(f"{name}.hook_resid_post", path, "output", None, space, shape, prefix, view=view,
+                              index=index))
     return specs
 
 
@@ -135,25 +139,32 @@ def projector_sites(tower: str, projector: str, key: str = "image_features", *, 
     ]
 
 
-def decoder_sites(lm: str, n_layers: int, *, sandwich: bool = False, lm_head: str = "lm_head") -> list[SiteSpec]:
-    """LM sites of a pre-norm decoder ``lm`` whose ``layers`` have ``self_attn`` and ``mlp``.
+GEMMA_NORMS = ("post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
+
+
+def decoder_sites(lm: str, n_layers: int, *, sandwich: bool = False, lm_head: str = "lm_head",
+                  norms: tuple[str, str, str] | None = None, mlp: str = "mlp") -> list[SiteSpec]:
+    """LM sites of a pre-norm decoder ``lm`` whose ``layers`` have ``self_attn`` and ``mlp`` (named ``mlp``).
 
     ``lm``'s ``inputs_embeds`` is ``hook_embed``, the embeddings with the image features in place. With
     ``sandwich`` norms (Gemma 2/3), each component's output is normed before it joins the residual stream:
     ``attn.hook_out`` / ``mlp.hook_out`` are read after those post-norms, so that ``hook_resid_mid =
-    hook_resid_pre + attn.hook_out``.
+    hook_resid_pre + attn.hook_out``. ``norms`` names a sandwich's (post-attention, pre-MLP, post-MLP) norms
+    where they are not Gemma's (GLM-4.1V: ``post_self_attn_layernorm``, ``post_attention_layernorm``,
+    ``post_mlp_layernorm``).
 
     Example:
         >>> [s.module for s in decoder_sites("lm", 1, sandwich=True) if s.name.endswith("hook_out")]
         ['lm.layers.0.post_attention_layernorm', 'lm.layers.0.post_feedforward_layernorm', 'lm_head']
     """
     act = "batch pos d_model"
+    norms = norms or (GEMMA_NORMS if sandwich else None)
     specs = [SiteSpec("hook_embed", lm, "input", "inputs_embeds", "lm", act)]
     for i in range(n_layers):
         block, path = f"blocks.{i}", f"{lm}.layers.{i}"
-        attn_out, attn_key = (f"{path}.post_attention_layernorm", None) if sandwich else (f"{path}.self_attn", 0)
-        mid_norm = "pre_feedforward_layernorm" if sandwich else "post_attention_layernorm"
-        mlp_out = f"{path}.post_feedforward_layernorm" if sandwich else f"{path}.mlp"
+        attn_out, attn_key = (f"{path}.{norms[0]}", None) if norms else (f"{path}.self_attn", 0)
+        mid_norm = norms[1] if norms else "post_attention_layernorm"
+        mlp_out = f"{path}.{norms[2]}" if norms else f"{path}.{mlp}"
         specs += [
             SiteSpec(f"{block}.hook_resid_pre", path, "input", "hidden_states", "lm", act),
             SiteSpec(f"{block}.attn.hook_pattern", f"{path}.self_attn", "output", 1, "none",
@@ -233,9 +244,100 @@ class GridAdapter(Adapter):
         picked = super().select_inputs({k: v for k, v in inputs.items() if k != "pixel_values"}, ids)
         return picked | {"pixel_values": torch.cat([chunks[i] for i in ids])}
 
-    def decoder_sites(self, sandwich: bool = False) -> list[SiteSpec]:
-        """`decoder_sites` of this model's LM."""
-        return decoder_sites(self.lm, self.n_lm_layers, sandwich=sandwich)
+    def image_reentries(self, site: str) -> list[str]:
+        """Sites after ``site`` (an LM site) where image features enter the LM's image tokens again, so that an edit
+        removing a region's image information must also apply there (Qwen3-VL's DeepStack); none by default."""
+        return []
+
+    def decoder_sites(self, sandwich: bool = False, **options: Any) -> list[SiteSpec]:
+        """`decoder_sites` of this model's LM (``options``: its keyword arguments)."""
+        return decoder_sites(self.lm, self.n_lm_layers, sandwich=sandwich, **options)
+
+
+# -- Qwen2-VL's processor geometry (Qwen3-VL, Qwen3.5, GLM-4.1V) ---------------------------------------
+
+def grid_patch_counts(inputs: Mapping[str, Any]) -> list[int]:
+    """Patches per image (``t*h*w`` of ``image_grid_thw``), one image per example."""
+    return inputs["image_grid_thw"].prod(-1).tolist()
+
+
+# all images' patches are concatenated into one (total_patches, d) axis
+merged_patches = PerExample(grid_patch_counts, "patches", "images of equal patch counts", "Resize the images to "
+                            "one size, or read only LM sites (hook_embed onwards) for mixed sizes")
+
+
+class MergedPatchesAdapter(GridAdapter):
+    """Qwen2-VL's processor geometry, which Qwen3-VL, Qwen3.5 and GLM-4.1V share: each image is resized to
+    multiples of ``patch * merge`` px (``smart_resize``), its patches listed merge window by merge window (the
+    ``merge x merge`` patches of each LM token together, row-major; tokens row-major), every image's patches on
+    one axis (viewed per example by `merged_patches`), and M-RoPE positions from the model's ``get_rope_index``.
+
+    Layout maps: ``vision_pos`` and ``patches`` (each token's patches, processor order), ``merged`` (the token).
+    """
+
+    tower = "model.visual"
+
+    @property
+    def n_vision_layers(self) -> int:
+        return int(self.config.vision_config.depth)
+
+    @property
+    def merge(self) -> int:
+        return int(self.config.vision_config.spatial_merge_size)
+
+    def layouts(self, inputs: dict[str, Any], images: Sequence[Image.Image], boxes: Sequence[dict[str, Box]],
+                directions: Sequence[str | None]) -> list[Layout]:
+        if len(inputs["image_grid_thw"]) != len(images):
+            raise ValueError(f"{len(inputs['image_grid_thw'])} images were processed for {len(images)} examples; "
+                             "vlmlens expects one image per example")
+        return super().layouts(inputs, images, boxes, directions)
+
+    def example_layout(self, example: ExampleTokens, inputs: Mapping[str, Any]) -> Layout:
+        patch, merge = int(self.config.vision_config.patch_size), self.merge
+        frames, grid_h, grid_w = (int(v) for v in inputs["image_grid_thw"][example.index])
+        if frames != 1:
+            raise ValueError(f"example {example.index}: image grid {[frames, grid_h, grid_w]} has {frames} frames; "
+                             "only images (one frame) are supported")
+        width, height = example.image.size
+        layout = example.grid(grid_h // merge, grid_w // merge, (patch * merge, patch * merge),
+                              BoxMap(grid_w * patch / width, grid_h * patch / height))
+        tokens = torch.arange(layout.n_image_tokens)[:, None]
+        patches = tokens * merge * merge + torch.arange(merge * merge)
+        return replace(layout, vision_pos=patches, vision_index={"patches": patches, "merged": tokens})
+
+    def merger_sites(self, after_block: Callable[[int], list[SiteSpec]] = lambda layer: []) -> list[SiteSpec]:
+        """Sites of a tower whose last block feeds its merger directly (no final norm; Qwen3-VL, Qwen3.5): the patch
+        embedding, each block's residual stream followed by ``after_block(layer)``'s sites, the merger's input
+        (which is also the tower's output) and output. The vision attention returns no weights: no pattern site."""
+        vis, merger = "batch pos d_vision", f"{self.tower}.merger"
+        blocks = vit_layer_sites(f"{self.tower}.blocks", self.n_vision_layers, attn=None, view=merged_patches)
+        specs = [SiteSpec("vision_encoder.hook_patch_embed", f"{self.tower}.patch_embed", "output", None, "vision",
+                          vis, view=merged_patches, index="patches")]
+        for layer in range(self.n_vision_layers):
+            specs += [*blocks[2 * layer:2 * layer + 2], *after_block(layer)]  # hook_resid_pre, hook_resid_post
+        return [
+            *specs,
+            SiteSpec("vision_encoder.hook_out", merger, "input", "x", "vision", vis, view=merged_patches),
+            SiteSpec("vision_projector.hook_in", merger, "input", "x", "vision", vis, view=merged_patches),
+            SiteSpec("vision_projector.hook_out", merger, "output", None, "vision", "batch pos d_model",
+                     view=merged_patches, index="merged"),
+        ]
+
+    def stacked_pixels(self, inputs: Mapping[str, Any]) -> list[int]:
+        return grid_patch_counts(inputs)
+
+    def lm_inputs(self, inputs: dict[str, Any], embeds: Tensor) -> dict[str, Any] | None:
+        """Embeddings plus the M-RoPE positions the model would compute from the full inputs."""
+        position_ids, _ = self.hf.model.get_rope_index(
+            input_ids=inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])
+        return {"inputs_embeds": embeds, "attention_mask": inputs["attention_mask"], "position_ids": position_ids}
+
+    def repeat_inputs(self, inputs: dict[str, Any], times: int) -> dict[str, Any]:
+        out = super().repeat_inputs({k: v for k, v in inputs.items() if k != "position_ids"}, times)
+        if "position_ids" in inputs:  # (3, batch, seq): the batch axis is the second one
+            out["position_ids"] = inputs["position_ids"].repeat(1, times, 1)
+        return out
 
 
 # -- geometry: box maps, tile grids, pooled and crops layouts -----------------------------------------
@@ -282,21 +384,39 @@ def pooled_layout(layout: Layout, patches_per_side: int, kernel: int) -> Layout:
     return replace(layout, vision_pos=patches, vision_index={"merged": merged})
 
 
+def keep_tokens(layout: Layout, keep: Tensor) -> Layout:
+    """The layout without the tokens ``keep`` leaves out (e.g. the tokens of padding, which then lie in no region).
+
+    Example:
+        >>> keep_tokens(grid_layout(1, 3, (8, 8), {}, [4, 5, 6], seq_len=7), torch.tensor([True, True, False])).seq_pos
+        tensor([4, 5])
+    """
+    return replace(layout, rows=layout.rows[keep], cols=layout.cols[keep], seq_pos=layout.seq_pos[keep],
+                   vision_pos=layout.vision_pos[keep], covers={k: v[keep] for k, v in layout.covers.items()},
+                   vision_index={k: v[keep] for k, v in layout.vision_index.items()},
+                   part=None if layout.part is None else layout.part[keep])
+
+
 def crops_layout(example: ExampleTokens, crops: tuple[int, int], tile: int, patches: int, scale: int,
-                 cls: int = 0) -> Layout:
+                 cls: int = 0, *, canvas: BoxMap | None = None, whole: BoxMap | None = None,
+                 cls_last: bool = False) -> Layout:
     """One example's layout when the image is stretched to ``crops`` (rows, cols) tiles of ``tile`` px, cut into
     them row by row, and followed by the whole image squashed to one tile (the global image; alone when
     ``crops`` is (0, 0)), as Idefics3 and InternVL do. Each tile is a ``patches x patches`` grid with ``cls``
-    tokens in front at the tower's sites; pixel shuffle folds ``scale x scale`` patch blocks into one token.
-    Vision maps: ``vision_pos`` (each token's patches in the example's stack of tiles) and ``features``."""
+    tokens in front at the tower's sites (after its patches with ``cls_last``, as Llama 4's); pixel shuffle folds
+    ``scale x scale`` patch blocks into one token. ``canvas`` / ``whole`` map the image onto the crops' canvas and
+    onto the global tile where the processor does not stretch or squash it (Llama 4 resizes into the canvas keeping
+    the aspect ratio). Vision maps: ``vision_pos`` (each token's patches in the example's stack of tiles) and
+    ``features``."""
     crop_rows, crop_cols = crops
     n_crops, g = crop_rows * crop_cols, patches // scale
     per_frame, tokens = patches * patches + cls, g * g
+    first = 0 if cls_last else cls  # each tile's first patch along its frame
     width, height = example.image.size
     cell = (tile / g, tile / g)
-    glob = pooled_layout(example.grid(g, g, cell, BoxMap(tile / width, tile / height),
+    glob = pooled_layout(example.grid(g, g, cell, whole or BoxMap(tile / width, tile / height),
                                       example.image_pos[n_crops * tokens:]), patches, scale)
-    glob = replace(glob, vision_pos=glob.vision_pos + n_crops * per_frame + cls,
+    glob = replace(glob, vision_pos=glob.vision_pos + n_crops * per_frame + first,
                    vision_index={"features": glob.vision_index["merged"] + n_crops * tokens})
     if not n_crops:
         return glob
@@ -304,10 +424,10 @@ def crops_layout(example: ExampleTokens, crops: tuple[int, int], tile: int, patc
     flat = torch.arange(crop_rows * g * crop_cols * g)
     r, c = flat // (crop_cols * g), flat % (crop_cols * g)
     frame, within = tile_cells(r, c, g, crop_cols)
-    stretched = BoxMap(crop_cols * tile / width, crop_rows * tile / height)
+    stretched = canvas or BoxMap(crop_cols * tile / width, crop_rows * tile / height)
     crops_grid = example.grid(crop_rows * g, crop_cols * g, cell, stretched, example.image_pos[frame * tokens + within])
     local = pooled_layout(replace(crops_grid, rows=r % g, cols=c % g, grid=(g, g)), patches, scale)
-    crops_grid = replace(crops_grid, vision_pos=local.vision_pos + (frame * per_frame + cls)[:, None],
+    crops_grid = replace(crops_grid, vision_pos=local.vision_pos + (frame * per_frame + first)[:, None],
                          vision_index={"features": (frame * tokens + within)[:, None]})
     return stack_layouts([crops_grid, glob])
 

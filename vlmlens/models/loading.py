@@ -9,20 +9,27 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from vlmlens.models import (  # noqa: F401  (each module registers its adapter)
     gemma3,
+    gemma4,
+    glm4v,
     idefics3,
     internvl,
+    llama4,
     llava,
     llava_next,
     llava_onevision,
+    mllama,
     paligemma,
     pixtral,
     qwen2_vl,
+    qwen3_5,
+    qwen3_vl,
 )
 from vlmlens.models.adapter import adapter_for
 from vlmlens.models.toy.organisms import checkpoint as toy_checkpoint
@@ -40,7 +47,27 @@ def _dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype | str:
     return getattr(torch, dtype)
 
 
+def _check_placement(device: str | None, device_map: str | dict[str, Any] | None,
+                     max_memory: dict[Any, Any] | None) -> None:
+    if device is not None and device_map is not None:
+        raise ValueError(f"give device={device!r} or device_map={device_map!r}, not both: a device map places "
+                         "every module itself")
+    if max_memory is not None and device_map is None:
+        raise ValueError(f"max_memory={max_memory!r} caps the devices of a device map; add device_map='auto'")
+
+
+def _check_first_parameter(hf: Any) -> None:
+    """Inputs go to the first parameter's device (`VLM.device`), so that parameter must live on a device."""
+    name, param = next(iter(hf.named_parameters()))
+    if param.device.type == "meta":
+        module = name.rsplit(".", 1)[0]
+        raise ValueError(f"the device map offloads the model's first parameter ({name}) to disk or the CPU "
+                         f"offload, but inputs are placed on that parameter's device; map {module!r} (or a module "
+                         "above it) to a GPU index or 'cpu'")
+
+
 def load(name_or_path: str | Path = "toy", device: str | None = None, dtype: str | torch.dtype | None = None,
+         device_map: str | dict[str, Any] | None = None, max_memory: dict[Any, Any] | None = None,
          **from_pretrained_kwargs) -> VLM:
     """Load a VLM: a shipped toy (``"toy"``, ``"toy-sequence"``, ``"toy-content"``, ``"toy-background"``), a
     Hugging Face model id, or a local ``save_pretrained`` folder.
@@ -49,12 +76,17 @@ def load(name_or_path: str | Path = "toy", device: str | None = None, dtype: str
     checkpoint's own dtype on GPU. Extra keyword arguments go to ``from_pretrained``. ``device="meta"`` builds
     the real architecture from the config alone, without weights (`vlmlens.models.weightless`): for sites,
     shapes, layouts and ``vl.plan``; a forward pass on it raises an error saying how to load the weights.
+    ``device_map`` (instead of ``device``) spreads the model over devices through accelerate, as
+    ``from_pretrained`` does: ``"auto"``, or a dict from module path to a GPU index, ``"cpu"`` or ``"disk"``
+    (give ``offload_folder=``); ``max_memory`` caps each device, e.g. ``{0: "20GiB", "cpu": "64GiB"}``.
+    Every edit then runs on its module's own device.
 
     Example:
         >>> model = vl.load("toy", device="cpu")
         >>> model.hf.config.model_type
         'llava'
     """
+    _check_placement(device, device_map, max_memory)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = str(name_or_path)
     # "toy", "toy-content", ...: a shipped toy (a misspelt one is an error naming them), unless a folder is so named
@@ -64,6 +96,11 @@ def load(name_or_path: str | Path = "toy", device: str | None = None, dtype: str
     adapter_cls = adapter_for(config.model_type, getattr(vision_config, "model_type", None))
     if device == "meta":  # the real architecture without weights: sites, layouts and memory plans only
         hf = empty_model(config, None if dtype is None else _dtype(dtype, device))
+    elif device_map is not None:  # accelerate places (and offloads) each module; never move it afterwards
+        hf = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=_dtype(dtype, device), device_map=device_map, max_memory=max_memory,
+            **from_pretrained_kwargs).eval()
+        _check_first_parameter(hf)
     else:
         hf = AutoModelForImageTextToText.from_pretrained(
             path, dtype=_dtype(dtype, device), **from_pretrained_kwargs).to(device).eval()
