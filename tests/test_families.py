@@ -565,8 +565,6 @@ FAMILIES += [
 ]
 # the engine resumes at layer L by skipping layers < L with blocks.{L}.hook_resid_pre as their output; after a DeepStack
 # layer the model then adds that layer's injection a second time (resuming from blocks.{L-1}.hook_resid_post is right)
-DEEPSTACK_RESUME = ("test_sweeps_score_what_single_runs_give",
-                    "engine: resume from blocks.{L-1}.hook_resid_post (DeepStack injects between L-1 and L)")
 QWEN3_PATCH_SITES = ("vision_encoder.hook_patch_embed", "vision_projector.hook_in", "vision_encoder.hook_out")
 FAMILIES += [
     Family(name, lambda p, name=name: save_tiny_qwen3(p, family=name), wide_images(), BOXES,
@@ -574,7 +572,7 @@ FAMILIES += [
                                       merged_sites=("vision_projector.hook_out",
                                                     "vision_encoder.deepstack_mergers.1.hook_out")),
            lambda model, batch: merged_shapes(model, batch, pos_embed=False, deepstack=2),
-           (*NO_VISION_PATTERN, "vision_encoder.hook_pos_embed"), pending=(DEEPSTACK_RESUME,))
+           (*NO_VISION_PATTERN, "vision_encoder.hook_pos_embed"))
     for name in ("qwen3_vl", "qwen3_vl_moe")
 ]
 

@@ -210,11 +210,12 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], sources
     need_unedited = wants_unedited or len(edited) < len(groups) or bool(resume_layers)
     inputs, unedited, resid = None, None, Cache()
     if lm_only:
-        sites = ["hook_embed", *(f"blocks.{layer}.hook_resid_pre" for layer in resume_layers if layer > 0)]
+        # a pass starting at block L skips the blocks before it, their last output replaced by the clean one (so
+        # whatever the model adds between blocks, e.g. Qwen3-VL's DeepStack features, is added as in the clean run)
+        sites = ["hook_embed", *(f"blocks.{layer - 1}.hook_resid_post" for layer in resume_layers if layer > 0)]
         logits, resid = model.trace_pass(sub, [[]], sites, stop=not need_unedited, last_only=True,
                                          keep_past=any(starts[i] > 0 for i in edited))
         inputs = model.adapter.lm_inputs(sub.inputs, resid["hook_embed"])
-        resid["blocks.0.hook_resid_pre"] = resid["hook_embed"]
         unedited = None if logits is None else logits[:, -1]
     elif need_unedited:
         unedited = model.trace_pass(sub, [[]], (), last_only=True)[0][:, -1]
@@ -224,7 +225,7 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], sources
     if bar is not None and len(edited) < len(groups):
         bar.update(len(sub) * (len(groups) - len(edited)))
     for layer, start, members in plan_passes(first, starts, edited, max(1, max_batch // len(sub))):
-        resume = (layer, resid[f"blocks.{layer}.hook_resid_pre"]) if layer > 0 or start > 0 else None
+        resume = (layer, resid[f"blocks.{layer - 1}.hook_resid_post"]) if layer > 0 else None
         past = _prefix_past(resid.past, start, len(members)) if start > 0 else None
         logits, _ = model.trace_pass(sub, [groups[i] for i in members], (), inputs=inputs, last_only=True,
                                      resume=resume, sources=sources, start=start, past=past)

@@ -195,8 +195,9 @@ class VLM:
         axis), reading ``sites`` of the first copy; the engine (`vlmlens.engine`) plans these passes.
 
         ``inputs`` replaces ``batch.inputs``; ``last_only`` computes logits at the last position only;
-        ``resume=(layer, resid_pre)`` skips the LM layers before ``layer``, feeding it the given clean
-        residual stream (valid when no edit acts before it); ``sources`` are the edits' source activations.
+        ``resume=(layer, hidden)`` skips the LM layers before ``layer``, the last one's output replaced by the
+        clean ``hidden`` (its ``hook_resid_post``; valid when no edit acts before ``layer``); ``sources`` are the
+        edits' source activations.
         ``start`` > 0 (with LM-only ``inputs`` and ``past``, the clean run's keys and values before ``start``
         for every copy) runs only the positions from ``start`` on; ``keep_past`` returns the run's keys and
         values as ``cache.past``.
