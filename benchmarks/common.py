@@ -45,3 +45,27 @@ def widened_toy(path: Path, width: int = 4, seed: int = 0) -> Path:
     LlavaForConditionalGeneration(config).save_pretrained(path)
     AutoProcessor.from_pretrained(TOY_CHECKPOINT).save_pretrained(path)
     return path
+
+
+def llava15_shaped(path: Path, lm_layers: int = 4, width: int = 512, seed: int = 0) -> Path:
+    """A randomly initialised LLaVA with LLaVA-1.5's sequence: a 336 px image in 14 px patches, so 576 image
+    tokens (plus CLS in the tower), a Llama LM of ``lm_layers`` blocks ``width`` wide; the toy's tokenizer."""
+    import torch
+    from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
+
+    from vlmlens.models.toy import TOY_CHECKPOINT
+    config = LlavaConfig.from_pretrained(TOY_CHECKPOINT)
+    config.vision_config.image_size, config.vision_config.patch_size = 336, 14
+    config.vision_config.num_hidden_layers = 2
+    text = config.text_config
+    text.num_hidden_layers, text.hidden_size, text.intermediate_size = lm_layers, width, 4 * width
+    text.num_attention_heads = text.num_key_value_heads = width // 64
+    text.head_dim, text.max_position_embeddings = 64, 1024
+    torch.manual_seed(seed)
+    LlavaForConditionalGeneration(config).save_pretrained(path)
+    processor = AutoProcessor.from_pretrained(TOY_CHECKPOINT)
+    processor.image_processor.size, processor.image_processor.crop_size = {"shortest_edge": 336}, {"height": 336,
+                                                                                                    "width": 336}
+    processor.patch_size = 14
+    processor.save_pretrained(path)
+    return path

@@ -9,12 +9,16 @@ For an activation-patching sweep over every LM layer x {object, background} (cle
 (2) attribution patching (`vl.attribute`, integrated along the clean-to-counterfactual path in
     ATTRIBUTION_STEPS steps; plain AtP beside it) vs the exact sweep: time ratio and Spearman correlation of
     the mean effects, over the same family, and on the toy also over every layer x sequence position;
-(3) peak memory of the sweep vs a clean forward of one chunk (separate processes; on CPU the peak resident
+(3) prefix reuse (issue 16) on the toy and on a LLaVA-1.5-shaped random model (576 image tokens, 4 LM blocks):
+    the same sweeps with the engine recomputing only the positions from each edit's first on, against the
+    engine recomputing every position (``adapter.prefix_reuse`` off): last-position patching at every layer,
+    and a layer x position grid (every POSITION_STRIDE-th position on the big model, every position on the toy);
+(4) peak memory of the sweep vs a clean forward of one chunk (separate processes; on CPU the peak resident
     memory above the level before the workload, sampled every millisecond; `max_memory_allocated` on GPU).
 
 Run: python benchmarks/sweep.py [--n 16] [--repeats 3] [--device cpu]
 Targets: sweep <= 0.6x the faster of naive / TransformerLens and <= 1.3x the floor; attribution Spearman >= 0.9
-on the toy.
+on the toy; prefix reuse >= 10x on last-position patching and >= 1.8x on the layer x position grid (big model).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import interleaved_times, report, widened_toy
+from common import interleaved_times, llava15_shaped, report, widened_toy
 from scipy.stats import spearmanr
 
 import vlmlens as vl
@@ -39,6 +43,7 @@ from vlmlens.models.toy import TOY_CHECKPOINT
 
 ATTRIBUTION_STEPS = 5
 MAX_BATCH = 64  # rows per forward pass of the sweep: one chunk
+POSITION_STRIDE = 48  # the big model's layer x position grid: every 48th position (13 of ~590)
 
 
 def setup(model_path: str, n: int, device: str | None):
@@ -157,6 +162,39 @@ def per_position(model_path: str, n: int, device: str | None) -> dict[str, float
             "toy_positions_attribution_spearman": spearman(exact, estimate)}
 
 
+def prefix_reuse(model_path: str, label: str, n: int, repeats: int, device: str | None,
+                 stride: int) -> dict[str, float]:
+    """Speed-up of recomputing only the positions an edit can change, side by side with full recomputation,
+    and the largest difference between the two results."""
+    model = vl.load(model_path, device=device)
+    size = model.processor.image_processor.crop_size["height"]
+    scenes = vl.scenes.generate(n, seed=7, task="relation", image_size=(size, size))
+    clean = model.prepare(scenes)
+    cf = model.prepare(vl.scenes.generate(n, seed=8, task="relation", image_size=(size, size)))
+    length = int(clean.inputs["attention_mask"].sum(1).min())
+    families = {
+        "last": vl.grid(vl.Patch, site="blocks.{layer}.hook_resid_pre", layer=model.lm_layers, region=["last"],
+                        source=cf),
+        "grid": vl.grid(vl.Patch, site="blocks.{layer}.hook_resid_pre", layer=model.lm_layers,
+                        region=[f"pos:{-i}" for i in range(1, length + 1, stride)], source=cf),
+    }
+    out: dict[str, float] = {}
+    for kind, family in families.items():
+        def run(reuse: bool, family=family):
+            model.adapter.prefix_reuse = reuse
+            try:
+                return vl.sweep(model, clean, family, vl.LogitDiff(), max_batch=MAX_BATCH, progress=False)
+            finally:
+                model.adapter.prefix_reuse = type(model.adapter).prefix_reuse
+        times = interleaved_times({"prefix": lambda: run(True), "full": lambda: run(False)}, repeats=repeats,
+                                  warmup=1)
+        out |= {f"{label}_{kind}_prefix_s": times["prefix"], f"{label}_{kind}_full_s": times["full"],
+                f"{label}_{kind}_speedup": times["full"] / times["prefix"],
+                f"{label}_{kind}_patches": len(family),
+                f"{label}_{kind}_max_abs_diff": float((run(True).values - run(False).values).abs().max())}
+    return out
+
+
 def resident_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -219,6 +257,9 @@ def main() -> None:
         for label, path in models.items():
             figures |= speed(path, label, args.n, args.repeats, args.device)
         figures |= per_position(models["toy"], args.n, args.device)
+        big = str(llava15_shaped(Path(tmp) / "llava15"))
+        figures |= prefix_reuse(models["toy"], "toy", args.n, args.repeats, args.device, stride=1)
+        figures |= prefix_reuse(big, "llava15", 2, args.repeats, args.device, stride=POSITION_STRIDE)
         figures["peak_memory_vs_forward"] = memory_ratio(models["toy"], args.n, args.device)
     rows = [(label, f"{figures[f'{label}_interventions']:.0f}", f"{figures[f'{label}_sweep_s']:.2f}",
              f"{figures[f'{label}_naive_s']:.2f}", f"{figures[f'{label}_transformerlens_s']:.2f}",
@@ -231,6 +272,8 @@ def main() -> None:
         "sweep_vs_naive": figures["toy_sweep_vs_naive"],
         "sweep_vs_transformerlens": figures["toy_sweep_vs_transformerlens"],
         "sweep_vs_floor": figures["toy_sweep_vs_floor"],
+        "prefix_reuse_last_speedup": figures["llava15_last_speedup"],
+        "prefix_reuse_grid_speedup": figures["llava15_grid_speedup"],
         "attribution_time_vs_exact": figures["toy_attribution_time_vs_exact"],
         "attribution_spearman": figures["toy_attribution_spearman"],
         "peak_memory_vs_forward": figures["peak_memory_vs_forward"],
@@ -239,6 +282,13 @@ def main() -> None:
           f"{figures['toy_positions_attribution_time_vs_exact']:.3f}x the exact sweep's time, Spearman "
           f"{figures['toy_positions_attribution_spearman']:.2f}; peak memory of the sweep "
           f"{figures['peak_memory_vs_forward']:.2f}x a clean forward's")
+    for label in ("toy", "llava15"):
+        print(f"{label}: prefix reuse, last-position patching x{figures[f'{label}_last_speedup']:.1f} "
+              f"({figures[f'{label}_last_patches']:.0f} patches, {figures[f'{label}_last_full_s']:.2f} s -> "
+              f"{figures[f'{label}_last_prefix_s']:.2f} s), "
+              f"layer x position grid x{figures[f'{label}_grid_speedup']:.2f} "
+              f"({figures[f'{label}_grid_patches']:.0f} patches); results differ by at most "
+              f"{max(figures[f'{label}_last_max_abs_diff'], figures[f'{label}_grid_max_abs_diff']):.1e}")
     report(rows, ("model", "interventions", "sweep s", "naive s", "TL s", "floor s", "sweep/naive", "sweep/TL",
                   "sweep/floor",
                   "attribution s", "spearman", "AtP spearman"),
