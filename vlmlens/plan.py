@@ -145,11 +145,16 @@ def plan(model: VLM, batch: Batch, n_interventions: int = 1, max_batch: int = 25
     seq = int(batch.inputs["input_ids"].shape[1])
     tokens = _vision_tokens(batch, vision_dims(config).patch)
     weights = sum(t.numel() * t.element_size() for t in (*hf.parameters(), *hf.buffers()))
+    language = _language_parts(config, rows, seq, size, eager)
+    if model.adapter.prefix_reuse and not eager:  # the engine keeps the chunk's clean keys and values (prefix reuse)
+        text = text_dims(config)
+        chunk = min(len(batch), max_batch)
+        language["clean keys and values (prefix reuse)"] = 2 * text.n_layers * chunk * seq * text.n_kv_heads * \
+            text.d_head * size
     return Plan(model=model.name, dtype=str(hf.dtype).removeprefix("torch."), examples=len(batch),
                 n_interventions=n_interventions, max_batch=max_batch, rows=rows, passes=passes, seq_len=seq,
                 vision_tokens=tokens, weights=weights,
-                vision=_vision_parts(config, rows, tokens, size, eager),
-                language=_language_parts(config, rows, seq, size, eager))
+                vision=_vision_parts(config, rows, tokens, size, eager), language=language)
 
 
 def _passes(examples: int, groups: int, max_batch: int) -> tuple[int, int]:
