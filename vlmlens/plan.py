@@ -42,8 +42,8 @@ class Plan:
 
     Example:
         >>> p = vl.plan(model, batch, n_interventions=8, max_batch=64)
-        >>> sorted(p.activations)[:3]
-        ['KV cache', 'attention mask', 'language model layer']
+        >>> sorted(p.activations)[:2]
+        ['KV cache', 'attention mask']
         >>> p.peak == p.weights + p.peak_activations
         True
     """
