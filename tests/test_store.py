@@ -13,6 +13,7 @@ import torch
 import vlmlens as vl
 from vlmlens import engine
 from vlmlens.interventions import Labelled
+from vlmlens.models.toy import TOY_CHECKPOINT
 from vlmlens.store import Store
 
 # the sweep the killed subprocess runs; the test builds the same one (each engine run then sleeps, so that
@@ -92,7 +93,7 @@ def test_a_finished_store_is_read_not_recomputed_and_equals_the_plain_sweep(toy,
 
 # each: what the second sweep changes, and the manifest field the error must name
 CHANGES = {
-    "model": lambda c: c | {"model": vl.load("toy-content", device="cpu")},
+    "model": lambda c: c | {"model": vl.load(str(TOY_CHECKPOINT), device="cpu")},  # another name
     "batch": lambda c: c | {"batch": c["model"].prepare(vl.scenes.generate(4, seed=9, task="squares"))},
     "family, by its labels": lambda c: c | {"family": [Labelled(iv.intervention, {"n": i})
                                                        for i, iv in enumerate(c["family"])]},
