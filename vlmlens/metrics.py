@@ -43,6 +43,14 @@ def _scenes(batch: Batch, metric: str) -> Sequence[Any]:
     return batch.scenes
 
 
+def _targets(answers: Sequence[str] | None, scenes: Sequence[Any], n: int) -> list[str]:
+    """``answers`` (paired by index) or the scenes' own answers, checked against the batch size."""
+    targets = list(answers) if answers is not None else [s.answer for s in scenes]
+    if len(targets) != n:
+        raise ValueError(f"{len(targets)} answers for a batch of {n}")
+    return targets
+
+
 def word_scores(logits: AnswerLogits, model: VLM, words: Sequence[str]) -> Tensor:
     """Per example and word, the best logit over the word's spellings.
 
@@ -115,9 +123,7 @@ class Accuracy:
 
     def __call__(self, logits: AnswerLogits, batch: Batch, model: VLM) -> PerExample:
         scenes = _scenes(batch, type(self).__name__)
-        targets = list(self.answers) if self.answers is not None else [s.answer for s in scenes]
-        if len(targets) != len(batch):
-            raise ValueError(f"{len(targets)} answers for a batch of {len(batch)}")
+        targets = _targets(self.answers, scenes, len(batch))
         picks = [scene.candidates[pick(word_scores(logits[i:i + 1], model, scene.candidates)[0])]
                  for i, scene in enumerate(scenes)]
         return torch.tensor([float(p == t) for p, t in zip(picks, targets)])
@@ -167,10 +173,7 @@ class Top1Accuracy:
     answers: Sequence[str] | None = None
 
     def __call__(self, logits: AnswerLogits, batch: Batch, model: VLM) -> PerExample:
-        scenes = _scenes(batch, type(self).__name__)
-        targets = list(self.answers) if self.answers is not None else [s.answer for s in scenes]
-        if len(targets) != len(batch):
-            raise ValueError(f"{len(targets)} answers for a batch of {len(batch)}")
+        targets = _targets(self.answers, _scenes(batch, type(self).__name__), len(batch))
         return torch.tensor([float(w == normalised(t)) for w, t in zip(top1_words(logits, model), targets)])
 
 
