@@ -21,17 +21,18 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 #: experiment -> table -> documented columns
 COLUMNS = {
-    "behaviour": {"accuracy": ["task", "direction", "accuracy", "ci_low", "ci_high", "logit_diff", "n", "chance"]},
-    "last_token_patching": {"probabilities": ["layer", "candidate", "mean", "ci_low", "ci_high", "n"],
-                            "raw_pairs": ["pair", "layer", "candidate", "prob"]},
+    "behaviour": {"accuracy": ["task", "orientation", "direction", "accuracy", "ci_low", "ci_high", "n", "chance"]},
+    "last_token_patching": {"probabilities": ["orientation", "layer", "candidate", "mean", "ci_low", "ci_high", "n"],
+                            "raw_pairs": ["pair", "orientation", "layer", "candidate", "prob"]},
     "position_probes": {"accuracy": ["orientation", "strip", "tokens", "accuracy", "ci_low", "ci_high", "prob", "n",
                                      "chance"],
                         "heatmap": ["orientation", "cls", "row", "col", "prob"],
                         "boxes": ["orientation", "name", "row0", "col0", "row1", "col1"]},
-    "criss_cross": {"flip_rates": ["site", "layer", "region", "flip_rate", "ci_low", "ci_high", "accuracy", "n"]},
-    "remove_vision_order": {"accuracy": ["task", "condition", "accuracy", "ci_low", "ci_high", "n"]},
-    "backup_mechanism": {"flip_rates": ["condition", "site", "layer", "region", "flip_rate", "ci_low", "ci_high",
-                                       "accuracy", "n"]},
+    "criss_cross": {"flip_rates": ["orientation", "site", "layer", "region", "flip_rate", "ci_low", "ci_high",
+                                   "accuracy", "n"]},
+    "remove_vision_order": {"accuracy": ["task", "orientation", "condition", "accuracy", "ci_low", "ci_high", "n"]},
+    "backup_mechanism": {"flip_rates": ["condition", "orientation", "site", "layer", "region", "flip_rate", "ci_low",
+                                       "ci_high", "accuracy", "n"]},
     "global_amplification": {"dose_response": ["set", "method", "alpha", "split", "accuracy", "ci_low", "ci_high", "n"],
                              "fix_rates": ["set", "method", "best_alpha", "dev_accuracy", "test_accuracy",
                                            "baseline_test_accuracy", "fix_rate", "fix_ci_low", "fix_ci_high",
@@ -80,13 +81,16 @@ def test_each_experiment_returns_its_documented_tables(report, name):
 def test_tables_cover_the_experiments_grid(report, model):
     layers = [str(layer) for layer in model.lm_layers]
     behaviour = report.results["behaviour"].tables["accuracy"]
-    assert set(behaviour.task) == {"squares", "shapes", "relation", "naturalistic"}
-    assert set(behaviour.direction) == {"left", "right", "above", "below", "all"}
+    assert set(behaviour.task) == {"squares", "shapes"}  # the paper's protocol runs the three-entity tasks
+    assert set(zip(behaviour.orientation, behaviour.direction)) == {
+        ("horizontal", "left"), ("horizontal", "right"), ("horizontal", "all"),
+        ("vertical", "above"), ("vertical", "below"), ("vertical", "all"), ("all", "all")}
     probabilities = report.results["last_token_patching"].tables["probabilities"]
-    assert set(probabilities.layer) == {"clean", *layers}
+    assert set(probabilities.layer) == {"clean", "embed", *layers}  # the paper patches the embedding slot too
     assert set(probabilities.candidate) == {"clean_answer", "cf_answer", "same_ordinal", "others"}
     flips = report.results["criss_cross"].tables["flip_rates"]
     assert set(flips.region) == {"none", "object", "strip"} and set(flips.layer) == {"none", "embed", *layers}
+    assert set(flips.orientation) == {"horizontal", "vertical", "all"}
     probes = report.results["position_probes"].tables
     assert set(probes["accuracy"].tokens) == {"object", "background"}
     assert len(probes["heatmap"]) == 2 * 3 * 100  # two orientations x three classes x the 10x10 grid
@@ -111,14 +115,14 @@ def test_filtered_pairs_are_answered_right_before_any_swap(report):
     """Pairs are kept only when the model is right on both sides, so without a swap nothing flips."""
     for name in ("criss_cross", "backup_mechanism"):
         table = report.results[name].tables["flip_rates"]
-        unswapped = table[table.region == "none"]
+        unswapped = table[(table.region == "none") & (table.orientation == "all")]
         if "condition" in table:
             unswapped = unswapped[unswapped.condition == "intact"]
         assert unswapped.n.iloc[0] > 0, name  # a filter that keeps nothing would make this test vacuous
         assert float(unswapped.flip_rate.iloc[0]) == 0.0
     assert report.results["last_token_patching"].summary["n_kept"] > 0
     clean = report.results["last_token_patching"].tables["probabilities"]
-    clean = clean[clean.layer == "clean"].set_index("candidate")["mean"]
+    clean = clean[(clean.layer == "clean") & (clean.orientation == "all")].set_index("candidate")["mean"]
     assert clean["clean_answer"] > clean["cf_answer"]
 
 
@@ -202,4 +206,6 @@ def test_removal_writes_reference_tokens_and_leaves_the_text(model):
 def test_unfiltered_pairs_exercise_every_swap(model):
     from vlmlens.study import criss_cross
     table = criss_cross.run(model, n=4, only_correct=False).tables["flip_rates"]
-    assert (table.n == 4).all() and table.flip_rate.between(0, 1).all()
+    by_orientation = table.groupby("orientation").n.unique().map(list).to_dict()
+    assert by_orientation == {"horizontal": [8], "vertical": [8], "all": [16]}  # 4 pairs per direction
+    assert table.flip_rate.between(0, 1).all()

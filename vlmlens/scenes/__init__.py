@@ -18,6 +18,7 @@ from .benchmarks import (
 from .generator import CONTROLS, PRESETS, TASKS, generate
 from .geometry import GEOMETRIES, Geometry
 from .io import load, save
+from .fixed import centred_cells, fixed_entities
 from .pairs import criss_cross_pairs, last_token_pairs, reference_images
 from .scene import Scene, SceneObject, answer_spellings
 from .vocab import COLOURS, RELATIONS, SHAPES, STUDY_COLOURS
@@ -35,6 +36,8 @@ __all__ = [
     "Scene",
     "SceneObject",
     "answer_spellings",
+    "centred_cells",
+    "fixed_entities",
     "criss_cross_pairs",
     "generate",
     "load_coco_two_object",

@@ -23,14 +23,21 @@ _PHRASE = {"left": "to the left of", "right": "to the right of", "above": "above
 _NOUN = {"squares": "square", "shapes": "shape"}
 
 
-def entity_question(task: str, direction: str) -> str:
-    """The study's prompt for ``task`` ("squares" or "shapes") asking in ``direction``.
+def entity_question(task: str, direction: str, middle: SceneObject | None = None) -> str:
+    """The prompt for ``task`` ("squares" or "shapes") asking in ``direction``: vlmlens's ("the middle
+    square"), or, given the ``middle`` entity, the paper's (middle named by colour, and shape for shapes,
+    with the official trailing space; ``behavioral_analysis/src/tasks/*.py``).
 
     >>> entity_question("squares", "left")
     'The color of the square to the left of the middle square is'
+    >>> entity_question("shapes", "above", SceneObject("middle", "red", "heart", (0, 0, 1, 1)))
+    'The color of the shape above the red heart is '
     """
     noun = _NOUN[task]
-    return f"The color of the {noun} {_PHRASE[direction]} the middle {noun} is"
+    if middle is None:
+        return f"The color of the {noun} {_PHRASE[direction]} the middle {noun} is"
+    named = middle.colour if task == "squares" else f"{middle.colour} {middle.shape}"
+    return f"The color of the {noun} {_PHRASE[direction]} the {named} {'square ' if task == 'squares' else ''}is "
 
 
 def entity_scene(
@@ -44,6 +51,8 @@ def entity_scene(
     """Render three entities (in slot order) and ask about the middle one's neighbour in ``direction``.
 
     ``meta`` must give ``background`` and ``background_seed``; the pair builders reuse this to restyle a scene.
+    Optional ``meta`` keys (the paper's protocol, `fixed_entities`): ``prompt="paper"`` (the middle named
+    by colour), ``palette`` (colour -> RGB) and ``sprites`` (the study's shape sizes).
 
     >>> objs = [SceneObject(n, c, "square", (x, 0, x + 16, 16)) for n, c, x in
     ...         [("left", "red", 0), ("middle", "blue", 24), ("right", "gray", 48)]]
@@ -58,11 +67,12 @@ def entity_scene(
             f"direction {direction!r} needs entities named {SLOTS[ORIENTATION[direction]]} in that order, "
             f"got {tuple(by_name)}"
         )
-    image = render(image_size, objects, meta["background"], meta["background_seed"])
+    image = render(image_size, objects, meta["background"], meta["background_seed"], meta.get("palette"),
+                   bool(meta.get("sprites")))
     return Scene(
         image=image,
         objects=tuple(objects),
-        question=entity_question(task, direction),
+        question=entity_question(task, direction, by_name["middle"] if meta.get("prompt") == "paper" else None),
         answer=by_name[asked].colour,
         foils=tuple(obj.colour for obj in objects if obj.name != asked),
         candidates=tuple(candidates),

@@ -92,7 +92,8 @@ def reference_images(scene: Scene) -> dict[str, Scene]:
         alone = (replace(entity, box=middle_box),)
         cells = {entity.name: middle_cells} if middle_cells else {}
         references[entity.name] = replace(
-            scene, image=render(scene.image.size, alone, *background), objects=alone,
+            scene, image=render(scene.image.size, alone, *background, scene.meta.get("palette"),
+                                bool(scene.meta.get("sprites"))), objects=alone,
             meta={**scene.meta, "cells": cells, "reference_of": entity.name},
         )
     references["white"] = replace(

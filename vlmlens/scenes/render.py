@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .scene import SceneObject
-from .vocab import BACKGROUNDS, COLOURS, SHAPES, check_choice
+from .vocab import ALL_SHAPES, BACKGROUNDS, COLOURS, SHAPES, check_choice
 
 RGB = tuple[int, int, int]
 
@@ -23,6 +23,14 @@ def _star(points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
     return [((x - min(xs)) / (max(xs) - min(xs)), (y - min(ys)) / (max(ys) - min(ys))) for x, y in zip(xs, ys)]
 
 
+def _heart(samples: int = 100) -> list[tuple[float, float]]:
+    """The study's parametric heart (``shared/images.py::_draw_heart``), scaled to the unit square."""
+    ts = [2 * math.pi * i / samples for i in range(samples)]
+    xs = [16 * math.sin(t) ** 3 for t in ts]
+    ys = [13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t) for t in ts]
+    return [((x - min(xs)) / (max(xs) - min(xs)), 1 - (y - min(ys)) / (max(ys) - min(ys))) for x, y in zip(xs, ys)]
+
+
 _T = 1 / 3
 #: Shapes as polygons in the unit square (circle aside); each touches all four sides of its box.
 _UNIT_POLYGONS: dict[str, list[tuple[float, float]]] = {
@@ -32,7 +40,26 @@ _UNIT_POLYGONS: dict[str, list[tuple[float, float]]] = {
     "cross": [(_T, 0), (1 - _T, 0), (1 - _T, _T), (1, _T), (1, 1 - _T), (1 - _T, 1 - _T),
               (1 - _T, 1), (_T, 1), (_T, 1 - _T), (0, 1 - _T), (0, _T), (_T, _T)],
     "star": _star(),
+    "heart": _heart(),
 }
+#: The study's sprite sizes (``shared/images.py``): the share of its cell a shape spans, (width, height),
+#: centred horizontally and vertically except the triangle, which hangs from the cell's top.
+SPRITE_SCALE: dict[str, tuple[float, float]] = {"square": (0.8, 0.8), "circle": (0.9, 0.9),
+                                                "triangle": (1.0, math.sqrt(3) / 2)}
+
+
+def sprite_box(shape: str, box: Sequence[int]) -> tuple[int, int, int, int]:
+    """Where the study draws ``shape`` inside its entity cell ``box`` (see `SPRITE_SCALE`).
+
+    >>> sprite_box("square", (0, 0, 10, 10))
+    (1, 1, 9, 9)
+    """
+    x0, y0, x1, y1 = box
+    sx, sy = SPRITE_SCALE.get(shape, (1.0, 1.0))
+    w, h = (x1 - x0) * sx, (y1 - y0) * sy
+    left = x0 + ((x1 - x0) - w) / 2
+    top = y0 if shape == "triangle" else y0 + ((y1 - y0) - h) / 2
+    return round(left), round(top), round(left + w), round(top + h)
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Sequence[int], fill: RGB) -> None:
@@ -47,7 +74,7 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Sequence[int], fill: 
     if shape == "circle":
         draw.ellipse((x0, y0, last_x, last_y), fill=fill)
         return
-    check_choice("shape", shape, SHAPES)
+    check_choice("shape", shape, ALL_SHAPES)
     points = [(round(x0 + u * (last_x - x0)), round(y0 + v * (last_y - y0))) for u, v in _UNIT_POLYGONS[shape]]
     draw.polygon(points, fill=fill)
 
@@ -104,16 +131,21 @@ def make_background(kind: str, size: tuple[int, int], seed: int) -> Image.Image:
 
 
 def render(
-    size: tuple[int, int], objects: Sequence[SceneObject], background: str = "plain", background_seed: int = 0
+    size: tuple[int, int], objects: Sequence[SceneObject], background: str = "plain", background_seed: int = 0,
+    palette: Mapping[str, Sequence[int]] | None = None, sprites: bool = False,
 ) -> Image.Image:
     """Draw ``objects`` over a background; the first object ends up on top where boxes overlap.
+    ``palette`` (colour name -> RGB) replaces `COLOURS`; ``sprites`` draws shapes at the study's sizes
+    inside their boxes (`sprite_box`) instead of filling them.
 
-    >>> obj = SceneObject("a", "red", "square", (0, 0, 4, 4))
-    >>> render((8, 8), [obj]).getpixel((3, 3))
-    (255, 0, 0)
+    >>> obj = SceneObject("a", "green", "square", (0, 0, 4, 4))
+    >>> render((8, 8), [obj]).getpixel((3, 3)), render((8, 8), [obj], palette={"green": (0, 255, 0)}).getpixel((3, 3))
+    ((0, 128, 0), (0, 255, 0))
     """
+    colours = palette or COLOURS
     image = make_background(background, size, background_seed)
     draw = ImageDraw.Draw(image)
     for obj in reversed(objects):
-        draw_shape(draw, obj.shape, obj.box, COLOURS[check_choice("colour", obj.colour, COLOURS)])
+        box = sprite_box(obj.shape, obj.box) if sprites else obj.box
+        draw_shape(draw, obj.shape, box, tuple(colours[check_choice("colour", obj.colour, colours)]))
     return image

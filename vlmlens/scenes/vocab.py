@@ -19,6 +19,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 STUDY_COLOURS: tuple[str, ...] = ("red", "green", "blue", "black", "brown", "gray")
 SHAPES: tuple[str, ...] = ("square", "circle", "triangle", "diamond", "cross", "star")
+#: Every shape `render` can draw: SHAPES (what the generators draw from) and the study's heart.
+ALL_SHAPES: tuple[str, ...] = (*SHAPES, "heart")
 RELATIONS: tuple[str, ...] = ("left", "right", "above", "below")
 OPPOSITE: dict[str, str] = {"left": "right", "right": "left", "above": "below", "below": "above"}
 #: Image axis a relation is read along: 0 = x (columns), 1 = y (rows).

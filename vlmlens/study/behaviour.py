@@ -1,13 +1,15 @@
-"""Experiment 1 (the paper's Table 1): top-1 accuracy per task and direction.
+"""Experiment 1 (the paper's Table 1): top-1 accuracy per task, orientation and direction.
 
-Tasks: ``squares`` and ``shapes`` (three grid-aligned entities, "the color of the square to the left of
-the middle square is"), ``relation`` (two free objects on white) and ``naturalistic`` (relation scenes with
-textured backgrounds and distractors). Chance is one over the number of candidates.
+The paper's protocol: every item of ``squares`` and ``shapes`` (P(6,3) x 4 = 480 each, centred fixed
+layouts, the middle entity named by colour, the system message through the chat template), scored by the
+whole-vocabulary top-1 token normalised to ``[a-z0-9]`` (an answer outside the candidates is wrong);
+chance 1/3. vlmlens's protocol adds ``relation`` (two free objects on white) and ``naturalistic``
+(textured backgrounds, distractors), sampled, scored by the best of the candidates.
 
 Example:
     >>> result = run(model, n=8, tasks=["squares"])
     >>> result.tables["accuracy"].columns.tolist()
-    ['task', 'direction', 'accuracy', 'ci_low', 'ci_high', 'logit_diff', 'n', 'chance']
+    ['task', 'orientation', 'direction', 'accuracy', 'ci_low', 'ci_high', 'n', 'chance']
 """
 
 from __future__ import annotations
@@ -17,60 +19,77 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 from tqdm.auto import tqdm
 
-from vlmlens.evaluate import evaluate
 from vlmlens.plot import bars
-from vlmlens.scenes import RELATIONS
 from vlmlens.stats import mean_ci
-from vlmlens.study.common import StudyResult, stimuli
+from vlmlens.study.common import ORIENTATIONS, StudyResult, answers_under, split, stimuli
+from vlmlens.study.protocol import resolve
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
 
 NAME = "behaviour"
-DEFAULT_N = 128
-#: Scene sets: name -> (generator task, preset).
+DEFAULT_N = None  # the protocol's: every item (paper), 128 scenes per task (vlmlens)
+#: Scene sets: name -> (generator task, preset). The paper's protocol runs the three-entity ones.
 TASKS: dict[str, tuple[str, str | None]] = {"squares": ("squares", None), "shapes": ("shapes", None),
                                             "relation": ("relation", None),
                                             "naturalistic": ("relation", "naturalistic")}
+PAPER_TASKS = ("squares", "shapes")
+COLUMNS = ["task", "orientation", "direction", "accuracy", "ci_low", "ci_high", "n", "chance"]
 
 
-def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, tasks: Sequence[str] = tuple(TASKS),
-        max_batch: int | None = None) -> StudyResult:
-    """Accuracy (with bootstrap CI), mean answer-vs-foil logit difference and count per task and direction.
+def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[str] | None = None,
+        protocol: str = "paper", max_batch: int | None = None) -> StudyResult:
+    """Accuracy (with bootstrap CI) and count per task and direction, per orientation and overall.
 
-    Tables: ``accuracy`` (task, direction [left/right/above/below/all], accuracy, ci_low, ci_high,
-    logit_diff, n, chance) and ``table1`` (one row per task, one column per direction).
+    Tables: ``accuracy`` (task, orientation [horizontal/vertical/all], direction [left/right/above/below/
+    all], accuracy, ci_low, ci_high, n, chance) and ``table1`` (one row per task, one column per direction
+    and orientation).
     """
+    plan = resolve(model, protocol)
+    tasks = list(tasks or (PAPER_TASKS if plan.protocol.layout == "centred" else TASKS))
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
     rows = []
-    for name in tqdm(list(tasks), desc=NAME, unit="task"):
+    for name in tqdm(tasks, desc=NAME, unit="task"):
         task, preset = TASKS[name]
-        scenes = stimuli(model, n, seed=seed, task=task, preset=preset)
-        result = evaluate(model, scenes, max_batch=max_batch or 32, progress=False)
-        chance = 1 / len(scenes[0].candidates)
-        for direction in (*RELATIONS, "all"):
-            keep = torch.tensor([direction in ("all", s.direction) for s in scenes])
-            mean, lo, hi = mean_ci(result.correct[keep])
-            rows.append({"task": name, "direction": direction, "accuracy": mean, "ci_low": lo, "ci_high": hi,
-                         "logit_diff": float(result.logit_diffs[keep].mean()) if keep.any() else float("nan"),
-                         "n": int(keep.sum()), "chance": chance})
-    table = pd.DataFrame(rows)
-    table1 = table.pivot_table(index="task", columns="direction", values="accuracy", sort=False).reset_index()
-    table1 = table1[["task", *RELATIONS, "all"]]
-    summary = {"accuracy": {r.task: r.accuracy for r in table[table.direction == "all"].itertuples()},
-               "chance": {r.task: r.chance for r in table[table.direction == "all"].itertuples()}, "n": n}
+        if plan.protocol.layout == "centred" and preset is None and task != "relation":
+            scenes = plan.scenes(task, n, seed)
+        else:
+            scenes = stimuli(model, n or 128, seed=seed, task=task, preset=preset)
+        right = answers_under(model, model.prepare(scenes), lambda ids, sub: [[]],
+                              max_batch=max_batch).correct(0, rule=plan.metric)
+        chance = 1 / 3 if plan.protocol.metric == "top1" else 1 / len(scenes[0].candidates)
+        by_direction, by_orientation = split(right, scenes, by="direction"), split(right, scenes)
+        for orientation, directions in ORIENTATIONS.items():
+            for key in (*directions, orientation):
+                if key in by_direction or key in by_orientation:
+                    values = by_direction.get(key, by_orientation.get(key))
+                    rows.append(_row(name, orientation, key if key in directions else "all", values, chance))
+        rows.append(_row(name, "all", "all", right, chance))
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table1 = table.assign(column=lambda t: t.direction.where(t.direction != "all", t.orientation)).pivot_table(
+        index="task", columns="column", values="accuracy", sort=False).reset_index()
+    overall = table[table.direction == "all"]
+    summary = {"accuracy": {f"{r.task}:{r.orientation}": r.accuracy for r in overall.itertuples()},
+               "chance": {r.task: r.chance for r in overall.itertuples()}, "n": n, "protocol": plan.to_json()}
     tables = {"accuracy": table, "table1": table1}
     return StudyResult(tables, figures(tables), summary, name=NAME)
 
 
+def _row(task: str, orientation: str, direction: str, right, chance: float) -> dict:
+    mean, lo, hi = mean_ci(right)
+    return {"task": task, "orientation": orientation, "direction": direction, "accuracy": mean, "ci_low": lo,
+            "ci_high": hi, "n": int(right.numel()), "chance": chance}
+
+
 def figures(tables: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
     """Accuracy per task, grouped by direction, with 95% CIs and chance."""
-    fig = bars(tables["accuracy"], x="task", y="accuracy", group="direction", chance="chance",
+    table = tables["accuracy"]
+    table = table[table.direction != "all"]
+    fig = bars(table, x="task", y="accuracy", group="direction", chance="chance",
                title="Behaviour (Table 1): top-1 accuracy per task and direction")
     fig.update_yaxes(range=[0, 1.05])
     return {"accuracy": fig}

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from vlmlens.models.vlm import VLM
     from vlmlens.scenes import Scene
+    from vlmlens.study.protocol import Plan
 
 Build = Callable[[list[int], Batch], Sequence[Sequence[Intervention]]]
 
@@ -122,6 +123,76 @@ def stimuli(model: VLM, n: int, seed: int = 0, task: str = "squares", preset: st
 
 
 ROW, COLUMN = ("left", "middle", "right"), ("top", "middle", "bottom")
+#: The paper's two behaviours, never averaged together: orientation -> its directions.
+ORIENTATIONS: dict[str, tuple[str, str]] = {"horizontal": ("left", "right"), "vertical": ("above", "below")}
+SEVEN = ("red", "green", "blue", "black", "brown", "gray", "orange")  # the patching pools (shared/palette.py + Orange)
+
+
+def orientation_of(direction: str) -> str:
+    """``horizontal`` for left/right, ``vertical`` for above/below.
+
+    >>> orientation_of("above")
+    'vertical'
+    """
+    for name, directions in ORIENTATIONS.items():
+        if direction in directions:
+            return name
+    raise ValueError(f"direction {direction!r} has no orientation; expected one of left, right, above, below")
+
+
+def split(values: Tensor, scenes: Sequence[Scene], by: str = "orientation") -> dict[str, Tensor]:
+    """Per-example ``values`` split by orientation (``by="orientation"``) or direction, plus ``all``.
+
+    >>> split(torch.tensor([1., 0.]), scenes[:2])  # doctest: +SKIP
+    {'horizontal': tensor([1.]), 'vertical': tensor([0.]), 'all': tensor([1., 0.])}
+    """
+    keys = [orientation_of(s.direction) if by == "orientation" else s.direction for s in scenes]
+    order = list(ORIENTATIONS) if by == "orientation" else [d for ds in ORIENTATIONS.values() for d in ds]
+    out = {k: values[[i for i, key in enumerate(keys) if key == k]] for k in order if k in keys}
+    return out | {"all": values}
+
+
+def pick_pairs(model: VLM, made: Sequence[tuple[Scene, Scene]], plan: Plan, n: int | None, seed: int = 0,
+               only_correct: bool = True, accept: Callable[[Batch, Batch], Tensor] | None = None) -> tuple[Batch, Batch]:
+    """Clean and counterfactual batches of pairs the model answers right on both sides (by the plan's
+    metric; ``accept(clean, cf)`` adds a condition, e.g. right under an edit too).
+
+    The paper's protocol (``plan.protocol.pairs_per_direction``) shuffles the pool per direction (``seed``)
+    and takes pairs in order until ``n`` (default 50) per direction are kept; vlmlens's filters the first
+    ``n`` pairs of the pool.
+    """
+    import numpy as np
+    quota = n or plan.protocol.pairs_per_direction
+    if plan.protocol.pairs_per_direction is None:
+        made = list(made)[:n]
+        queues = {"all": list(range(len(made)))}
+        quota = len(made)
+    else:
+        rng = np.random.default_rng(seed)
+        queues = {}
+        for i, (clean, _) in enumerate(made):
+            queues.setdefault(clean.direction, []).append(i)
+        queues = {d: [ids[j] for j in rng.permutation(len(ids))] for d, ids in queues.items()}
+    kept: list[int] = []
+    for ids in queues.values():
+        got, start = [], 0
+        while len(got) < quota and start < len(ids):
+            take = ids[start:start + max(8, 2 * (quota - len(got)))]
+            start += len(take)
+            if not only_correct:
+                got += take
+                continue
+            clean, cf = model.prepare([made[i][0] for i in take]), model.prepare([made[i][1] for i in take])
+            right = _right(model, clean, plan.metric) & _right(model, cf, plan.metric)
+            if accept is not None:
+                right &= accept(clean, cf)
+            got += [i for i, ok in zip(take, right.tolist(), strict=True) if ok]
+        kept += got[:quota]
+    return model.prepare([made[i][0] for i in kept]), model.prepare([made[i][1] for i in kept])
+
+
+def _right(model: VLM, batch: Batch, rule: str) -> Tensor:
+    return answers_under(model, batch, lambda ids, sub: [[]]).correct(0, rule=rule).bool()
 
 
 def by_orientation(scenes: Sequence[Scene]) -> dict[tuple[str, str, str], list[int]]:
@@ -166,5 +237,10 @@ def summarise(values: Mapping[Any, Tensor], keys: Sequence[str], value: str = "m
 
 
 def site_label(site: str) -> str:
-    """Short axis label of an LM site: ``embed`` for hook_embed, else the block number."""
-    return "embed" if site == "hook_embed" else site.split(".")[1]
+    """Short axis label of an LM site: ``embed`` for the LM input (hook_embed, blocks.0.hook_resid_pre),
+    else the block number.
+
+    >>> site_label("blocks.0.hook_resid_pre"), site_label("blocks.3.hook_resid_post")
+    ('embed', '3')
+    """
+    return "embed" if site in ("hook_embed", "blocks.0.hook_resid_pre") else site.split(".")[1]

@@ -1,12 +1,17 @@
 """Experiment 4: criss-cross interchange. Does ordering live in the objects' tokens or in their strips?
 
 Clean (c0, c1, c2) vs counterfactual (c2, c1, c0) at the same boxes, same question
-(`scenes.criss_cross_pairs`); pairs the model answers right on both sides. At the LM input (``hook_embed``)
-and at each ``blocks.{l}.hook_resid_pre``, the clean run's first-slot tokens take the counterfactual's
-last-slot tokens and vice versa (two `Patch` edits composed with ``+``, ``source_region``), either
+(`scenes.criss_cross_pairs`); pairs the model answers right on both sides (the paper's protocol: 50 per
+direction from the seven-colour pool, by whole-vocabulary top-1). At the LM input
+(``blocks.0.hook_resid_pre``, row ``embed``) and at every ``blocks.{l}.hook_resid_post`` (vlmlens's
+protocol: every ``hook_resid_pre``), the clean run's first-slot tokens take the counterfactual's last-slot
+tokens and vice versa (two `Patch` edits composed with ``+``, ``source_region``), either
 
 - ``object``: only the two objects' tokens (``object:left`` <- ``object:right``, ...), or
-- ``strip``: their whole column (row) bands, background included (``strip:left`` <- ``strip:right``).
+- ``strip``: the fixed bands that tile the grid (``_STRIP_LAYOUT``; columns for a row, rows for a column),
+  background included; vlmlens's protocol uses the objects' own columns (``strip:left``).
+
+Horizontal (left/right) and vertical (above/below) pairs are reported apart: they behave differently.
 
 The swapped-in tokens show the *same colours* as the clean ones at each slot; only where the tokens say
 they are differs. If the answer moves to the counterfactual's, the swapped tokens carried the order.
@@ -14,7 +19,7 @@ they are differs. If the answer moves to the counterfactual's, the swapped token
 Example:
     >>> result = run(model, n=8)
     >>> result.tables["flip_rates"].columns.tolist()
-    ['site', 'layer', 'region', 'flip_rate', 'ci_low', 'ci_high', 'accuracy', 'n']
+    ['orientation', 'site', 'layer', 'region', 'flip_rate', 'ci_low', 'ci_high', 'accuracy', 'n']
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ import plotly.graph_objects as go
 from tqdm.auto import tqdm
 
 from vlmlens import engine
-from vlmlens.evaluate import where_correct
 from vlmlens.interventions import Compose, Intervention, Patch
 from vlmlens.plot import frame_heatmap
 from vlmlens.scenes import criss_cross_pairs
 from vlmlens.stats import mean_ci
-from vlmlens.study.common import StudyResult, answers_under, by_orientation, retotal, site_label, stimuli
+from vlmlens.study.common import (COLUMN, SEVEN, StudyResult, answers_under, by_orientation, pick_pairs, site_label,
+                                  split, stimuli)
+from vlmlens.study.protocol import Plan, resolve
 
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
@@ -40,36 +46,48 @@ if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
 
 NAME = "criss_cross"
-DEFAULT_N = 128
+DEFAULT_N = None  # the protocol's: 50 pairs per direction (paper), 128 pairs (vlmlens)
 KINDS = ("object", "strip")
 Before = Callable[["Batch", tuple[str, ...]], list[Intervention]]
+COLUMNS = ["orientation", "site", "layer", "region", "flip_rate", "ci_low", "ci_high", "accuracy", "n"]
 
 
-def sites_of(model: VLM) -> list[str]:
-    """The LM input and every block's residual stream input."""
+def sites_of(model: VLM, plan: Plan | None = None) -> list[str]:
+    """The LM input, then every block's output (paper) or input (vlmlens)."""
+    if plan is not None and plan.protocol.name == "paper":
+        return ["blocks.0.hook_resid_pre", *(f"blocks.{layer}.hook_resid_post" for layer in model.lm_layers)]
     return ["hook_embed", *(f"blocks.{layer}.hook_resid_pre" for layer in model.lm_layers)]
 
 
-def swap(site: str, kind: str, slots: Sequence[str], source) -> Compose:
+def region_of(kind: str, slot: str, slots: Sequence[str], plan: Plan | None) -> str:
+    """The region a swap edits: the entity's cells, or its strip (the plan's band, or ``strip:<slot>``)."""
+    if kind == "object" or plan is None:
+        return f"{kind}:{slot}"
+    return plan.strip(slot, "column" if tuple(slots) == COLUMN else "row")
+
+
+def swap(site: str, kind: str, slots: Sequence[str], source, plan: Plan | None = None) -> Compose:
     """Clean first slot <- source's last slot, and clean last slot <- source's first slot, at ``site``.
 
     Example:
         >>> swap("hook_embed", "strip", ("left", "middle", "right"), source=batch)
         Patch('hook_embed', region='strip:left', source=<Batch n=16>, source_region='strip:right') + Patch(...)
     """
-    first, last = slots[0], slots[-1]
-    return (Patch(site, region=f"{kind}:{first}", source=source, source_region=f"{kind}:{last}")
-            + Patch(site, region=f"{kind}:{last}", source=source, source_region=f"{kind}:{first}"))
+    first, last = (region_of(kind, slot, slots, plan) for slot in (slots[0], slots[-1]))
+    return (Patch(site, region=first, source=source, source_region=last)
+            + Patch(site, region=last, source=source, source_region=first))
 
 
-def pairs(model: VLM, n: int, seed: int, task: str) -> tuple[Batch, Batch]:
-    """Clean and counterfactual batches of criss-cross pairs (not yet filtered)."""
-    made = criss_cross_pairs(stimuli(model, n, seed=seed, task=task))
-    return model.prepare([p[0] for p in made]), model.prepare([p[1] for p in made])
+def pool(model: VLM, plan: Plan, n: int | None, seed: int, task: str) -> list:
+    """Candidate criss-cross pairs: every seven-colour item (paper) or ``n`` sampled scenes (vlmlens)."""
+    if plan.protocol.layout == "centred":
+        return criss_cross_pairs(plan.scenes(task, colours=SEVEN))
+    return criss_cross_pairs(stimuli(model, n or 128, seed=seed, task=task))
 
 
 def swap_scores(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds: Sequence[str] = KINDS,
-                before: Before | None = None, max_batch: int | None = None, bar: tqdm | None = None) -> AnswerScores:
+                before: Before | None = None, max_batch: int | None = None, bar: tqdm | None = None,
+                plan: Plan | None = None) -> AnswerScores:
     """The candidates' scores with no swap (group 0), then with each (kind, site) swap in the order
     ``[(kind, site) for kind in kinds for site in sites]``; ``before(sub_batch, slots)`` gives edits applied
     first to both sides (e.g. removing the vision encoder's ordering signal), whose counterfactual run
@@ -81,59 +99,61 @@ def swap_scores(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds
         slots = slots_of[ids[0]]
         pre = before(sub, slots) if before else []
         source = engine.cache(model, cf[ids], sites, before(cf[ids], slots) if before else None)
-        return [pre] + [[*pre, swap(site, kind, slots, source)] for kind in kinds for site in sites]
+        return [pre] + [[*pre, swap(site, kind, slots, source, plan)] for kind in kinds for site in sites]
 
     return answers_under(model, clean, build, parts=list(parts.values()), max_batch=max_batch, bar=bar)
 
 
 def flip_table(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds: Sequence[str] = KINDS,
-               before: Before | None = None, max_batch: int | None = None, bar: tqdm | None = None) -> pd.DataFrame:
-    """Flip rate (answer moves to the counterfactual's) and accuracy (clean answer kept) per site and
-    region kind, from `swap_scores`."""
-    scores = swap_scores(model, clean, cf, sites, kinds, before, max_batch, bar)
-    cf_answers = [s.answer for s in cf.scenes or ()]
+               before: Before | None = None, max_batch: int | None = None, bar: tqdm | None = None,
+               plan: Plan | None = None) -> pd.DataFrame:
+    """Flip rate (answer moves to the counterfactual's) and accuracy (clean answer kept) per orientation,
+    site and region kind, from `swap_scores`, by the plan's metric (whole-vocabulary top-1 for the paper)."""
+    rule = plan.metric if plan else "choice"
+    scores = swap_scores(model, clean, cf, sites, kinds, before, max_batch, bar, plan)
+    scenes, cf_answers = clean.scenes or (), [s.answer for s in cf.scenes or ()]
     rows = []
     labels = [("none", "none")] + [(kind, site) for kind in kinds for site in sites]
     for g, (kind, site) in enumerate(labels):
-        flips, kept = scores.correct(g, cf_answers), scores.correct(g)
-        mean, lo, hi = mean_ci(flips)
-        rows.append({"site": site, "layer": "none" if site == "none" else site_label(site), "region": kind,
-                     "flip_rate": mean, "ci_low": lo, "ci_high": hi,
-                     "accuracy": float(kept.mean()) if len(kept) else float("nan"), "n": len(flips)})
-    return pd.DataFrame(rows, columns=["site", "layer", "region", "flip_rate", "ci_low", "ci_high", "accuracy", "n"])
+        kept_by = split(scores.correct(g, rule=rule), scenes)
+        for orientation, flips in split(scores.correct(g, cf_answers, rule=rule), scenes).items():
+            mean, lo, hi = mean_ci(flips)
+            kept = kept_by[orientation]
+            rows.append({"orientation": orientation, "site": site,
+                         "layer": "none" if site == "none" else site_label(site), "region": kind,
+                         "flip_rate": mean, "ci_low": lo, "ci_high": hi,
+                         "accuracy": float(kept.mean()) if len(kept) else float("nan"), "n": len(flips)})
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, task: str = "squares", only_correct: bool = True,
-        max_batch: int | None = None) -> StudyResult:
-    """Flip rate per layer for object-only vs strip swaps, on the pairs answered right on both sides
-    (``only_correct=False``: on every pair).
+def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squares", only_correct: bool = True,
+        protocol: str = "paper", max_batch: int | None = None) -> StudyResult:
+    """Flip rate per orientation and layer for object-only vs strip swaps, on the pairs answered right on
+    both sides (``only_correct=False``: on every pair); ``n``: pairs per direction (paper) or in all (vlmlens).
 
-    Table ``flip_rates``: site, layer ("embed" = LM input, then block numbers; "none" = no swap), region
-    (object / strip), flip_rate, ci_low, ci_high, accuracy (clean answer kept), n (pairs).
+    Table ``flip_rates``: orientation (horizontal / vertical / all), site, layer ("embed" = LM input, then
+    block numbers; "none" = no swap), region (object / strip), flip_rate, ci_low, ci_high, accuracy (clean
+    answer kept), n (pairs).
     """
-    sites = sites_of(model)
-    bar = tqdm(total=2 * n + n * (1 + len(KINDS) * len(sites)), desc=NAME, unit="row")
-    clean, cf = pairs(model, n, seed, task)
-    if only_correct:
-        clean, cf = where_correct(model, clean, cf)
-    bar.update(2 * n)
-    retotal(bar, len(clean) * (1 + len(KINDS) * len(sites)))
-    table = flip_table(model, clean, cf, sites, max_batch=max_batch, bar=bar)
+    plan = resolve(model, protocol)
+    sites = sites_of(model, plan)
+    clean, cf = pick_pairs(model, pool(model, plan, n, seed, task), plan, n, seed, only_correct)
+    bar = tqdm(total=len(clean) * (1 + len(KINDS) * len(sites)), desc=NAME, unit="row")
+    table = flip_table(model, clean, cf, sites, max_batch=max_batch, bar=bar, plan=plan)
     bar.close()
     tables = {"flip_rates": table}
-    return StudyResult(tables, figures(tables), summarise_flips(table, n, len(clean)) | {"only_correct": only_correct},
-                       name=NAME)
+    summary = summarise_flips(table, len(clean)) | {"only_correct": only_correct, "protocol": plan.to_json()}
+    return StudyResult(tables, figures(tables), summary, name=NAME)
 
 
-def summarise_flips(table: pd.DataFrame, n: int, kept: int) -> dict:
-    """Headline numbers: flip rate at the LM input and the peak over layers, per region kind."""
-    out: dict = {"n_pairs": n, "n_kept": kept}
-    for kind in dict.fromkeys(table.region):
-        if kind == "none":
-            continue
-        part = table[table.region == kind].reset_index(drop=True)
+def summarise_flips(table: pd.DataFrame, kept: int) -> dict:
+    """Headline numbers per orientation and region kind: flip rate at the LM input and the peak over layers."""
+    out: dict = {"n_kept": kept, "n_kept_by_orientation": {
+        o: int(t.n.iloc[0]) for o, t in table.groupby("orientation", sort=False)}}
+    for (orientation, kind), part in table[table.region != "none"].groupby(["orientation", "region"], sort=False):
+        part = part.reset_index(drop=True)
         peak = part.flip_rate.idxmax() if part.flip_rate.notna().any() else None
-        out[kind] = {"embed": float(part.flip_rate.iloc[0]),
+        out.setdefault(orientation, {})[kind] = {"embed": float(part.flip_rate.iloc[0]),
                      "peak": None if peak is None else {"layer": part.layer[peak],
                                                         "flip_rate": float(part.flip_rate[peak]),
                                                         "ci": [float(part.ci_low[peak]), float(part.ci_high[peak])]},
@@ -142,10 +162,11 @@ def summarise_flips(table: pd.DataFrame, n: int, kept: int) -> dict:
 
 
 def figures(tables: dict[str, pd.DataFrame],
-            title: str = "Criss-cross swaps: flip rate (layer x region)") -> dict[str, go.Figure]:
-    """Layer x region heatmap of the flip rate."""
+            title: str = "Criss-cross swaps: flip rate (layer x orientation, region)") -> dict[str, go.Figure]:
+    """Layer x (orientation, region) heatmap of the flip rate; the two orientations are separate rows."""
     table = tables["flip_rates"]
-    table = table[table.region != "none"]
-    fig = frame_heatmap(table, x="layer", y="region", value="flip_rate", title=title,
+    table = table[(table.region != "none") & (table.orientation != "all")]
+    table = table.assign(swap=table.orientation + ": " + table.region)
+    fig = frame_heatmap(table, x="layer", y="swap", value="flip_rate", title=title,
                         x_order=list(dict.fromkeys(table.layer)), limit=1.0)
     return {"flip_rates": fig}

@@ -1,8 +1,9 @@
 """Experiment 2: last-token patching. What does the answer position carry, layer by layer?
 
 Clean (c0, c1, c2) asked in direction d; counterfactual (c4, c1, c3) asked in the opposite direction
-(`scenes.last_token_pairs`); pairs the model answers right on both sides. The counterfactual's final-token
-residual (``blocks.{l}.hook_resid_post``, region ``last``) replaces the clean one at each layer in turn, and
+(`scenes.last_token_pairs`, seven-colour pool); pairs the model answers right on both sides (the paper: 50 per
+direction). The counterfactual's final-token residual (region ``last``) replaces the clean one at the LM input
+(``blocks.0.hook_resid_pre``) and after every block (``blocks.{l}.hook_resid_post``) in turn, and
 we read the probability (summed over spellings) of each candidate colour:
 
 - ``clean_answer``: the clean scene's answer (nothing transferred);
@@ -14,7 +15,7 @@ we read the probability (summed over spellings) of each candidate colour:
 Example:
     >>> result = run(model, n=8)
     >>> result.tables["probabilities"].columns.tolist()
-    ['layer', 'candidate', 'mean', 'ci_low', 'ci_high', 'n']
+    ['orientation', 'layer', 'candidate', 'mean', 'ci_low', 'ci_high', 'n']
 """
 
 from __future__ import annotations
@@ -27,56 +28,65 @@ import torch
 from tqdm.auto import tqdm
 
 from vlmlens import engine
-from vlmlens.evaluate import where_correct
 from vlmlens.interventions import Patch
 from vlmlens.plot import layer_curves
 from vlmlens.scenes import last_token_pairs
 from vlmlens.scenes.entities import ASKED
-from vlmlens.study.common import StudyResult, answers_under, retotal, stimuli, summarise
+from vlmlens.study.common import (SEVEN, StudyResult, answers_under, orientation_of, pick_pairs, site_label, split,
+                                  stimuli, summarise)
+from vlmlens.study.criss_cross import sites_of
+from vlmlens.study.protocol import resolve
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
 
 NAME = "last_token_patching"
-DEFAULT_N = 128
+DEFAULT_N = None  # the protocol's: 50 pairs per direction (paper), 128 pairs (vlmlens)
 CANDIDATES = ("clean_answer", "cf_answer", "same_ordinal", "others")
 
 
-def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, task: str = "squares", only_correct: bool = True,
-        max_batch: int | None = None) -> StudyResult:
-    """Candidate probabilities after patching the counterfactual's last-token residual at each layer
-    (``only_correct=False`` keeps every pair, e.g. to try the pipeline on an untrained model).
+def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squares", only_correct: bool = True,
+        protocol: str = "paper", max_batch: int | None = None) -> StudyResult:
+    """Candidate probabilities per orientation after patching the counterfactual's last-token residual at
+    the LM input and after each block (``only_correct=False`` keeps every pair, e.g. to try the pipeline
+    on an untrained model); ``n``: pairs per direction (paper; default 50) or in all (vlmlens; 128).
 
-    Tables: ``probabilities`` (layer ["clean" = no patch, then each block], candidate, mean, ci_low,
-    ci_high, n) and ``raw_pairs`` (one row per pair, layer and candidate: prob).
+    Tables: ``probabilities`` (orientation, layer ["clean" = no patch, "embed", then each block],
+    candidate, mean, ci_low, ci_high, n) and ``raw_pairs`` (one row per pair, layer and candidate: prob).
     """
-    layers = model.lm_layers
-    sites = [f"blocks.{layer}.hook_resid_post" for layer in layers]
-    bar = tqdm(total=2 * n + n * (len(layers) + 1), desc=NAME, unit="row")
-    pairs = last_token_pairs(stimuli(model, n, seed=seed, task=task), seed=seed)
-    clean, cf = model.prepare([p[0] for p in pairs]), model.prepare([p[1] for p in pairs])
-    if only_correct:
-        clean, cf = where_correct(model, clean, cf)
-    bar.update(2 * n)
-    retotal(bar, len(clean) * (len(layers) + 1))
+    plan = resolve(model, protocol)
+    sites = sites_of(model, plan)
+    if plan.protocol.layout == "centred":
+        made = last_token_pairs(plan.scenes(task, colours=SEVEN), seed=seed)
+    else:
+        made = last_token_pairs(stimuli(model, n or 128, seed=seed, task=task), seed=seed)
+    clean, cf = pick_pairs(model, made, plan, n, seed, only_correct)
     kept = len(clean)
+    bar = tqdm(total=kept * (len(sites) + 1), desc=NAME, unit="row")
 
     def build(ids: list[int], sub) -> list[list[Patch]]:
         source = engine.cache(model, cf[ids], sites)  # one run of the counterfactuals feeds every layer's patch
         return [[]] + [[Patch(site, region="last", source=source)] for site in sites]
 
-    scores = answers_under(model, clean, build, max_batch=max_batch, bar=bar)
+    scores = answers_under(model, clean, build, max_batch=max_batch, bar=bar) if kept else None
     bar.close()
-    words = _candidate_words(clean.scenes or (), cf.scenes or ())
+    scenes = clean.scenes or ()
+    words = _candidate_words(scenes, cf.scenes or ())
     rows, values = [], {}
-    for g, layer in enumerate(["clean", *map(str, layers)]):
+    for g, layer in enumerate(["clean", *map(site_label, sites)]):
         for candidate in CANDIDATES:
-            probs = scores.prob(g, words[candidate]) if kept else torch.zeros(0)
-            values[(layer, candidate)] = probs
-            rows += [{"pair": i, "layer": layer, "candidate": candidate, "prob": float(p)} for i, p in enumerate(probs)]
-    table = summarise(values, ["layer", "candidate"])
-    tables = {"probabilities": table, "raw_pairs": pd.DataFrame(rows, columns=["pair", "layer", "candidate", "prob"])}
-    return StudyResult(tables, figures(tables), _summary(table, n, kept) | {"only_correct": only_correct}, name=NAME)
+            probs = scores.prob(g, words[candidate]) if scores is not None else torch.zeros(0)
+            for orientation, part in (split(probs, scenes) if kept else {}).items():
+                values[(orientation, layer, candidate)] = part
+            rows += [{"pair": i, "orientation": orientation_of(s.direction), "layer": layer, "candidate": candidate,
+                      "prob": float(p)} for i, (p, s) in enumerate(zip(probs, scenes, strict=True))]
+    table = summarise(values, ["orientation", "layer", "candidate"])
+    tables = {"probabilities": table,
+              "raw_pairs": pd.DataFrame(rows, columns=["pair", "orientation", "layer", "candidate", "prob"])}
+    summary = {"n_kept": kept, "only_correct": only_correct, "protocol": plan.to_json()}
+    for orientation, part in table.groupby("orientation", sort=False):
+        summary[orientation] = _summary(part)
+    return StudyResult(tables, figures(tables), summary, name=NAME)
 
 
 def _candidate_words(clean, cf) -> dict[str, list]:
@@ -92,11 +102,11 @@ def _candidate_words(clean, cf) -> dict[str, list]:
     return out
 
 
-def _summary(table: pd.DataFrame, n: int, kept: int) -> dict:
+def _summary(table: pd.DataFrame) -> dict:
     pivot = table.pivot_table(index="layer", columns="candidate", values="mean", sort=False)
     patched = pivot.drop(index="clean", errors="ignore")
-    out: dict = {"n_pairs": n, "n_kept": kept}
-    if kept and len(patched):
+    out: dict = {"n_kept": int(table.n.iloc[0]) if len(table) else 0}
+    if len(patched):
         out["peak_same_ordinal"] = {"layer": str(patched.same_ordinal.idxmax()),
                                     "prob": float(patched.same_ordinal.max())}
         flipped = patched.index[patched.cf_answer > patched.clean_answer].tolist()
@@ -107,8 +117,13 @@ def _summary(table: pd.DataFrame, n: int, kept: int) -> dict:
 
 
 def figures(tables: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
-    """Per-layer probability of each candidate, with 95% CI bands."""
-    fig = layer_curves(tables["probabilities"], group="candidate",
-                       title="Last-token patching: P(candidate) after patching the counterfactual's final token")
-    fig.update_yaxes(range=[0, 1.02], title="probability (summed over spellings)")
-    return {"probabilities": fig}
+    """Per orientation, the per-layer probability of each candidate, with 95% CI bands."""
+    out = {}
+    table = tables["probabilities"]
+    for orientation in [o for o in dict.fromkeys(table.orientation) if o != "all"]:
+        fig = layer_curves(table[table.orientation == orientation], group="candidate",
+                           title=f"Last-token patching ({orientation} pairs): P(candidate) after patching the "
+                                 "counterfactual's final token")
+        fig.update_yaxes(range=[0, 1.02], title="probability (summed over spellings)")
+        out[f"probabilities_{orientation}"] = fig
+    return out

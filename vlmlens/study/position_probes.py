@@ -21,17 +21,19 @@ from dataclasses import replace
 from itertools import permutations
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
 from vlmlens import engine
-from vlmlens.directions import probe
+from vlmlens.directions import Probe, encode_labels, probe
 from vlmlens.probes import apply_to_patches
 from vlmlens.scenes.entities import entity_scene
-from vlmlens.stats import mean_ci
+from vlmlens.stats import bootstrap_ci, mean_ci
 from vlmlens.study.common import COLUMN, ROW, StudyResult, by_orientation, stimuli
+from vlmlens.study.protocol import resolve
 
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
@@ -39,39 +41,56 @@ if TYPE_CHECKING:
     from vlmlens.scenes import Scene
 
 NAME = "position_probes"
-DEFAULT_N = 192
+DEFAULT_N = None  # the protocol's: every triple per orientation (paper), 192 scenes (vlmlens)
 SITE = "vision_projector.hook_out"
-ORIENTATIONS = {ROW: "row", COLUMN: "column"}
+ORIENTATIONS = {ROW: "horizontal", COLUMN: "vertical"}
 
 
-def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, task: str = "squares", site: str = SITE,
-        test_fraction: float = 0.25, n_heatmap: int = 60, max_batch: int | None = None) -> StudyResult:
+def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squares", site: str = SITE,
+        test_fraction: float = 0.25, n_heatmap: int = 60, protocol: str = "paper",
+        max_batch: int | None = None) -> StudyResult:
     """Probe accuracy on held-out object tokens and on the background tokens of each strip, and the
-    probe's class probabilities over the patch grid.
+    probe's class probabilities over the patch grid, per orientation.
+
+    The paper's protocol: one image per colour triple and orientation (every triple; ``n`` draws fewer),
+    the tuples split 75/25 (seed), a ``Wh+b`` probe on raw features trained by AdamW (lr 1e-3, weight decay
+    1e-4, 200 full-batch epochs). vlmlens's: ``n`` sampled scenes (default 192), `directions.probe`.
 
     Tables: ``accuracy`` (orientation, strip, tokens [object/background], accuracy, ci_low, ci_high,
     prob [mean probability of the strip's class], n [tokens], chance), ``heatmap`` (orientation, cls, row,
     col, prob) and ``boxes`` (orientation, name, row0, col0, row1, col1: the heatmap layout's entities).
     """
+    plan = resolve(model, protocol)
+    paper = plan.protocol.layout == "centred"
+    if paper:  # left/right (above/below) items share one image: keep one per triple and orientation
+        scenes = [s for s in plan.scenes(task) if s.direction in ("left", "above")]
+        if n is not None and n < len(scenes):
+            scenes = [scenes[i] for i in sorted(np.random.default_rng(seed).choice(len(scenes), n, replace=False))]
+    else:
+        scenes = stimuli(model, n or 192, seed=seed, task=task)
+    n = len(scenes)
+    fit = _paper_probe if paper else probe
     max_batch = max_batch or engine.default_max_batch(model)
-    scenes = stimuli(model, n, seed=seed, task=task)
     groups = by_orientation(scenes)
     bar = tqdm(total=n + min(n_heatmap, n) * len(groups), desc=NAME, unit="image")
     batch = model.prepare(scenes)
     acts = _activations(model, batch, site, max_batch, bar)
     spec = model.site(site)
-    rows, heat, boxes, summary = [], [], [], {"n": n, "site": site, "probe_accuracy": {}}
+    rows, heat, boxes = [], [], []
+    summary: dict = {"n": n, "site": site, "probe_accuracy": {}, "protocol": plan.to_json()}
     for slots, ids in groups.items():
         orientation = ORIENTATIONS[slots]
         k = max(1, round(len(ids) * test_fraction))
+        ids = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))] if paper else ids
         train, test = ids[:-k], ids[-k:]
         x_train, y_train = _object_tokens(batch, acts, spec, train, slots)
         x_test, y_test = _object_tokens(batch, acts, spec, test, slots)
         if len(set(y_train)) < len(slots) or not len(y_test):
             continue
-        fitted = probe(x_train, y_train, test=(x_test, y_test), seed=seed)
+        fitted = fit(x_train, y_train, test=(x_test, y_test), seed=seed)
         summary["probe_accuracy"][orientation] = fitted.accuracy
-        rows += _strip_accuracy(fitted, batch, acts, spec, test, slots, orientation)
+        strip_of = {slot: plan.strip(slot, "row" if slots == ROW else "column") for slot in slots}
+        rows += _strip_accuracy(fitted, batch, acts, spec, test, slots, orientation, strip_of)
         template = scenes[test[0]]
         heat += _heatmap(model, fitted, template, site, min(n_heatmap, n), max_batch, slots, orientation, bar)
         boxes += [{"orientation": orientation, "name": name, "row0": c[0], "col0": c[1], "row1": c[2], "col1": c[3]}
@@ -84,9 +103,37 @@ def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, task: str = "squares", si
         summary[f"{tokens}_accuracy"] = float((part.accuracy * part.n).sum() / part.n.sum()) if len(part) else None
     summary["background_accuracy_by_strip"] = {f"{r.orientation}:{r.strip}": r.accuracy
                                                for r in table[table.tokens == "background"].itertuples()}
+    for (orientation, tokens), part in table.groupby(["orientation", "tokens"], sort=False):
+        summary.setdefault("by_orientation", {}).setdefault(orientation, {})[f"{tokens}_accuracy"] = float(
+            (part.accuracy * part.n).sum() / part.n.sum())
     tables = {"accuracy": table, "heatmap": pd.DataFrame(heat, columns=["orientation", "cls", "row", "col", "prob"]),
               "boxes": pd.DataFrame(boxes, columns=["orientation", "name", "row0", "col0", "row1", "col1"])}
     return StudyResult(tables, figures(tables), summary, name=NAME)
+
+
+def _paper_probe(x: torch.Tensor, labels: list, test: tuple[torch.Tensor, list], seed: int = 0) -> Probe:
+    """The official probe (``probing/``): ``Wh+b`` on raw features, AdamW (lr 1e-3, weight decay 1e-4),
+    200 full-batch epochs of cross-entropy; accuracy on ``test``.
+
+    Example:
+        >>> x = torch.randn(90, 4); y = [("a", "b", "c")[i % 3] for i in range(90)]; x[:, 0] += torch.arange(90) % 3
+        >>> _paper_probe(x, y, (x, y)).classes
+        ['a', 'b', 'c']
+    """
+    codes, classes = encode_labels(list(labels) + list(test[1]))
+    y_train, y_test = codes[:len(x)], codes[len(x):]
+    torch.manual_seed(seed)
+    layer = torch.nn.Linear(x.shape[1], len(classes))
+    optimiser = torch.optim.AdamW(layer.parameters(), lr=1e-3, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(200):
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(layer(x.float()), y_train).backward()
+            optimiser.step()
+    d = x.shape[1]
+    fitted = Probe(layer.weight.detach(), layer.bias.detach(), classes, 0.0, (0.0, 0.0), torch.zeros(d), torch.ones(d))
+    right = (fitted.predict(test[0]) == y_test).float()
+    return replace(fitted, accuracy=float(right.mean()), ci=tuple(bootstrap_ci(right).tolist()))
 
 
 def _activations(model: VLM, batch: Batch, site: str, max_batch: int, bar: tqdm) -> torch.Tensor:
@@ -112,8 +159,9 @@ def _object_tokens(batch: Batch, acts: torch.Tensor, spec, ids: list[int],
 
 
 def _strip_accuracy(fitted, batch: Batch, acts: torch.Tensor, spec, ids: list[int], slots: tuple[str, ...],
-                    orientation: str) -> list[dict]:
-    """Accuracy of the probe on each strip's object tokens and on its background tokens."""
+                    orientation: str, strip_of: dict[str, str]) -> list[dict]:
+    """Accuracy of the probe on each strip's object tokens and on its background tokens (``strip_of``:
+    slot -> the strip's region)."""
     rows = []
     for slot in slots:
         column = fitted.classes.index(slot)
@@ -123,7 +171,7 @@ def _strip_accuracy(fitted, batch: Batch, acts: torch.Tensor, spec, ids: list[in
                 layout, space = batch.layouts[i], (spec.layout_space, spec.prefix)
                 index = layout.positions(f"object:{slot}", *space)
                 if tokens == "background":
-                    strip = layout.positions(f"strip:{slot}", *space)
+                    strip = layout.positions(strip_of[slot], *space)
                     index = strip[~torch.isin(strip, layout.positions("object", *space))]
                 p = fitted.predict_proba(acts[i, index])
                 right.append(p.argmax(-1) == column)

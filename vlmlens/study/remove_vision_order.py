@@ -1,6 +1,6 @@
 """Experiment 5 (the paper's Table 5): remove the vision encoder's ordering signal at the LM input.
 
-Reference-image substitution at ``hook_embed`` (the image tokens the LM receives): each entity's tokens
+Reference-image substitution at the LM input (``blocks.0.hook_resid_pre``; vlmlens's protocol: ``hook_embed``): each entity's tokens
 take the middle-slot tokens of a reference image showing that entity alone in the centre
 (`scenes.reference_images`), and the background takes the tokens of an all-white image. What is left for
 the LM to order the entities by is where their tokens sit in the sequence. For comparison, the plain
@@ -9,7 +9,7 @@ ablations of object tokens and of background tokens (zero, mean) at the same sit
 Example:
     >>> result = run(model, n=8, tasks=["squares"])
     >>> result.tables["accuracy"].columns.tolist()
-    ['task', 'condition', 'accuracy', 'ci_low', 'ci_high', 'n']
+    ['task', 'orientation', 'condition', 'accuracy', 'ci_low', 'ci_high', 'n']
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ from vlmlens.interventions import Ablate, Intervention, Patch
 from vlmlens.plot import bars
 from vlmlens.scenes import reference_images
 from vlmlens.stats import mean_ci
-from vlmlens.study.common import StudyResult, answers_under, by_orientation, stimuli
+from vlmlens.study.common import StudyResult, answers_under, by_orientation, split, stimuli
+from vlmlens.study.protocol import resolve
 
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
     from vlmlens.models.vlm import VLM
 
 NAME = "remove_vision_order"
-DEFAULT_N = 128
+DEFAULT_N = None  # the protocol's: every item (paper), 128 scenes (vlmlens)
 SITE = "hook_embed"
 CONDITIONS = ("none", "reference", "reference_objects", "white_background", "object_zero", "object_mean",
               "background_zero", "background_mean")
@@ -98,16 +99,21 @@ def conditions(model: VLM, sub: Batch, slots: Sequence[str], names: Sequence[str
     return out
 
 
-def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, tasks: Sequence[str] = ("squares", "shapes"),
-        site: str = SITE, max_batch: int | None = None) -> StudyResult:
-    """Accuracy before and after removing the vision encoder's ordering signal, and under plain ablations.
+def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[str] = ("squares", "shapes"),
+        protocol: str = "paper", site: str | None = None, max_batch: int | None = None) -> StudyResult:
+    """Accuracy per orientation before and after removing the vision encoder's ordering signal, and under
+    plain ablations; ``n``: items per task (default: all 480 under the paper's protocol, 128 under vlmlens's);
+    ``site``: default the LM input (``blocks.0.hook_resid_pre``; vlmlens: ``hook_embed``).
 
-    Tables: ``accuracy`` (task, condition, accuracy, ci_low, ci_high, n) and ``table5`` (task x condition).
+    Tables: ``accuracy`` (task, orientation [horizontal/vertical/all], condition, accuracy, ci_low,
+    ci_high, n) and ``table5`` (task, orientation x condition).
     """
-    bar = tqdm(total=len(tasks) * n * (len(CONDITIONS) + 4), desc=NAME, unit="row")
+    plan = resolve(model, protocol)
+    site = site or ("blocks.0.hook_resid_pre" if plan.protocol.name == "paper" else SITE)
     rows = []
     for task in tasks:
-        scenes = stimuli(model, n, seed=seed, task=task)
+        scenes = plan.scenes(task, n, seed) if plan.protocol.layout == "centred" else stimuli(model, n or 128, seed, task)
+        bar = tqdm(total=len(scenes) * (len(CONDITIONS) + 4), desc=f"{NAME} ({task})", unit="row")
         batch = model.prepare(scenes)
         parts = by_orientation(scenes)
         slots_of = {i: slots for slots, ids in parts.items() for i in ids}
@@ -116,28 +122,33 @@ def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, tasks: Sequence[str] = ("
             return conditions(model, sub, slots_of[ids[0]], site=site)
 
         scores = answers_under(model, batch, build, parts=list(parts.values()), max_batch=max_batch, bar=bar)
-        bar.update(4 * n)  # the reference images
+        bar.close()
         for g, name in enumerate(CONDITIONS):
-            mean, lo, hi = mean_ci(scores.correct(g))
-            rows.append({"task": task, "condition": name, "accuracy": mean, "ci_low": lo, "ci_high": hi, "n": n})
-    bar.close()
-    table = pd.DataFrame(rows, columns=["task", "condition", "accuracy", "ci_low", "ci_high", "n"])
-    table5 = table.pivot_table(index="task", columns="condition", values="accuracy", sort=False).reset_index()
-    summary: dict = {"n": n, "site": site}
-    for task in tasks:
-        acc = table[table.task == task].set_index("condition").accuracy
-        summary[task] = {"before": float(acc["none"]), "after": float(acc["reference"]),
-                         "drop": float(acc["none"] - acc["reference"]),
-                         "after_ci": table[(table.task == task) & (table.condition == "reference")][
-                             ["ci_low", "ci_high"]].iloc[0].tolist(),
-                         **{c: float(acc[c]) for c in CONDITIONS[2:]}}
+            for orientation, right in split(scores.correct(g, rule=plan.metric), scenes).items():
+                mean, lo, hi = mean_ci(right)
+                rows.append({"task": task, "orientation": orientation, "condition": name, "accuracy": mean,
+                             "ci_low": lo, "ci_high": hi, "n": len(right)})
+    table = pd.DataFrame(rows, columns=["task", "orientation", "condition", "accuracy", "ci_low", "ci_high", "n"])
+    table5 = table.pivot_table(index=["task", "orientation"], columns="condition", values="accuracy",
+                               sort=False).reset_index()
+    summary: dict = {"site": site, "protocol": plan.to_json()}
+    for (task, orientation), part in table.groupby(["task", "orientation"], sort=False):
+        acc = part.set_index("condition")
+        summary.setdefault(task, {})[orientation] = {
+            "before": float(acc.accuracy["none"]), "after": float(acc.accuracy["reference"]),
+            "drop": float(acc.accuracy["none"] - acc.accuracy["reference"]),
+            "after_ci": [float(acc.ci_low["reference"]), float(acc.ci_high["reference"])], "n": int(acc.n["none"]),
+            **{c: float(acc.accuracy[c]) for c in CONDITIONS[2:]}}
     tables = {"accuracy": table, "table5": table5}
     return StudyResult(tables, figures(tables), summary, name=NAME)
 
 
 def figures(tables: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
-    """Accuracy per condition and task, with 95% CIs."""
-    fig = bars(tables["accuracy"], x="condition", y="accuracy", group="task",
-               title="Removing the vision encoder's ordering signal at the LM input (Table 5) and plain ablations")
+    """Accuracy per condition, task and orientation, with 95% CIs."""
+    table = tables["accuracy"]
+    table = table[table.orientation != "all"].assign(set=lambda t: t.task + ", " + t.orientation)
+    fig = bars(table, x="condition", y="accuracy", group="set",
+               title="Removing the vision encoder's ordering signal at the LM input (Table 5) and plain ablations, "
+                     "per orientation")
     fig.update_yaxes(range=[0, 1.05])
     return {"accuracy": fig}

@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import html
+import inspect
+import re
 import json
 import platform
 import time
@@ -27,6 +29,8 @@ import torch
 
 from vlmlens.study.backup_mechanism import FLIPPING
 from vlmlens.study.common import StudyResult, jsonable
+from vlmlens.study.official import official_html
+from vlmlens.study.protocol import resolve
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
@@ -52,7 +56,8 @@ class Report:
 
 def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | None = None, device: str | None = None,
               dtype: str | None = None, seed: int = 0, model: VLM | None = None,
-              experiments: list[str] | None = None, benchmarks: Mapping[str, Sequence[Scene]] | None = None) -> Report:
+              experiments: list[str] | None = None, benchmarks: Mapping[str, Sequence[Scene]] | None = None,
+              protocol: str = "paper") -> Report:
     """Run every experiment (each with its default n, or ``n``) and write ``out/report.html``, one CSV
     per table and ``out/summary.json``. ``model`` skips loading; ``experiments`` runs a subset;
     ``benchmarks`` (name -> scenes) are extra evaluation sets for global amplification.
@@ -75,6 +80,8 @@ def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | N
             raise ValueError(f"unknown experiment {name!r}; choose from {list(EXPERIMENTS)}")
         begun = time.time()
         extra = {"benchmarks": benchmarks} if benchmarks and name == "global_amplification" else {}
+        if "protocol" in inspect.signature(EXPERIMENTS[name].run).parameters:
+            extra["protocol"] = protocol
         results[name] = EXPERIMENTS[name].run(vlm, **({"n": n} if n else {}), seed=seed, **extra)
         seconds[name] = time.time() - begun
         for key, table in results[name].tables.items():
@@ -82,7 +89,7 @@ def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | N
             table.to_csv(folder / name / f"{key}.csv", index=False)
     claims = assess(results)
     seconds["total"] = time.time() - started
-    meta = {"model": model_name if model is None else vlm.name, "repr": repr(vlm), "n": n, "seed": seed,
+    meta = {"protocol": resolve(vlm, protocol).to_json(), "model": model_name if model is None else vlm.name, "repr": repr(vlm), "n": n, "seed": seed,
             "device": str(vlm.device), "dtype": str(vlm.hf.dtype), "torch_threads": torch.get_num_threads(),
             "machine": platform.platform(), "seconds": seconds}
     summary = {"meta": meta, "claims": claims, "experiments": {k: r.summary for k, r in results.items()}}
@@ -109,60 +116,81 @@ def _claim(number: int, title: str, verdict: str, sentence: str, rule: str, numb
 
 def _claim_vision(results: dict[str, StudyResult]) -> dict[str, Any]:
     title = "The vision encoder's mechanism is dominant and global (it spreads over the background)"
-    rule = (f"criss-cross: strip swaps at the LM input flip >= {FLIPS:.0%} of pairs while object-only swaps flip "
-            f"<= {NO_FLIPS:.0%} at every layer; removal: accuracy drops by >= {DROP:.2f} with the 95% CIs apart "
-            "(squares). Both: supported; one: partly supported.")
+    rule = (f"per orientation (horizontal, vertical), never averaged: criss-cross strip swaps at the LM input flip "
+            f">= {FLIPS:.0%} of pairs while object-only swaps flip <= {NO_FLIPS:.0%} at every layer; removal: "
+            f"squares accuracy drops by >= {DROP:.2f} with the 95% CI apart. Both in an orientation: supported there; "
+            "one: partly supported; the claim's verdict is the weaker orientation's.")
     cc, rv = results.get("criss_cross"), results.get("remove_vision_order")
     if cc is None or rv is None or cc.summary.get("n_kept", 0) < MIN_PAIRS:
         return _claim(1, title, "cannot be assessed", "Claim 1 cannot be assessed: the criss-cross or removal "
                       "experiment did not run or kept too few pairs.", rule, {})
     table = cc.tables["flip_rates"]
-    objects, strips = table[table.region == "object"], table[table.region == "strip"]
-    object_peak, strip_embed = float(objects.flip_rate.max()), float(strips.flip_rate.iloc[0])
-    swaps_ok = strip_embed >= FLIPS and object_peak <= NO_FLIPS
-    task = "squares" if "squares" in rv.summary else next(k for k in rv.summary if isinstance(rv.summary[k], dict))
-    before, after, after_ci = rv.summary[task]["before"], rv.summary[task]["after"], rv.summary[task]["after_ci"]
-    drop_ok = before - after >= DROP and after_ci[1] < before
-    verdict = {2: "supported", 1: "partly supported", 0: "not supported"}[int(swaps_ok) + int(drop_ok)]
-    swaps = (f"strip swaps at the LM input flip {_f(strip_embed)} of {cc.summary['n_kept']} pairs and object-only "
-             f"swaps at most {_f(object_peak)} at any layer ({'as' if swaps_ok else 'not as'} the claim predicts)")
-    drop = (f"removing the vision order at the LM input takes {task} accuracy from {_f(before)} to {_f(after)} "
-            f"(95% CI {_f(after_ci[0])}-{_f(after_ci[1])}; {'a' if drop_ok else 'not a'} clear drop)")
-    sentence = f"Claim 1 is {verdict} by this model: {swaps}; {drop}."
+    task = "squares" if "squares" in rv.summary else next(k for k in rv.summary if isinstance(rv.summary[k], dict)
+                                                           and k != "protocol")
+    parts, numbers, scores = [], {}, []
+    for orientation in ("horizontal", "vertical"):
+        rows = table[table.orientation == orientation]
+        objects, strips = rows[rows.region == "object"], rows[rows.region == "strip"]
+        removal = rv.summary.get(task, {}).get(orientation)
+        if len(objects) == 0 or removal is None:
+            continue
+        object_peak, strip_embed = float(objects.flip_rate.max()), float(strips.flip_rate.iloc[0])
+        swaps_ok = strip_embed >= FLIPS and object_peak <= NO_FLIPS
+        before, after, ci = removal["before"], removal["after"], removal["after_ci"]
+        drop_ok = before - after >= DROP and ci[1] < before
+        scores.append(int(swaps_ok) + int(drop_ok))
+        parts.append(f"{orientation} ({int(objects.n.iloc[0])} pairs): strip swaps at the LM input flip "
+                     f"{_f(strip_embed)}, object-only swaps flip {_f(float(objects.flip_rate.iloc[0]))} at the input "
+                     f"and at most {_f(object_peak)} at any layer ({'as' if swaps_ok else 'not as'} predicted); removal "
+                     f"takes {task} accuracy from {_f(before)} to {_f(after)} (95% CI {_f(ci[0])}-{_f(ci[1])}; "
+                     f"{'a' if drop_ok else 'not a'} clear drop)")
+        numbers[orientation] = {"strip_flip_at_input": strip_embed, "object_flip_at_input":
+                                float(objects.flip_rate.iloc[0]), "object_flip_peak": object_peak,
+                                "accuracy_before": before, "accuracy_after": after}
+    if not scores:
+        return _claim(1, title, "cannot be assessed", "Claim 1 cannot be assessed: no orientation has both "
+                      "experiments.", rule, {})
+    verdict = {2: "supported", 1: "partly supported", 0: "not supported"}[min(scores)]
+    sentence = f"Claim 1 is {verdict} by this model: " + "; ".join(parts) + "."
     probes = results.get("position_probes")
-    if probes is not None and probes.summary.get("background_accuracy") is not None:
-        sentence += (f" For context, the position probe fitted on object tokens names the strip of its background "
-                     f"tokens with accuracy {_f(probes.summary['background_accuracy'])} (object tokens "
-                     f"{_f(probes.summary['object_accuracy'])}; chance 0.33).")
-    numbers = {"strip_flip_at_input": strip_embed, "object_flip_peak": object_peak, "accuracy_before": before,
-               "accuracy_after": after}
+    for orientation, acc in (probes.summary.get("by_orientation", {}) if probes else {}).items():
+        sentence += (f" The {orientation} position probe (fitted on object tokens) names the strip of background "
+                     f"tokens with accuracy {_f(acc.get('background_accuracy'))} (object tokens "
+                     f"{_f(acc.get('object_accuracy'))}; chance 0.33).")
     return _claim(1, title, verdict, sentence, rule, numbers)
 
 
 def _claim_backup(results: dict[str, StudyResult]) -> dict[str, Any]:
     title = "The language model has a backup mechanism on the object tokens"
-    rule = (f"with the vision order removed, object-only swaps entering some block after the first flip >= "
+    rule = (f"per orientation: with the vision order removed, object-only swaps at some block after the first flip >= "
             f"{BACKUP:.0%} of pairs, with the 95% CI above the same swap's flip rate on the intact pairs: supported; "
-            "above the intact rate but below the threshold: partly supported.")
+            "above the intact rate but below the threshold: partly supported; the weaker orientation decides.")
     bm = results.get("backup_mechanism")
     if bm is None or bm.summary.get("n_kept", 0) < MIN_PAIRS:
         kept = None if bm is None else bm.summary.get("n_kept")
         return _claim(2, title, "cannot be assessed", f"Claim 2 cannot be assessed: only {kept} pairs are answered "
                       "right both with and without the vision order, too few to measure flips.", rule, {"n_kept": kept})
     table = bm.tables["flip_rates"]
-    # only after at least one LM block can the LM have written an ordering of its own
-    removed = table[(table.condition == "removed") & (table.region == "object") & ~table.layer.isin(["embed", "0"])]
-    intact = table[(table.condition == "intact") & (table.region == "object")].set_index("layer")
-    peak = removed.loc[removed.flip_rate.idxmax()]
-    base = float(intact.flip_rate.get(peak.layer, float("nan")))
-    above = float(peak.ci_low) > base
-    verdict = "supported" if above and peak.flip_rate >= BACKUP else "partly supported" if above else "not supported"
-    sentence = (f"Claim 2 is {verdict} by this model: with the vision order removed, object-only swaps flip "
-                f"{_f(float(peak.flip_rate))} of {bm.summary['n_kept']} pairs at block {peak.layer} (95% CI "
-                f"{_f(float(peak.ci_low))}-{_f(float(peak.ci_high))}), against {_f(base)} for the same swap on the "
-                f"intact pairs.")
-    return _claim(2, title, verdict, sentence, rule, {"peak_layer": peak.layer, "peak_flip": float(peak.flip_rate),
-                                                        "intact_flip": base, "n_kept": bm.summary["n_kept"]})
+    parts, numbers, levels = [], {}, []
+    for orientation in ("horizontal", "vertical"):
+        rows = table[(table.orientation == orientation) & (table.region == "object")]
+        removed = rows[(rows.condition == "removed") & ~rows.layer.isin(["embed", "0"])]
+        if not len(removed):
+            continue
+        intact = rows[rows.condition == "intact"].set_index("layer")
+        peak = removed.loc[removed.flip_rate.idxmax()]
+        base = float(intact.flip_rate.get(peak.layer, float("nan")))
+        above = float(peak.ci_low) > base
+        levels.append(2 if above and peak.flip_rate >= BACKUP else 1 if above else 0)
+        parts.append(f"{orientation} ({int(peak.n)} pairs): object-only swaps flip {_f(float(peak.flip_rate))} at block "
+                     f"{peak.layer} (95% CI {_f(float(peak.ci_low))}-{_f(float(peak.ci_high))}) against {_f(base)} "
+                     "intact")
+        numbers[orientation] = {"peak_layer": peak.layer, "peak_flip": float(peak.flip_rate), "intact_flip": base}
+    if not levels:
+        return _claim(2, title, "cannot be assessed", "Claim 2 cannot be assessed: no layer after the first.", rule, {})
+    verdict = {2: "supported", 1: "partly supported", 0: "not supported"}[min(levels)]
+    sentence = f"Claim 2 is {verdict} by this model, with the vision order removed: " + "; ".join(parts) + "."
+    return _claim(2, title, verdict, sentence, rule, numbers | {"n_kept": bm.summary["n_kept"]})
 
 
 def _claim_amplification(results: dict[str, StudyResult]) -> dict[str, Any]:
@@ -244,8 +272,9 @@ def render(results: dict[str, StudyResult], claims: list[dict[str, Any]], meta: 
     first = True
     for name, result in results.items():
         doc = (EXPERIMENTS[name].__doc__ or "").strip() if name in EXPERIMENTS else ""
-        about = html.escape(doc.split("Example:")[0])
+        about = markup(doc.split("Example:")[0])
         parts.append(f"<h2 id='{name}'>{html.escape(name)}</h2><div class='doc'>{about}</div>")
+        parts.append(official_html(name, str(meta["model"]), meta["repr"]))
         for fig in result.figures.values():
             parts.append(fig.to_html(full_html=False, include_plotlyjs=first, default_height="480px"))
             first = False
@@ -261,6 +290,16 @@ def render(results: dict[str, StudyResult], claims: list[dict[str, Any]], meta: 
     body = "\n".join(parts)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vlmlens study: {html.escape(str(meta['model']))}"
             f"</title><style>{STYLE}</style></head><body>{body}</body></html>")
+
+
+def markup(doc: str) -> str:
+    """A docstring as HTML: escaped, with ``code`` and `references` as <code>.
+
+    >>> markup("the ``object:left`` region, see `swap`")
+    'the <code>object:left</code> region, see <code>swap</code>'
+    """
+    text = html.escape(doc)
+    return re.sub(r"``(.+?)``|`(.+?)`", lambda m: f"<code>{m.group(1) or m.group(2)}</code>", text)
 
 
 def _table_html(table: pd.DataFrame) -> str:

@@ -108,8 +108,9 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
                 f"- {_CRISS_CROSS}: object-only swaps move the counterfactual's position code into each slot: at "
                 "least 0.9 of the pairs flip, in both orientations (strip swaps flip too).\n"
                 f"- {_REMOVAL}: every entity then says \"middle\": accuracy drops towards chance (1/3 among the "
-                "three entities' colours; the LM breaks the tie between identical position codes unevenly, so "
-                "not all the way).\n"
+                "three entities' colours), though not all the way: on 96 held-out scenes per orientation it fell "
+                "from 1.00 to about 0.45 (horizontal) and 0.62 (vertical), so the LM still breaks the tie between "
+                "identical position codes unevenly, by some cue that is not planted.\n"
                 "- Position probes: object tokens well above chance."),
             "Not planted": (
                 "Whether background tokens also carry the layout (nothing stops the vision tower from writing it "
