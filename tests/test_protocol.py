@@ -1,10 +1,14 @@
-"""The paper's protocol: centred cells, strip bands, prompts, item counts (no model needed)."""
+"""The paper's protocol: centred cells, strip bands, prompts, item counts, the top-1 metric; on the paper's
+three models (tiny random configs at the official geometries, published chat templates)."""
 
 import pytest
+from real_checkpoints import checkpoint_dir
+from tiny_models import save_tiny_gemma3, save_tiny_pixtral, save_tiny_qwen2_vl
 
+import vlmlens as vl
 import vlmlens.scenes as S
 from vlmlens.study.official import paper_model
-from vlmlens.study.protocol import OFFICIAL, PALETTE, PIXTRAL_PALETTE, bands_for
+from vlmlens.study.protocol import OFFICIAL, PALETTE, PIXTRAL_PALETTE, SYSTEM, bands_for, resolve
 
 
 def test_qwen_object_cells_are_columns_1_5_9_in_the_centre_row():
@@ -35,3 +39,87 @@ def test_items_prompts_and_palette():
 
 def test_official_names():
     assert paper_model("Qwen/Qwen2-VL-7B-Instruct") == "qwen2-vl-7b" and paper_model("toy") is None
+
+
+# -- on the paper's three models: tiny random configs at the official geometries --------------------------
+
+#: family -> (builder, object columns of the horizontal layout, its row, band widths)
+PAPER_GEOMETRIES = {
+    "qwen2-vl": (lambda path: save_tiny_qwen2_vl(path, patch=14, max_patches=1024), [1, 5, 9], 5, (4, 4, 4)),
+    "gemma3": (lambda path: save_tiny_gemma3(path, image_size=896, patch=14, tokens_per_image=256), [0, 6, 12], 6,
+               (5, 6, 5)),
+    "pixtral": (lambda path: save_tiny_pixtral(path, family="llava", patch=16, longest_edge=1024), [2, 6, 10], 6,
+                (5, 5, 5)),
+}
+
+
+@pytest.fixture(scope="module", params=list(PAPER_GEOMETRIES))
+def paper_tiny(request, tmp_path_factory) -> tuple[str, vl.VLM]:
+    build = PAPER_GEOMETRIES[request.param][0]
+    return request.param, vl.load(build(tmp_path_factory.mktemp(request.param)), device="cpu")
+
+
+def test_tiny_paper_model_gets_the_official_cells_bands_and_items(paper_tiny):
+    family, model = paper_tiny
+    _, columns, row, widths = PAPER_GEOMETRIES[family]
+    plan = resolve(model, "paper")
+    assert plan.family == family and plan.deviations == ()
+    scenes = plan.scenes("squares")
+    assert len(scenes) == 480 == len(plan.scenes("shapes"))  # P(6,3) triples x 4 directions
+    left, above = next(s for s in scenes if s.direction == "left"), next(s for s in scenes if s.direction == "above")
+    batch = model.prepare([left, above])
+    k, n = plan.geometry.object_tokens, plan.geometry.grid[0]
+    horizontal, vertical = batch.layouts
+    assert horizontal.grid == (n, n)
+    for slot, col in zip(("left", "middle", "right"), columns, strict=True):
+        cells = f"cells:{row}:{row + k},{col}:{col + k}"
+        assert horizontal.positions(f"object:{slot}", "lm").tolist() == horizontal.positions(cells, "lm").tolist()
+    for slot, top in zip(("top", "middle", "bottom"), columns, strict=True):  # the column layout, transposed
+        cells = f"cells:{top}:{top + k},{row}:{row + k}"
+        assert vertical.positions(f"object:{slot}", "lm").tolist() == vertical.positions(cells, "lm").tolist()
+    assert tuple(b - a for a, b in plan.bands) == widths
+    for slot, width in zip(("left", "middle", "right"), widths, strict=True):  # bands tile every row of the grid
+        assert len(horizontal.positions(plan.strip(slot, "row"), "lm")) == n * width
+    bands = [set(horizontal.positions(plan.strip(slot, "row"), "lm").tolist()) for slot in ("left", "middle", "right")]
+    assert set.union(*bands) == set(horizontal.positions("image", "lm").tolist()) and sum(map(len, bands)) == n * n
+
+
+def test_paper_metric_counts_an_off_candidate_top1_as_wrong(paper_tiny):
+    """Behaviour's accuracy under the paper's protocol is the share of items whose whole-vocabulary argmax,
+    decoded and normalised, is the answer, recomputed here from plain logits; a random model's argmax is
+    mostly not a colour at all, which the candidate-choice rule would still score 1/6 of the time."""
+    from vlmlens.metrics import normalised
+    from vlmlens.study import behaviour
+    family, model = paper_tiny
+    plan = resolve(model, "paper")
+    scenes = plan.scenes("squares", 24, seed=0)
+    logits = model.run(model.prepare(scenes))[:, -1]
+    top1 = [normalised(model.tokenizer.decode([int(i)])) for i in logits.argmax(-1)]
+    assert any(word not in scene.candidates for word, scene in zip(top1, scenes)), "the test needs off-candidate tops"
+    expected = sum(word == s.answer for word, s in zip(top1, scenes, strict=True)) / len(scenes)
+    table = behaviour.run(model, n=24, tasks=["squares"], protocol="paper").tables["accuracy"]
+    overall = table[(table.orientation == "all") & (table.direction == "all")]
+    assert overall.accuracy.item() == pytest.approx(expected) and overall.chance.item() == pytest.approx(1 / 3)
+
+
+#: family -> the published checkpoint whose config and chat template the prompt is rendered with
+PAPER_CHECKPOINTS = {"qwen2-vl": "Qwen--Qwen2-VL-7B-Instruct", "gemma3": "google--gemma-3-4b-it",
+                     "pixtral": "mistral-community--pixtral-12b"}
+QUESTION = "The color of the square to the left of the green square is "
+#: The official prompt through each published template (shared/prompts.py: system turn, then image + text).
+PAPER_PROMPTS = {
+    "qwen2-vl": f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|>"
+                f"<|vision_end|>{QUESTION}<|im_end|>\n<|im_start|>assistant\n",
+    "gemma3": f"<bos><start_of_turn>user\n{SYSTEM}\n\n<start_of_image>{QUESTION.strip()}<end_of_turn>\n"
+              "<start_of_turn>model\n",
+    "pixtral": f"<s>[INST]{SYSTEM}\n\n[IMG]{QUESTION}[/INST]",
+}
+
+
+@pytest.mark.parametrize("family", list(PAPER_CHECKPOINTS))
+def test_paper_prompt_goes_through_the_published_chat_template_with_the_system_message(family, tmp_path):
+    model = vl.load(checkpoint_dir(PAPER_CHECKPOINTS[family], tmp_path), device="meta")
+    plan = resolve(model, "paper")
+    scene = plan.scenes("squares")[0]
+    assert plan.family == family and scene.question == QUESTION and scene.meta["system"] == SYSTEM
+    assert model.adapter.prompt(scene.question, scene.meta["system"]) == PAPER_PROMPTS[family]

@@ -87,8 +87,6 @@ IDS = [c.name.split("--")[1] for c in CHECKPOINTS]
 
 # What the adapters get wrong under the real settings (see the report of issue 18); strict: a fix shows up here.
 ADAPTER_PROBLEMS = {
-    ("prompt", "mistral-community--pixtral-12b"):
-        "Pixtral-12B's template reads a text chunk's 'content', the adapter writes 'text': the question is dropped",
     ("layout", "HuggingFaceM4--Idefics3-8B-Llama3"):
         "the adapter counts crops from <row_i_col_j> tokens, which a tokenizer of the published vocabulary size "
         "(Llama 3's 128256 + 3 added tokens) cannot hold as single tokens: every split image is refused",

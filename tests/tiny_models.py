@@ -19,7 +19,7 @@ from transformers import (
 )
 
 WORDS = ("where is the red green blue black brown gray square circle relative to of left right above below "
-         "color middle shape ? .").split()
+         "color middle shape orange ? .").split()
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
 
 
@@ -143,10 +143,12 @@ QWEN_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def save_tiny_qwen2_vl(path: Path, *, version: str = "2", patch: int = 8, window: int = 32, seed: int = 0) -> Path:
+def save_tiny_qwen2_vl(path: Path, *, version: str = "2", patch: int = 8, window: int = 32, seed: int = 0,
+                       max_patches: int = 64) -> Path:
     """A 2-block Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``: window attention in block 0, full
     attention in block 1, windows of ``window`` px) vision tower with a 2x2 merger and a 2-layer Qwen2 LM;
-    the processor resizes to multiples of ``2 * patch`` px between 16x16 and 64x64 patches' worth of pixels."""
+    the processor resizes to multiples of ``2 * patch`` px between 16 and ``max_patches`` patches' worth of
+    pixels."""
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -179,7 +181,7 @@ def save_tiny_qwen2_vl(path: Path, *, version: str = "2", patch: int = 8, window
     factor = 2 * patch
     image_processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2, temporal_patch_size=2,
                                                size={"shortest_edge": 4 * factor * factor,
-                                                     "longest_edge": 64 * patch * patch})
+                                                     "longest_edge": max_patches * patch * patch})
     processor = without_video(processor_cls)(image_processor=image_processor, tokenizer=tokenizer,
                                                          chat_template=QWEN_CHAT_TEMPLATE)
     model.save_pretrained(path)

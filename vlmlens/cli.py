@@ -13,6 +13,8 @@ from types import ModuleType
 
 import typer
 
+PROTOCOL_HELP = ("paper: as the authors' code ran it (prompts, top-1 over the vocabulary, centred layouts, strip "
+                 "bands); vlmlens: vlmlens's own")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Spatial-reasoning interpretability for VLMs.")
 
 
@@ -74,12 +76,17 @@ def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_t
                    out: Path | None = typer.Option(None, help="folder for its CSVs, summary.json and figures "
                                                               "(default: study_out/<experiment>)"),
                    device: str | None = typer.Option(None, help="e.g. cuda, cpu (default: cuda when available)"),
-                   dtype: str | None = typer.Option(None, help="e.g. bfloat16, float32")) -> None:
+                   dtype: str | None = typer.Option(None, help="e.g. bfloat16, float32"),
+                   protocol: str = typer.Option("paper", help=PROTOCOL_HELP)) -> None:
     """Run one experiment of the study, print its tables and write them (CSV, summary.json, HTML figures)."""
     from vlmlens.models import load
+    from vlmlens.study.protocol import PROTOCOLS
     module = _experiment(experiment)
+    if protocol not in PROTOCOLS:
+        typer.echo(f"Error: unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}", err=True)
+        raise typer.Exit(2)
     result = module.run(load(model, device=device, dtype=dtype), n=module.DEFAULT_N if n is None else n,
-                        seed=seed)
+                        seed=seed, protocol=protocol)
     typer.echo(str(result))
     typer.echo(f"written to {result.save(out or Path('study_out') / module.NAME)}")
 
@@ -93,12 +100,14 @@ def reproduce(model: str = typer.Option("toy", help="'toy', a Hugging Face id, o
               dtype: str | None = typer.Option(None, help="e.g. bfloat16, float32"),
               benchmark: list[Path] = typer.Option(
                   [], help="a scene folder (vl.scenes.save of a loaded benchmark, e.g. What'sUp) to evaluate global "
-                           "amplification on as well; repeatable")) -> None:
+                           "amplification on as well; repeatable"),
+              protocol: str = typer.Option("paper", help=PROTOCOL_HELP)) -> None:
     """Run every experiment of the study and write one self-contained report.html (opens offline)."""
     from vlmlens.scenes import load as load_scenes
     from vlmlens.study import reproduce as run
     benchmarks = {folder.name: load_scenes(folder) for folder in benchmark}
-    report = run(model, out=out, n=n, device=device, dtype=dtype, seed=seed, benchmarks=benchmarks)
+    report = run(model, out=out, n=n, device=device, dtype=dtype, seed=seed, benchmarks=benchmarks,
+                 protocol=protocol)
     for claim in report.claims:
         typer.echo(claim["sentence"])
     typer.echo(f"{report.path} ({report.seconds['total']:.0f} s)")

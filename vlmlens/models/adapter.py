@@ -102,10 +102,13 @@ class Adapter:
     def prompt(self, question: str, system: str | None = None) -> str:
         """The text fed to the processor for one question: the chat template if the processor has
         one (answer follows the generation prompt; ``system``, if given, as a plain-string system turn
-        before the user's), else the image token, a newline, the question (no system message)."""
+        before the user's), else the image token, a newline, the question (no system message). The text
+        chunk carries the question under ``text`` and ``content``: templates read one or the other
+        (Pixtral-12B's reads ``content``)."""
         template = getattr(self.processor, "chat_template", None)
         if template:
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            text = {"type": "text", "text": question, "content": question}
+            messages = [{"role": "user", "content": [{"type": "image"}, text]}]
             if system:
                 messages.insert(0, {"role": "system", "content": system})
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)

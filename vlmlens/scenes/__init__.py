@@ -15,10 +15,10 @@ from .benchmarks import (
                          whatsup_composite,
                          whatsup_composites,
 )
+from .fixed import centred_cells, fixed_entities
 from .generator import CONTROLS, PRESETS, TASKS, generate
 from .geometry import GEOMETRIES, Geometry
 from .io import load, save
-from .fixed import centred_cells, fixed_entities
 from .pairs import criss_cross_pairs, last_token_pairs, reference_images
 from .scene import Scene, SceneObject, answer_spellings
 from .vocab import COLOURS, RELATIONS, SHAPES, STUDY_COLOURS

@@ -99,19 +99,20 @@ def geometry_for(model: VLM) -> S.Geometry:
     the first `scenes.GEOMETRIES` preset whose image the model maps onto the preset's grid, else the
     grid of a square image at the processor's crop (or resize) size."""
     for geometry in S.GEOMETRIES.values():
-        if _grid(model, geometry.image_size) == geometry.grid:
+        if grid_of(model, geometry.image_size) == geometry.grid:
             return geometry
     processor = model.processor.image_processor
     size = dict(getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {})
     side = int(size.get("height") or size.get("shortest_edge") or 0)
-    rows, cols = _grid(model, (side, side)) if side else (0, 0)
+    rows, cols = grid_of(model, (side, side)) if side else (0, 0)
     if not side or side % cols or side % rows or side // cols != side // rows:
         raise ValueError(f"cannot infer a patch-aligned geometry for {model.name}; "
                          "pass geometry=vl.scenes.Geometry(...)")
     return S.Geometry(grid=(rows, cols), patch_px=side // cols, object_tokens=2)
 
 
-def _grid(model: VLM, size: tuple[int, int]) -> tuple[int, int]:
+def grid_of(model: VLM, size: tuple[int, int]) -> tuple[int, int]:
+    """The image-token grid the model's processor gives an image of ``size`` px."""
     batch = model.prepare(([Image.new("RGB", size, "white")], ["The color of the square is"]))
     return tuple(batch.layouts[0].grid)  # type: ignore[return-value]
 
@@ -153,7 +154,8 @@ def split(values: Tensor, scenes: Sequence[Scene], by: str = "orientation") -> d
 
 
 def pick_pairs(model: VLM, made: Sequence[tuple[Scene, Scene]], plan: Plan, n: int | None, seed: int = 0,
-               only_correct: bool = True, accept: Callable[[Batch, Batch], Tensor] | None = None) -> tuple[Batch, Batch]:
+               only_correct: bool = True, accept: Callable[[Batch, Batch], Tensor] | None = None
+               ) -> tuple[Batch, Batch]:
     """Clean and counterfactual batches of pairs the model answers right on both sides (by the plan's
     metric; ``accept(clean, cf)`` adds a condition, e.g. right under an edit too).
 

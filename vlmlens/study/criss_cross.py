@@ -36,8 +36,17 @@ from vlmlens.interventions import Compose, Intervention, Patch
 from vlmlens.plot import frame_heatmap
 from vlmlens.scenes import criss_cross_pairs
 from vlmlens.stats import mean_ci
-from vlmlens.study.common import (COLUMN, SEVEN, StudyResult, answers_under, by_orientation, pick_pairs, site_label,
-                                  split, stimuli)
+from vlmlens.study.common import (
+    COLUMN,
+    SEVEN,
+    StudyResult,
+    answers_under,
+    by_orientation,
+    pick_pairs,
+    site_label,
+    split,
+    stimuli,
+)
 from vlmlens.study.protocol import Plan, resolve
 
 if TYPE_CHECKING:

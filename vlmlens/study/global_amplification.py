@@ -39,6 +39,7 @@ from vlmlens.metrics import strict
 from vlmlens.plot import dose_response
 from vlmlens.stats import mean_ci
 from vlmlens.study.common import StudyResult, answers_under, stimuli
+from vlmlens.study.protocol import resolve
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
@@ -84,9 +85,11 @@ def methods(model: VLM, directions: torch.Tensor, alphas: Sequence[float] = ALPH
 
 def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, alphas: Sequence[float] = ALPHAS,
         attention_alphas: Sequence[float] = ATTENTION_ALPHAS, n_random: int = 3, site: str = SITE,
-        max_batch: int | None = None, benchmarks: Mapping[str, Sequence[Scene]] | None = None) -> StudyResult:
+        max_batch: int | None = None, benchmarks: Mapping[str, Sequence[Scene]] | None = None,
+        protocol: str = "paper") -> StudyResult:
     """Dose-response of each method and its fix rate; ``n`` scenes fit the probes and ``n`` more are
-    split in half into dev (choosing alpha) and test.
+    split in half into dev (choosing alpha) and test. Both protocols run this held-out variant for now; the
+    summary's ``protocol`` records that the paper's COCO pipeline is not the one that ran.
 
     ``benchmarks`` (name -> scenes, e.g. What'sUp loaded with `vlmlens.scenes.benchmarks`) are evaluated with
     the same directions and methods, each split in half into dev and test on its own.
@@ -109,7 +112,11 @@ def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, alphas: Sequence[float] =
     edited = [g for g, c in enumerate(conditions) if c[2]]
     bar.total = n + sum(len(members) for members in sets.values()) * (1 + len(edited))
     bar.refresh()
-    dose, fixes, summary = [], [], {"n_probe": n, "probe_accuracy": probe_accuracy, "sets": {}}
+    plan = resolve(model, protocol)
+    record = plan.to_json() | {"deviations": [*plan.deviations, "global amplification runs vlmlens's held-out "
+                                              "dev/test variant on naturalistic scenes, not the paper's COCO pipeline"]}
+    dose, fixes = [], []
+    summary = {"n_probe": n, "probe_accuracy": probe_accuracy, "sets": {}, "protocol": record}
     for name, members in sets.items():
         scores = answers_under(model, model.prepare(list(members)),
                                lambda ids, sub: [[], *(conditions[g][2] for g in edited)], max_batch=max_batch, bar=bar)

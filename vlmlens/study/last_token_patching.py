@@ -32,8 +32,17 @@ from vlmlens.interventions import Patch
 from vlmlens.plot import layer_curves
 from vlmlens.scenes import last_token_pairs
 from vlmlens.scenes.entities import ASKED
-from vlmlens.study.common import (SEVEN, StudyResult, answers_under, orientation_of, pick_pairs, site_label, split,
-                                  stimuli, summarise)
+from vlmlens.study.common import (
+    SEVEN,
+    StudyResult,
+    answers_under,
+    orientation_of,
+    pick_pairs,
+    site_label,
+    split,
+    stimuli,
+    summarise,
+)
 from vlmlens.study.criss_cross import sites_of
 from vlmlens.study.protocol import resolve
 

@@ -106,7 +106,8 @@ class Plan:
         lo, hi = self.bands[(S.entities.SLOTS[orientation]).index(slot)]
         return f"cells:0:{n},{lo}:{hi}" if orientation == "row" else f"cells:{lo}:{hi},0:{n}"
 
-    def scenes(self, task: str, n: int | None = None, seed: int = 0, colours: Sequence[str] | None = None) -> list[Scene]:
+    def scenes(self, task: str, n: int | None = None, seed: int = 0,
+               colours: Sequence[str] | None = None) -> list[Scene]:
         """The task's items: all of them (centred layouts; ``n`` draws that many, seeded) or ``n`` of
         vlmlens's randomised ones.
 
@@ -175,27 +176,32 @@ def bands_for(grid: int, entity: int, spacing: int) -> tuple[tuple[int, int], ..
 
 
 def resolve(model: VLM, protocol: str | Protocol = "paper") -> Plan:
-    """The protocol on ``model``: the official geometry, spacing, palette and bands for the paper's families;
-    for any other grid, the model's own geometry with spacing = entity size (less if three entities would
+    """The protocol on ``model``: the official geometry, spacing, palette and bands for the paper's families
+    (when the checkpoint's processor maps the official image onto the official grid); for any other grid, the model's own geometry with spacing = entity size (less if three entities would
     not fit) and `bands_for`.
 
     Example:
         >>> resolve(model, "vlmlens").bands
         ((0, 3), (3, 7), (7, 10))
     """
-    from vlmlens.study.common import geometry_for
+    from vlmlens.study.common import geometry_for, grid_of
     if isinstance(protocol, str):
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose from {list(PROTOCOLS)}")
         protocol = PROTOCOLS[protocol]
     family = family_of(model)
     deviations: list[str] = []
-    if family in OFFICIAL:
+    official = S.GEOMETRIES[OFFICIAL[family][0]] if family in OFFICIAL else None
+    if official is not None and grid_of(model, official.image_size) == official.grid:
         preset, spacing, widths = OFFICIAL[family]
-        geometry = S.GEOMETRIES[preset]
+        geometry = official
         bands = bands_for(geometry.grid[0], geometry.object_tokens, spacing)
         assert tuple(b - a for a, b in bands) == widths, (family, bands, widths)
     else:
+        if official is not None:
+            deviations.append(f"this {family} checkpoint maps the official {official.image_size[0]} px image onto a "
+                              f"{grid_of(model, official.image_size)} token grid, not {official.grid}: its own "
+                              "geometry is used")
         geometry = geometry_for(model)
         k = geometry.object_tokens
         spacing = max(0, min(k, (min(geometry.grid) - 3 * k) // 2))

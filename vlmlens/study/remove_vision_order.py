@@ -1,7 +1,7 @@
 """Experiment 5 (the paper's Table 5): remove the vision encoder's ordering signal at the LM input.
 
-Reference-image substitution at the LM input (``blocks.0.hook_resid_pre``; vlmlens's protocol: ``hook_embed``): each entity's tokens
-take the middle-slot tokens of a reference image showing that entity alone in the centre
+Reference-image substitution at the LM input (``blocks.0.hook_resid_pre``; vlmlens's protocol: ``hook_embed``):
+each entity's tokens take the middle-slot tokens of a reference image showing that entity alone in the centre
 (`scenes.reference_images`), and the background takes the tokens of an all-white image. What is left for
 the LM to order the entities by is where their tokens sit in the sequence. For comparison, the plain
 ablations of object tokens and of background tokens (zero, mean) at the same site.
@@ -112,7 +112,8 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
     site = site or ("blocks.0.hook_resid_pre" if plan.protocol.name == "paper" else SITE)
     rows = []
     for task in tasks:
-        scenes = plan.scenes(task, n, seed) if plan.protocol.layout == "centred" else stimuli(model, n or 128, seed, task)
+        centred = plan.protocol.layout == "centred"
+        scenes = plan.scenes(task, n, seed) if centred else stimuli(model, n or 128, seed, task)
         bar = tqdm(total=len(scenes) * (len(CONDITIONS) + 4), desc=f"{NAME} ({task})", unit="row")
         batch = model.prepare(scenes)
         parts = by_orientation(scenes)

@@ -14,10 +14,9 @@ Example:
 from __future__ import annotations
 
 import html
-import inspect
-import re
 import json
 import platform
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -80,16 +79,15 @@ def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | N
             raise ValueError(f"unknown experiment {name!r}; choose from {list(EXPERIMENTS)}")
         begun = time.time()
         extra = {"benchmarks": benchmarks} if benchmarks and name == "global_amplification" else {}
-        if "protocol" in inspect.signature(EXPERIMENTS[name].run).parameters:
-            extra["protocol"] = protocol
-        results[name] = EXPERIMENTS[name].run(vlm, **({"n": n} if n else {}), seed=seed, **extra)
+        results[name] = EXPERIMENTS[name].run(vlm, **({"n": n} if n else {}), seed=seed, protocol=protocol, **extra)
         seconds[name] = time.time() - begun
         for key, table in results[name].tables.items():
             (folder / name).mkdir(exist_ok=True)
             table.to_csv(folder / name / f"{key}.csv", index=False)
     claims = assess(results)
     seconds["total"] = time.time() - started
-    meta = {"protocol": resolve(vlm, protocol).to_json(), "model": model_name if model is None else vlm.name, "repr": repr(vlm), "n": n, "seed": seed,
+    meta = {"protocol": resolve(vlm, protocol).to_json(), "model": model_name if model is None else vlm.name,
+            "repr": repr(vlm), "n": n, "seed": seed,
             "device": str(vlm.device), "dtype": str(vlm.hf.dtype), "torch_threads": torch.get_num_threads(),
             "machine": platform.platform(), "seconds": seconds}
     summary = {"meta": meta, "claims": claims, "experiments": {k: r.summary for k, r in results.items()}}
@@ -141,7 +139,8 @@ def _claim_vision(results: dict[str, StudyResult]) -> dict[str, Any]:
         scores.append(int(swaps_ok) + int(drop_ok))
         parts.append(f"{orientation} ({int(objects.n.iloc[0])} pairs): strip swaps at the LM input flip "
                      f"{_f(strip_embed)}, object-only swaps flip {_f(float(objects.flip_rate.iloc[0]))} at the input "
-                     f"and at most {_f(object_peak)} at any layer ({'as' if swaps_ok else 'not as'} predicted); removal "
+                     f"and at most {_f(object_peak)} at any layer ({'as' if swaps_ok else 'not as'} predicted); "
+                     "removal "
                      f"takes {task} accuracy from {_f(before)} to {_f(after)} (95% CI {_f(ci[0])}-{_f(ci[1])}; "
                      f"{'a' if drop_ok else 'not a'} clear drop)")
         numbers[orientation] = {"strip_flip_at_input": strip_embed, "object_flip_at_input":
@@ -182,7 +181,8 @@ def _claim_backup(results: dict[str, StudyResult]) -> dict[str, Any]:
         base = float(intact.flip_rate.get(peak.layer, float("nan")))
         above = float(peak.ci_low) > base
         levels.append(2 if above and peak.flip_rate >= BACKUP else 1 if above else 0)
-        parts.append(f"{orientation} ({int(peak.n)} pairs): object-only swaps flip {_f(float(peak.flip_rate))} at block "
+        parts.append(f"{orientation} ({int(peak.n)} pairs): object-only swaps flip "
+                     f"{_f(float(peak.flip_rate))} at block "
                      f"{peak.layer} (95% CI {_f(float(peak.ci_low))}-{_f(float(peak.ci_high))}) against {_f(base)} "
                      "intact")
         numbers[orientation] = {"peak_layer": peak.layer, "peak_flip": float(peak.flip_rate), "intact_flip": base}
