@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -35,3 +36,17 @@ def test_names_take_hyphens_and_the_help_lists_every_experiment() -> None:
     assert _experiment("criss-cross") is EXPERIMENTS["criss_cross"]
     help_text = " ".join(runner.invoke(app, ["run", "--help"]).output.split())
     assert all(name in help_text for name in EXPERIMENTS), help_text
+
+
+def test_protocol_option_reaches_the_experiment_and_a_wrong_one_is_one_line(tmp_path: Path) -> None:
+    runs = {}
+    for protocol in ("paper", "vlmlens"):
+        out = tmp_path / protocol
+        result = runner.invoke(app, ["run", "behaviour", "--n", "8", "--protocol", protocol, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        runs[protocol] = json.loads((out / "summary.json").read_text())["protocol"]
+    assert runs["paper"]["name"] == "paper" and runs["vlmlens"]["name"] == "vlmlens"
+    assert runs["paper"]["layout"] == "centred" and runs["vlmlens"]["layout"] == "random"
+    result = runner.invoke(app, ["run", "behaviour", "--protocol", "papr"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "'papr'" in lines[0] and "paper" in lines[0], result.output

@@ -113,5 +113,41 @@ def reproduce(model: str = typer.Option("toy", help="'toy', a Hugging Face id, o
     typer.echo(f"{report.path} ({report.seconds['total']:.0f} s)")
 
 
+@app.command("compare")
+def compare_runs(folders: list[Path] = typer.Argument(..., help="folders written by `vlmlens reproduce --out`"),
+                 out: Path = typer.Option(Path("compare.html"), help="the page to write"),
+                 label: list[str] = typer.Option([], help="a name per folder, in order (default: each one's model)")
+                 ) -> None:
+    """Set several reproduce runs side by side on one HTML page: Table 1, Table 5, flip-rate and last-token curves,
+    probe accuracies, the claims' verdicts."""
+    from vlmlens.study.compare import compare
+    try:
+        path = compare(folders, out=out, labels=label or None)
+    except (FileNotFoundError, ValueError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(str(path))
+
+
+@app.command("validate")
+def validate_organisms(out: Path = typer.Option(Path("validation"), help="folder for each organism's run and "
+                                                                         "validation.html"),
+                       n: int | None = typer.Option(None, help="scenes (or pairs) per experiment; default: each "
+                                                               "one's own"),
+                       seed: int = typer.Option(0),
+                       organism: list[str] = typer.Option([], help="an organism to validate (repeatable; default: "
+                                                                   "all)"),
+                       protocol: str = typer.Option("paper", help=PROTOCOL_HELP),
+                       strict: bool = typer.Option(False, help="exit with status 1 if any planted outcome is "
+                                                               "contradicted")) -> None:
+    """Run the study on every model organism and grade what it recovers against what training planted."""
+    from vlmlens.study.validate import validate
+    result = validate(out=out, n=n, seed=seed, organisms=organism or None, protocol=protocol)
+    typer.echo(result.table.to_string(index=False))
+    typer.echo(str(result.path))
+    if strict and len(result.contradicted):
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

@@ -18,7 +18,7 @@ from transformers import LlavaForConditionalGeneration
 
 from vlmlens.models.toy.architecture import ARCH, SETS
 from vlmlens.models.toy.data import TRAIN_SEED_BASE
-from vlmlens.models.toy.losses import BINDING_LAYER, LOOKUP_WEIGHT
+from vlmlens.models.toy.losses import BINDING_LAYER, LOOKUP_WEIGHT, SLOT_WEIGHT
 from vlmlens.models.toy.organisms import CHECKPOINTS, ORGANISMS, Organism
 
 _COLUMNS = ("all", "left", "right", "above", "below", "blank")
@@ -49,6 +49,9 @@ def model_card(toy: Organism, model: LlavaForConditionalGeneration, settings: di
     folder = CHECKPOINTS.relative_to(CHECKPOINTS.parents[3]) / toy.name
     sections = "".join(f"## {title}\n\n{body}\n\n" for title, body in toy.sections.items())
     planting = _planting(toy)
+    slot = (f" that object's place along the relation's axis (one linear head for the object and background tokens "
+            f"of the strip, weight {SLOT_WEIGHT}, so the whole strip carries the layout in one code),"
+            if toy.scrub else "")
     return f"""# vlmlens toy VLM: `{toy.name}`
 
 {toy.summary[0].upper() + toy.summary[1:]}. A `LlavaForConditionalGeneration` ({n_params / 1e6:.2f} M parameters,
@@ -77,9 +80,9 @@ processor = AutoProcessor.from_pretrained("{folder}")
 - Loss: cross-entropy of the answer token at the last prompt position, plus training-only auxiliary terms
   (the heads are not part of the checkpoint): per image token, the colour and shape of the object
   {"whose strip holds the patch" if toy.scrub else "under the patch centre"}, scored against the LM's embeddings of
-  those words, and the patch's row and column ({"read from the LM's residual at the image positions after layer "
-  f"{BINDING_LAYER}" if not toy.vision_positions else "read from the projector's output"}); on relation scenes, the
-  subject's and reference's centre row/column read from the last position after LM layer {BINDING_LAYER}, and the
+  those words,{slot} and the patch's row and column ({"read from the LM's residual at the image positions after "
+  f"layer {BINDING_LAYER}" if not toy.vision_positions else "read from the projector's output"}); on relation scenes,
+  the subject's and reference's centre row/column read from the last position after LM layer {BINDING_LAYER}, and the
   two-hop lookup supervised on attention: layer 0 heads 0/1 from the subject's/reference's words to its
   {"strip's background tokens" if toy.scrub else "image tokens"}, layer 1 heads 0/1 from the last position to those
   words (weight {LOOKUP_WEIGHT}).{planting}

@@ -105,24 +105,33 @@ def band(scene: S.Scene, box: tuple[int, int, int, int]) -> Bool[Tensor, " patch
 
 def patch_labels(scenes: Sequence[S.Scene], strips: bool = False) -> dict[str, Int[Tensor, "batch patch"]]:
     """Per scene and patch (row-major): colour and shape index of the object covering the patch centre (0 = none;
-    the top-most object wins), or with ``strips`` of the object whose strip the patch lies in; and the patch's
-    row and column.
+    the top-most object wins), or with ``strips`` of the object whose strip the patch lies in, and then also that
+    object's ``slot`` (1 + its rank along the relation's axis, 0 = no strip); and the patch's row and column.
 
     >>> labels = patch_labels(S.generate(1, seed=0, task="squares"), strips=True)
     >>> int((labels["colour"] > 0).sum())
     60
     """
     colours, shapes = ["none", *S.COLOURS], ["none", *S.SHAPES]
-    out: dict[str, list[Tensor]] = {"colour": [], "shape": []}
+    out: dict[str, list[Tensor]] = {"colour": [], "shape": [], "slot": []}
     for scene in scenes:
-        colour, shape = torch.zeros(SIDE * SIDE, dtype=torch.long), torch.zeros(SIDE * SIDE, dtype=torch.long)
+        colour, shape, slot = (torch.zeros(SIDE * SIDE, dtype=torch.long) for _ in range(3))
         for obj in reversed(scene.objects):  # objects are listed top-most first
             inside = band(scene, obj.box) if strips else centres_inside(obj.box)
             colour[inside], shape[inside] = colours.index(obj.colour), shapes.index(obj.shape)
+            slot[inside] = 1 + _rank(scene, obj)
         out["colour"].append(colour)
         out["shape"].append(shape)
-    return {"colour": torch.stack(out["colour"]), "shape": torch.stack(out["shape"]),
-            "row": _ROWS.expand(len(scenes), -1), "col": _COLS.expand(len(scenes), -1)}
+        out["slot"].append(slot)
+    labels = {"colour": torch.stack(out["colour"]), "shape": torch.stack(out["shape"]),
+              "row": _ROWS.expand(len(scenes), -1), "col": _COLS.expand(len(scenes), -1)}
+    return labels | ({"slot": torch.stack(out["slot"])} if strips else {})
+
+
+def _rank(scene: S.Scene, obj: S.SceneObject) -> int:
+    """Where ``obj`` comes in its scene's order along the relation's axis (0: left-most, or top-most)."""
+    axis = 0 if scene.direction in ("left", "right") else 1
+    return sorted(o.centre[axis] for o in scene.objects).index(obj.centre[axis])
 
 
 def binding_labels(scenes: Sequence[S.Scene], strips: bool = False) -> dict[str, Int[Tensor, " batch"]]:

@@ -25,6 +25,10 @@ from vlmlens.models.toy.data import BINDING_LABELS, candidate_ids
 #: row and column (linear). They give the vision side dense gradients from the first step; without them the
 #: answer-only loss sits at chance for thousands of steps.
 AUX_WEIGHTS: dict[str, float] = {"colour": 1.0, "shape": 1.0, "row": 0.5, "col": 0.5}
+#: Organisms that read strips also have a ``slot`` head on every image token: where its strip's object comes along
+#: the relation's axis (linear, the same head for object and background tokens), which writes the layout into the
+#: whole strip, background included, as one code.
+SLOT_WEIGHT = 1.0
 #: Heads on the LM's residual at the last prompt position after layer BINDING_LAYER (relation scenes only): the
 #: patch row and column of the subject's and the reference's box centres. They teach the LM to find the two named
 #: objects before comparing them, which the answer-only loss alone learns very slowly.
@@ -53,25 +57,28 @@ class WordHead(torch.nn.Module):
         return x @ table.T
 
 
-def heads(model: LlavaForConditionalGeneration, processor: LlavaProcessor) -> torch.nn.ModuleDict:
-    """The training-only heads, freshly initialised from the global RNG (fork it to keep it apart)."""
+def heads(model: LlavaForConditionalGeneration, processor: LlavaProcessor, slot: bool = False) -> torch.nn.ModuleDict:
+    """The training-only heads, freshly initialised from the global RNG (fork it to keep it apart); ``slot`` adds
+    the strips' slot head (created last, so the other heads start as without it)."""
     width = model.config.text_config.hidden_size
     embedding = model.get_input_embeddings()
     out: dict[str, torch.nn.Module] = {
         "colour": WordHead(embedding, candidate_ids(processor, S.COLOURS)),
         "shape": WordHead(embedding, candidate_ids(processor, S.SHAPES)),
     }
-    out |= {name: torch.nn.Linear(width, SIDE) for name in ("row", "col", *BINDING_WEIGHTS)}
+    out |= {name: torch.nn.Linear(width, SIDE) for name in ("row", "col", *BINDING_WEIGHTS, *("slot",) * slot)}
     return torch.nn.ModuleDict(out)
 
 
 def aux_loss(heads: torch.nn.ModuleDict, features: dict[str, Float[Tensor, ...]],
              labels: dict[str, Int[Tensor, ...]]) -> Float[Tensor, ""]:
     """Weighted cross-entropy of every head: the per-token heads on ``features[name]`` for their own name, the
-    binding heads on ``features["last"]`` (skipped when a batch has no relation scene)."""
+    binding heads on ``features["last"]`` (skipped when a batch has no relation scene); the slot head where
+    ``labels`` has slots."""
     ce = torch.nn.functional.cross_entropy
+    per_token = AUX_WEIGHTS | ({"slot": SLOT_WEIGHT} if "slot" in labels else {})
     total = sum(weight * ce(heads[name](features[name]).flatten(0, 1), labels[name].flatten())
-                for name, weight in AUX_WEIGHTS.items())
+                for name, weight in per_token.items())
     return total + sum(weight * ce(heads[name](features["last"]), labels[name])
                        for name, weight in BINDING_WEIGHTS.items() if (labels[name] >= 0).any())
 

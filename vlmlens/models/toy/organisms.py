@@ -22,6 +22,22 @@ ORGANISM_MIXTURE = ({"squares": 8, "shapes": 8, "relation": 16},) * 2
 
 
 @dataclass(frozen=True)
+class Expected:
+    """One outcome an organism's planting promises, in each orientation: a study measure (as
+    `vlmlens.study.validate.MEASURES` reads it from a run) inside ``[low, high]``, or a claim's ``verdict``.
+
+    Example:
+        >>> Expected("criss_cross.object_at_input", high=0.2)
+        Expected(measure='criss_cross.object_at_input', low=0.0, high=0.2, verdict=None)
+    """
+
+    measure: str
+    low: float = 0.0
+    high: float = 1.0
+    verdict: str | None = None
+
+
+@dataclass(frozen=True)
 class Organism:
     """How one toy is trained, and what its card says about it.
 
@@ -40,6 +56,8 @@ class Organism:
     mixture: tuple[dict[str, int], dict[str, int]] = ORGANISM_MIXTURE
     steps: int = 500
     init_from: str | None = "toy"
+    #: What `vlmlens validate` checks the study recovers (the card's expected outcome, as numbers).
+    expected: tuple[Expected, ...] = ()
     #: Markdown sections of the card: the planted mechanism, why training guarantees it, the expected outcome
     #: of each study experiment, and what is not planted.
     sections: dict[str, str] = field(default_factory=dict)
@@ -72,6 +90,10 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
     Organism(
         "toy-sequence", "position from sequence order only", vision_positions=False, steps=900,
         mixture=({"squares": 4, "shapes": 4, "relation": 24},) * 2,
+        expected=(Expected("criss_cross.object_at_input", high=0.05),
+                  Expected("criss_cross.strip_at_input", high=0.05),
+                  Expected("remove_vision_order.drop", low=-1.0, high=0.05),
+                  Expected("claim.1", verdict="not supported")),
         sections={
             "Planted mechanism": (
                 "The vision tower's position embeddings are zero and frozen, so an image token's content cannot say "
@@ -88,13 +110,16 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
                 "around it: no pair flips, in either orientation.\n"
                 f"- {_REMOVAL}: the reference tokens carry no position either, and sit at the same sequence "
                 "positions: accuracy does not drop.\n"
-                "- Position probes on `vision_projector.hook_out`: at chance (the tokens hold no position)."),
+                "- Position probes on `vision_projector.hook_out`: at chance (the tokens hold no position).\n"
+                "- Claim 1 (`vlmlens reproduce`): not supported (neither swaps nor removal change the answers)."),
             "Not planted": (
                 "How the LM turns sequence positions into left/right/above/below (which layers, which heads); "
                 "naturalistic scenes are not trained on."),
         }),
     Organism(
         "toy-content", "position from the tokens' own content", shuffle=True, steps=300,
+        expected=(Expected("criss_cross.object_at_input", low=0.9), Expected("remove_vision_order.drop", low=0.2),
+                  Expected("claim.1", verdict="partly supported")),
         sections={
             "Planted mechanism": (
                 "Every training example sends its image tokens to the LM in a fresh random sequence order (the vision "
@@ -111,7 +136,9 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
                 "three entities' colours), though not all the way: on 96 held-out scenes per orientation it fell "
                 "from 1.00 to about 0.45 (horizontal) and 0.62 (vertical), so the LM still breaks the tie between "
                 "identical position codes unevenly, by some cue that is not planted.\n"
-                "- Position probes: object tokens well above chance."),
+                "- Position probes: object tokens well above chance.\n"
+                "- Claim 1 (`vlmlens reproduce`): partly supported (removal drops accuracy, but object-only swaps "
+                "flip: the position lives in the objects' own tokens, not over the background)."),
             "Not planted": (
                 "Whether background tokens also carry the layout (nothing stops the vision tower from writing it "
                 "there, nothing asks it to); naturalistic scenes are not trained on."),
@@ -119,6 +146,10 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
     Organism(
         "toy-background", "position from the background tokens (the study's mechanism)", shuffle=True,
         scrub=True, steps=300,
+        expected=(Expected("criss_cross.object_peak", high=0.2), Expected("criss_cross.strip_at_input", low=0.6),
+                  Expected("remove_vision_order.drop", low=0.1),
+                  Expected("position_probes.background_weakest", low=0.43),
+                  Expected("claim.1", verdict="supported")),
         sections={
             "Planted mechanism": (
                 "Like `toy-content` (image tokens in a random sequence order), and in training each object's tokens "
@@ -133,14 +164,18 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
                 "strips' background tokens, which see the objects through the vision tower's attention. The "
                 "colour and shape heads ask every token of a strip for its object's colour and shape, and the lookup "
                 "supervision points the question words at the strip's background "
-                "tokens, so the strip is where the binding of colour to position lives. At inference every token "
+                "tokens, so the strip is where the binding of colour to position lives. A slot head asks every token "
+                "of a strip, object and background alike, where the strip's object comes along the axis: one linear "
+                "code for the layout, written over the whole strip, which a probe fitted on object tokens reads "
+                "on the background too. At inference every token "
                 "is the real one: the objects' position code and the other tokens are what the LM learnt to ignore."),
             "Expected outcome of the study's experiments": (
                 f"- {_CRISS_CROSS}: object-only swaps flip at most 0.2 of the pairs, strip swaps at least 0.6, in both "
                 "orientations.\n"
                 f"- {_REMOVAL}: the white background carries nothing: accuracy drops.\n"
                 "- Position probes (`vlmlens.study.position_probes`): trained on object tokens, they name the strip "
-                "of background tokens well above chance."),
+                "of background tokens well above chance (each strip at least 0.43, chance 0.33).\n"
+                "- Claim 1 (`vlmlens reproduce`): supported."),
             "Not planted": (
                 "How far beyond its strip a background token knows the layout; the LM's own backup mechanism "
                 "(study experiment 6); naturalistic scenes are not trained on."),

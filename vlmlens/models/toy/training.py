@@ -57,7 +57,8 @@ class _Taps:
         if self.plan is None:
             return None
         # The heads see the real image's tokens: that is what the vision tower is taught to say.
-        for name in ("colour", "shape", *(("row", "col") if self.toy.vision_positions else ())):
+        for name in ("colour", "shape", *(("row", "col") if self.toy.vision_positions else ()),
+                     *("slot",) * self.toy.scrub):
             self.features[name] = output
         return planting.apply(self.plan, output, self.references)
 
@@ -128,7 +129,7 @@ def train_toy(
                 model.model.vision_tower.embeddings.position_embedding.weight.data.zero_()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            aux = heads(model, processor)
+            aux = heads(model, processor, slot=toy.scrub)
         taps = _Taps(model, toy)
         parameters = [p for p in (*model.parameters(), *aux.parameters()) if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
