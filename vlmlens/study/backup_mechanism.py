@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vlmlens.plot import frame_heatmap
-from vlmlens.study.common import StudyResult, answers_under, by_orientation, pick_pairs
+from vlmlens.study.common import NoPairs, StudyResult, answers_under, by_orientation, pick_pairs
 from vlmlens.study.criss_cross import KINDS, flip_table, pool, sites_of
 from vlmlens.study.protocol import resolve
 from vlmlens.study.remove_vision_order import removal
@@ -60,8 +60,14 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squar
                                parts=list(parts.values()), max_batch=max_batch)
         return scores.correct(0, rule=plan.metric).bool()
 
-    clean, cf = pick_pairs(model, pool(model, plan, n, seed, task), plan, n, seed, only_correct,
-                           accept=lambda a, b: right_removed(a) & right_removed(b))
+    try:
+        clean, cf = pick_pairs(model, pool(model, plan, n, seed, task), plan, n, seed, only_correct,
+                               accept=lambda a, b: right_removed(a) & right_removed(b))
+    except NoPairs as err:  # the removal leaves no pair answered right: no backup to measure (claim 2 says so)
+        empty = pd.DataFrame(columns=["condition", "orientation", "site", "layer", "region", "flip_rate", "ci_low",
+                                      "ci_high", "accuracy", "n"])
+        return StudyResult({"flip_rates": empty}, {}, {"n_kept": 0, "why": str(err), "only_correct": only_correct,
+                                                      "protocol": plan.to_json()}, name=NAME)
     per_pair = 1 + len(KINDS) * len(sites)
     bar = tqdm(total=2 * len(clean) * per_pair, desc=NAME, unit="row")
     before = lambda sub, slots: removal(model, sub, slots, site)  # noqa: E731

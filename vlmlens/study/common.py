@@ -153,6 +153,10 @@ def split(values: Tensor, scenes: Sequence[Scene], by: str = "orientation") -> d
     return out | {"all": values}
 
 
+class NoPairs(ValueError):
+    """No pair survived `pick_pairs`' filter: the experiment has nothing to measure on this model."""
+
+
 def pick_pairs(model: VLM, made: Sequence[tuple[Scene, Scene]], plan: Plan, n: int | None, seed: int = 0,
                only_correct: bool = True, accept: Callable[[Batch, Batch], Tensor] | None = None
                ) -> tuple[Batch, Batch]:
@@ -161,7 +165,7 @@ def pick_pairs(model: VLM, made: Sequence[tuple[Scene, Scene]], plan: Plan, n: i
 
     The paper's protocol (``plan.protocol.pairs_per_direction``) shuffles the pool per direction (``seed``)
     and takes pairs in order until ``n`` (default 50) per direction are kept; vlmlens's filters the first
-    ``n`` pairs of the pool.
+    ``n`` pairs of the pool. Raises `NoPairs` when none is kept.
     """
     import numpy as np
     quota = n or plan.protocol.pairs_per_direction
@@ -190,6 +194,10 @@ def pick_pairs(model: VLM, made: Sequence[tuple[Scene, Scene]], plan: Plan, n: i
                 right &= accept(clean, cf)
             got += [i for i, ok in zip(take, right.tolist(), strict=True) if ok]
         kept += got[:quota]
+    if not kept:
+        raise NoPairs(f"none of the {len(made)} pairs drawn is answered right on both sides"
+                      f"{' and under the extra condition' if accept is not None else ''} ({plan.metric} metric); "
+                      "draw more pairs (n) or keep every pair (only_correct=False)")
     return model.prepare([made[i][0] for i in kept]), model.prepare([made[i][1] for i in kept])
 
 

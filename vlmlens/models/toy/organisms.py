@@ -145,7 +145,7 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
         }),
     Organism(
         "toy-background", "position from the background tokens (the study's mechanism)", shuffle=True,
-        scrub=True, steps=300,
+        scrub=True, steps=600,
         expected=(Expected("criss_cross.object_peak", high=0.2), Expected("criss_cross.strip_at_input", low=0.6),
                   Expected("remove_vision_order.drop", low=0.1),
                   Expected("position_probes.background_weakest", low=0.43),
