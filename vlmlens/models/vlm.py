@@ -27,6 +27,7 @@ from nnsight import NNsight
 from PIL import Image
 from torch import Tensor
 
+from vlmlens import checks
 from vlmlens.attention import NAME as ATTENTION_NAME
 from vlmlens.attention import SCALE_ATTR
 from vlmlens.batch import Batch
@@ -113,16 +114,27 @@ class VLM:
         """
         scenes: tuple[Scene, ...] | None
         if isinstance(scenes_or_inputs, tuple) and len(scenes_or_inputs) == 2 and \
-                isinstance(scenes_or_inputs[1], (list, tuple)) and scenes_or_inputs[1] and \
-                isinstance(scenes_or_inputs[1][0], str):
-            images, questions = list(scenes_or_inputs[0]), list(scenes_or_inputs[1])
+                isinstance(scenes_or_inputs[1], (list, tuple, str)):
+            images, questions = _listed(scenes_or_inputs[0]), _listed(scenes_or_inputs[1])
+            checks.not_empty("prepare()'s list of images", images, "give one image and one question per example")
+            bad = [q for q in questions if not isinstance(q, str)]
+            if bad:
+                raise TypeError(f"prepare((images, questions)): questions must be strings, got {bad[0]!r}")
             scenes, directions = None, [None] * len(images)
-            box_list = list(boxes) if boxes is not None else [{} for _ in images]
+            box_list = _listed(boxes) if boxes is not None else [{} for _ in images]
         else:
-            scenes = tuple(scenes_or_inputs)
-            if not scenes or not hasattr(scenes[0], "image"):
+            if not isinstance(scenes_or_inputs, Sequence) or isinstance(scenes_or_inputs, str):
                 raise TypeError("prepare() takes a list of Scenes or a tuple (images, questions); "
                                 f"got {type(scenes_or_inputs).__name__}")
+            scenes = tuple(scenes_or_inputs)
+            checks.not_empty("prepare()'s list of scenes", scenes, "give at least one Scene (vl.scenes.generate(...))")
+            bad = [s for s in scenes if not hasattr(s, "image") or not hasattr(s, "objects")]
+            if bad:
+                raise TypeError("prepare() takes a list of Scenes or a tuple (images, questions); got a list "
+                                f"holding a {type(bad[0]).__name__}")
+            if boxes is not None:
+                raise ValueError("prepare(scenes, boxes=...): scenes carry their own boxes; boxes= goes with "
+                                 "(images, questions)")
             images = [s.image for s in scenes]
             questions = [s.question for s in scenes]
             directions = [s.direction for s in scenes]
@@ -130,6 +142,8 @@ class VLM:
         if not (len(images) == len(questions) == len(box_list)):
             raise ValueError(f"{len(images)} images, {len(questions)} questions and {len(box_list)} box sets: "
                              "give one of each per example")
+        images = [checks.image(image, f"example {i}") for i, image in enumerate(images)]
+        box_list = [_boxes(b, i, image.size) for i, (b, image) in enumerate(zip(box_list, images))]
         image_token = self.processor.image_token
         systems = [s.meta.get("system") for s in scenes] if scenes else [None] * len(questions)
         prompts = [q if image_token in q else self.adapter.prompt(q, system)
@@ -251,6 +265,7 @@ class VLM:
                         part = value[g * size:(g + 1) * size] if n > 1 else value
                         for edit in by_site.get(spec.name, ()):
                             edit.apply(part, target, spec, sources)
+                            _check_finite(part, edit, spec.name)
                     if spec.name in read_names:
                         if grad:
                             value.retain_grad()
@@ -337,6 +352,26 @@ class VLM:
     def __repr__(self) -> str:
         return (f"VLM({self.name!r}, family={self.hf.config.model_type}, lm_layers={self.adapter.n_lm_layers}, "
                 f"vision_layers={self.adapter.n_vision_layers}, device={self.device})")
+
+
+def _listed(values: Any) -> list[Any]:
+    """One example's value, or a list of them, as a list (a single question or image counts as one)."""
+    return [values] if isinstance(values, (str, Image.Image, dict)) else list(values)
+
+
+def _boxes(boxes: Any, example: int, size: tuple[int, int]) -> dict[str, tuple[float, float, float, float]]:
+    """One example's boxes, checked: object name -> (x0, y0, x1, y1) inside the image."""
+    if not isinstance(boxes, dict):
+        raise TypeError(f"example {example}: boxes must be a dict from object name to (x0, y0, x1, y1), got "
+                        f"{type(boxes).__name__}")
+    return {str(name): checks.box(str(name), box, size, f"example {example}") for name, box in boxes.items()}
+
+
+def _check_finite(value: Tensor, edit: Intervention, site: str) -> None:
+    """An edit that leaves NaN or inf behind would give numbers that mean nothing: stop there."""
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{edit!r} left NaN or inf at {site}; check its direction, vector, alpha and source "
+                         "(a huge alpha overflows the model's dtype)")
 
 
 def _implementations(config: Any) -> dict[str, Any]:
