@@ -399,7 +399,8 @@ def as_metric(metric: Callable[..., Tensor]) -> Callable[..., PerExample]:
             raise ValueError(f"metric {metric!r} returned shape {tuple(value.shape)}; expected ({len(batch)},)")
         if not bool(torch.isfinite(value).all()):
             bad = torch.nonzero(~torch.isfinite(value)).flatten().tolist()
-            raise ValueError(f"metric {metric!r} gave NaN or inf for examples {bad}")
+            what = "NaN" if bool(torch.isnan(value).any()) else "inf"
+            raise ValueError(f"metric {metric!r} gave {what} for examples {bad}")
         return value
 
     checked.needs_unedited = bool(getattr(metric, "needs_unedited", False))  # type: ignore[attr-defined]
