@@ -10,10 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 import vlmlens as vl
-from tests.tiny_models import save_tiny_llava
+from tests.tiny_models import save_tiny_gemma3, save_tiny_llava, save_tiny_qwen2_vl
 from vlmlens.cli import app
 from vlmlens.explore import Explorer
 from vlmlens.scenes import load_vsr, load_whatsup_qa
@@ -48,7 +49,9 @@ def ctx(tmp_path_factory) -> SimpleNamespace:
     batch = model.prepare(SCENES)
     root = tmp_path_factory.mktemp("bad_inputs")
     (root / "empty").mkdir()
+    cache = model.run_with_cache(batch, sites=[RESID])[1]
     return SimpleNamespace(model=model, batch=batch, one=batch[[0]], d=model.hf.config.text_config.hidden_size,
+                           cache=cache,
                            text_only=_text_only(root / "llama"), unknown_tower=_unknown_tower(root / "vit_llava"),
                            empty=root / "empty", root=root)
 
@@ -239,6 +242,19 @@ CASES = [
     ("patch-source-wrong-size", lambda c: _run(c, vl.Patch(PROJ, source=c.batch[[0, 1]])), ValueError,
      r"source has 2 examples but the batch has 4"),
     ("patch-without-source", lambda c: _run(c, vl.Patch(PROJ)), ValueError, r"needs a source batch or cache"),
+    ("resample-from-itself", lambda c: _run(c, vl.Ablate(RESID, how="resample", reference=c.batch)), ValueError,
+     r"gives every example its own activations back.*leave reference unset"),
+    ("resample-from-its-own-cache", lambda c: _run(c, vl.Ablate(RESID, how="resample", reference=c.cache)),
+     ValueError, r"reference=<Cache n=\d+>\) gives every example its own activations back"),
+    ("error-under-eager-attention", lambda c: c.model.run_with_cache(
+        c.batch, sites=["blocks.0.attn.hook_pattern"],
+        interventions=vl.Steer(RESID, vector=torch.ones(c.d), alpha=1e39)),
+     ValueError, r"left NaN or inf at blocks.1.hook_resid_post"),
+    ("error-while-attention-is-scaled", lambda c: _run(
+        c, vl.ScaleAttention(layer=0, alpha=2.0) + vl.Steer(RESID, vector=torch.ones(c.d), alpha=1e39)),
+     ValueError, r"left NaN or inf"),
+    ("scale-attention-region-typo", lambda c: _run(c, vl.ScaleAttention(layer=0, key_region="imag")), vl.RegionError,
+     r"unknown region 'imag'; did you mean 'image'"),
     # -- grids
     ("grid-axis-typo", lambda c: vl.grid(vl.Ablate, site=PROJ, regoin=["object", "background"]), ValueError,
      r"grid axis 'regoin' is neither an argument of Ablate nor a \{regoin\} placeholder.*did you mean 'region'"),
@@ -317,6 +333,58 @@ CASES = [
 def test_a_mistake_is_named_with_what_would_be_right(ctx, before, call, error, words):
     with pytest.raises(error, match=words):
         call(ctx)
+
+
+TINY = {"qwen2_vl": save_tiny_qwen2_vl, "gemma3": save_tiny_gemma3}
+TINY_IMAGES = [Image.new("RGB", (64, 48), "white"), Image.new("RGB", (64, 48), (200, 10, 10))]
+TINY_QUESTIONS = ["where is the red square ?", "where is the red square relative to the blue circle ?"]
+TINY_BOXES = [{"cup": (10, 5, 30, 20)}, {"cup": (40, 30, 64, 48)}]
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def tiny(request, tmp_path_factory) -> SimpleNamespace:
+    """A tiny random model of another family, with its state before the mistakes."""
+    model = vl.load(TINY[request.param](tmp_path_factory.mktemp(request.param)), device="cpu")
+    batch = model.prepare((TINY_IMAGES, TINY_QUESTIONS), boxes=TINY_BOXES)
+    return SimpleNamespace(model=model, batch=batch, d=model.hf.config.get_text_config().hidden_size,
+                           logits=model.run(batch), state={k: v.clone() for k, v in model.hf.state_dict().items()},
+                           attn=model.hf.config._attn_implementation)
+
+
+def _tiny_prepare(t, box):
+    return t.model.prepare((TINY_IMAGES[:1], TINY_QUESTIONS[:1]), boxes=[{"cup": box}])
+
+
+TINY_CASES = [
+    ("box-outside", lambda t: _tiny_prepare(t, (60, 40, 90, 70)), ValueError,
+     r"box 'cup' = \(60, 40, 90, 70\) lies outside the 64x48 image"),
+    ("box-reversed", lambda t: _tiny_prepare(t, (30, 20, 10, 5)), ValueError, r"is empty or reversed"),
+    ("cells-outside-grid", lambda t: t.model.run(t.batch, vl.Ablate(PROJ, region="cells:0:99,0:1")), vl.RegionError,
+     r"cells:0:99,0:1 does not fit example 0's \d+x\d+ grid"),
+    ("object-typo", lambda t: t.model.run(t.batch, vl.Ablate(PROJ, region="object:cpu")), vl.RegionError,
+     r"no object 'cpu' in example 0; did you mean 'cup'"),
+    ("mean-ablation-of-one", lambda t: t.model.run(t.batch[[0]], vl.Ablate(PROJ, region="object", how="mean")),
+     ValueError, r"needs at least 2 examples \(got 1\)"),
+    ("steer-overflows", lambda t: t.model.run(t.batch, vl.Steer(PROJ, vector=torch.ones(t.d), alpha=1e39)),
+     ValueError, r"left NaN or inf at vision_projector.hook_out"),
+    ("scale-wrong-width", lambda t: t.model.run(t.batch, vl.Scale(PROJ, direction=torch.ones(3), alpha=2.0)),
+     ValueError, r"direction has width 3 but vision_projector.hook_out has width"),
+    ("site-typo", lambda t: t.model.run(t.batch, vl.Ablate("vision_projector.hook_outt")), vl.UnknownSiteError,
+     r"closest: vision_projector.hook_out"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "words"), [pytest.param(*case[1:], id=case[0]) for case in TINY_CASES])
+def test_other_families_name_the_mistake_too(tiny, call, error, words):
+    with pytest.raises(error, match=words):
+        call(tiny)
+
+
+def test_other_families_are_as_they_were_after_the_mistakes(tiny):
+    state = tiny.model.hf.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in tiny.state.items())
+    assert tiny.model.hf.config._attn_implementation == tiny.attn
+    assert torch.equal(tiny.model.run(tiny.batch), tiny.logits)
 
 
 CLI_CASES = [

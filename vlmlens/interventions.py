@@ -324,6 +324,11 @@ class Ablate(Intervention):
             _edit(x, where, torch.add, noise)
         else:
             values = self._reference_values(batch, spec, sources, generator)
+            if self.how == "resample" and self.reference is not None and all(
+                    torch.equal(x[b, w.to(x.device)], v.to(x)) for b, (w, v) in enumerate(zip(where, values))):
+                raise ValueError(f"{self!r} gives every example its own activations back: the reference pairs each "
+                                 "example with itself (is it the batch being run, or its cache?); leave reference "
+                                 "unset to resample from the batch's other examples")
             _edit(x, where, lambda _old, new: new, values)
 
     def _reference_values(self, batch: Batch, spec: SiteSpec, sources: Sources,
