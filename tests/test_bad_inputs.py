@@ -153,6 +153,16 @@ CASES = [
     ("batch-int-out-of-range", lambda c: c.batch[9], IndexError, r"example index 9 is out of range"),
     ("batch-short-mask", lambda c: c.batch[[True, False]], IndexError, r"boolean mask over a batch of 4.*got 2"),
     ("batch-index-not-int", lambda c: c.batch[["a"]], IndexError, r"example index 'a'"),
+    ("batch-to-missing-gpu", lambda c: c.batch.to("cuda:0"), ValueError,
+     r"device='cuda:0', but torch sees no CUDA GPU"),
+    ("run-scenes-for-batch", lambda c: c.model.run(SCENES), TypeError,
+     r"batch must be a Batch from model.prepare\(scenes\), got list"),
+    ("run-a-string-for-an-intervention", lambda c: c.model.run(c.batch, "ablate"), TypeError,
+     r"expected an intervention \(e.g. vl.Ablate\('hook_embed'\)\).*got str 'ablate'"),
+    ("plan-interventions-for-a-count", lambda c: vl.plan(c.model, c.batch, [vl.Ablate(PROJ)]), ValueError,
+     r"plan's n_interventions \(how many intervention groups\) must be an int >= 1"),
+    ("heatmap-axis-typo", lambda c: _sweep(c, family=vl.grid(vl.Ablate, site=PROJ, region=["object", "image"]))
+     .heatmap(x="regoin"), ValueError, r"heatmap x='regoin' is not a column.*did you mean 'region'"),
     # -- building interventions
     ("ablate-how-typo", lambda c: vl.Ablate(PROJ, how="mena"), ValueError,
      r"unknown Ablate how 'mena'; did you mean 'mean'"),
@@ -329,7 +339,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("call", "error", "words"), [pytest.param(*case[1:], id=case[0]) for case in CASES])
+#: cases that ask for a GPU this machine lacks (on a machine with one they are not mistakes)
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="asks for the CUDA GPU that this machine has")
+WANTS_GPU = {"load-cuda-without-gpu", "batch-to-missing-gpu", "cli-device"}
+
+
+def _params(cases):
+    return [pytest.param(*case[1:], id=case[0], marks=[NO_GPU] if case[0] in WANTS_GPU else []) for case in cases]
+
+
+@pytest.mark.parametrize(("call", "error", "words"), _params(CASES))
 def test_a_mistake_is_named_with_what_would_be_right(ctx, before, call, error, words):
     with pytest.raises(error, match=words):
         call(ctx)
@@ -374,7 +393,7 @@ TINY_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("call", "error", "words"), [pytest.param(*case[1:], id=case[0]) for case in TINY_CASES])
+@pytest.mark.parametrize(("call", "error", "words"), _params(TINY_CASES))
 def test_other_families_name_the_mistake_too(tiny, call, error, words):
     with pytest.raises(error, match=words):
         call(tiny)
@@ -397,7 +416,7 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("args", "words"), [pytest.param(*case[1:], id=case[0]) for case in CLI_CASES])
+@pytest.mark.parametrize(("args", "words"), _params(CLI_CASES))
 def test_the_cli_prints_one_line_for_a_mistake(before, args, words):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from vlmlens import checks
 from vlmlens.layout import Layout, RegionError
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class Batch:
 
     def to(self, device: str | torch.device) -> Batch:
         """The same batch with its tensors on ``device`` (floating tensors keep their dtype)."""
+        checks.device(device)
         moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.inputs.items()}
         return replace(self, inputs=moved)
 

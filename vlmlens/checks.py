@@ -150,3 +150,20 @@ def metric(value: object) -> None:
     if not callable(value):
         raise TypeError(f"metric must be callable as metric(logits, batch, model) -> (batch,) scores, e.g. "
                         f"vl.LogitDiff(); got {value!r}")
+
+
+def device(name: str | torch.device) -> None:
+    """A device this machine has (checked before anything is placed on it)."""
+    try:
+        kind = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; use 'cpu', 'cuda', 'cuda:<index>', 'mps' or 'meta'") from None
+    if kind.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r}, but torch sees no CUDA GPU on this machine "
+                             "(torch.cuda.is_available() is False); use device='cpu'")
+        if kind.index is not None and kind.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                             f"(use cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    if kind.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={name!r}, but MPS is not available on this machine; use device='cpu'")

@@ -205,6 +205,9 @@ def flatten(interventions: Intervention | Iterable[Intervention] | None) -> list
         return []
     if isinstance(interventions, Intervention):
         return list(interventions.parts)
+    if isinstance(interventions, (str, Batch, Cache)) or not isinstance(interventions, Iterable):
+        raise TypeError(f"expected an intervention (e.g. vl.Ablate('hook_embed')), a composition or a list of them; "
+                        f"got {type(interventions).__name__} {interventions!r:.60}")
     return [part for iv in interventions for part in flatten(iv)]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+from vlmlens import checks
 from vlmlens.models import (  # noqa: F401  (each module registers its adapter)
     gemma3,
     gemma4,
@@ -54,23 +55,6 @@ def _check_placement(device: str | None, device_map: str | dict[str, Any] | None
                          "every module itself")
     if max_memory is not None and device_map is None:
         raise ValueError(f"max_memory={max_memory!r} caps the devices of a device map; add device_map='auto'")
-
-
-def _check_device(device: str) -> None:
-    """A device this machine has, checked before any weights are read."""
-    try:
-        kind = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:<index>', 'mps' or 'meta'") from None
-    if kind.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}, but torch sees no CUDA GPU on this machine "
-                             "(torch.cuda.is_available() is False); use device='cpu'")
-        if kind.index is not None and kind.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s) "
-                             f"(use cuda:0..cuda:{torch.cuda.device_count() - 1})")
-    if kind.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r}, but MPS is not available on this machine; use device='cpu'")
 
 
 def _checked_path(name: str) -> str:
@@ -142,7 +126,7 @@ def load(name_or_path: str | Path = "toy", device: str | None = None, dtype: str
     if not isinstance(name_or_path, (str, Path)):
         raise TypeError(f"load() takes 'toy', a Hugging Face id or a folder path, got {type(name_or_path).__name__}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    _check_device(device)
+    checks.device(device)
     name = str(name_or_path)
     # "toy", "toy-content", ...: a shipped toy (a misspelt one is an error naming them), unless a folder is so named
     path = str(toy_checkpoint(name)) if name.startswith("toy") and not Path(name).exists() else _checked_path(name)

@@ -103,6 +103,10 @@ class VLM:
                 boxes: Sequence[dict[str, tuple[float, float, float, float]]] | None = None) -> Batch:
         """Model inputs and layouts for scenes, or for ``(images, questions)`` with optional boxes.
 
+        An image may be a PIL image of any mode, a numpy array (``(h, w)`` or ``(h, w, 1|3|4)``, uint8 or float
+        in [0, 1]) or an image file's path; each is read as RGB. Boxes are ``{name: (x0, y0, x1, y1)}`` per
+        example, in the image's pixels, inside it.
+
         A question that already contains the processor's image token is used verbatim; otherwise the
         adapter wraps it (chat template, or image token + newline), with the scene's
         ``meta["system"]`` as the system message where the chat template has one.
@@ -247,6 +251,7 @@ class VLM:
             inputs[self._cache_argument] = past
         target = replace(batch, start=start) if start else batch
         cache = Cache()
+        finite: list[tuple[Tensor, Intervention, str]] = []  # per edit, whether it left only finite numbers
         scales = self._attention_scales(batch, groups, inputs["input_ids"].shape[1] if "input_ids" in inputs
                                         else inputs["inputs_embeds"].shape[1])
         eager = any(s.needs_eager_attention for s in ordered)
@@ -265,7 +270,8 @@ class VLM:
                         part = value[g * size:(g + 1) * size] if n > 1 else value
                         for edit in by_site.get(spec.name, ()):
                             edit.apply(part, target, spec, sources)
-                            _check_finite(part, edit, spec.name)
+                            if part.is_floating_point():
+                                finite.append((torch.isfinite(part).all(), edit, spec.name))
                     if spec.name in read_names:
                         if grad:
                             value.retain_grad()
@@ -275,6 +281,7 @@ class VLM:
                 cache.logits = self.nn.output.logits  # stored on an object: the trace body cannot bind locals
                 if keep_past:
                     cache.past = getattr(self.nn.output, self._cache_argument)
+        _check_finite(finite)
         return cache.logits, cache
 
     def trace(self, batch: Batch, **kwargs: Any) -> Any:
@@ -367,9 +374,14 @@ def _boxes(boxes: Any, example: int, size: tuple[int, int]) -> dict[str, tuple[f
     return {str(name): checks.box(str(name), box, size, f"example {example}") for name, box in boxes.items()}
 
 
-def _check_finite(value: Tensor, edit: Intervention, site: str) -> None:
-    """An edit that leaves NaN or inf behind would give numbers that mean nothing: stop there."""
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+def _check_finite(finite: Sequence[tuple[Tensor, Intervention, str]]) -> None:
+    """An edit that left NaN or inf behind gives numbers that mean nothing: name the first such edit (the flags
+    are read once, after the pass, so that an accelerator is not synchronised at every edit)."""
+    if not finite:
+        return
+    flags = torch.stack([flag.to("cpu") for flag, _, _ in finite])
+    if not bool(flags.all()):
+        _, edit, site = finite[int((~flags).nonzero()[0])]
         raise ValueError(f"{edit!r} left NaN or inf at {site}; check its direction, vector, alpha and source "
                          "(a huge alpha overflows the model's dtype)")
 
