@@ -285,6 +285,8 @@ CASES = [
      r"baseline must be a Batch \(paired by index\) or an Intervention, got str"),
     ("sweep-metric-class", lambda c: _sweep(c, metric=vl.LogitDiff), TypeError,
      r"metric=LogitDiff is a class; pass an instance: metric=LogitDiff\(\)"),
+    ("sweep-metric-one-argument", lambda c: _sweep(c, metric=lambda logits: logits[:, 0]), TypeError,
+     r"metric '<lambda>' takes 1 argument\(s\); a metric is called as metric\(logits, batch\)"),
     ("sweep-metric-string", lambda c: _sweep(c, metric="logit_diff"), TypeError, r"metric must be callable"),
     ("sweep-scenes-for-batch", lambda c: _sweep(c, batch=SCENES), TypeError,
      r"batch must be a Batch from model.prepare\(scenes\), got list"),
@@ -453,6 +455,18 @@ def test_natural_indices_select_the_same_examples(ctx):
     b = ctx.batch
     assert b[-1].prompts == b[[3]].prompts == b[np.int64(3)].prompts
     assert b[[True, False, True, False]].prompts == b[torch.tensor([0, 2])].prompts == b[[0, 2]].prompts
+
+
+def test_one_region_may_be_given_as_a_name(ctx):
+    one, listed = _attribute(ctx, regions="object"), _attribute(ctx, regions=["object"])
+    assert one.labels == listed.labels and torch.equal(one.values, listed.values)
+
+
+def test_a_direction_may_be_a_list_or_an_array(ctx):
+    d = torch.linspace(-1, 1, ctx.d)
+    expected = _run(ctx, vl.Scale(RESID, direction=d, alpha=2.0))
+    assert torch.equal(_run(ctx, vl.Scale(RESID, direction=d.tolist(), alpha=2.0)), expected)
+    assert torch.equal(_run(ctx, vl.Scale(RESID, direction=d.numpy(), alpha=2.0)), expected)
 
 
 def test_a_zero_steering_vector_without_norm_changes_nothing(ctx):

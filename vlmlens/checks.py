@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -150,6 +151,14 @@ def metric(value: object) -> None:
     if not callable(value):
         raise TypeError(f"metric must be callable as metric(logits, batch, model) -> (batch,) scores, e.g. "
                         f"vl.LogitDiff(); got {value!r}")
+    try:
+        params = inspect.signature(value).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: let the call say
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2 and not any(p.kind == p.VAR_POSITIONAL for p in params):
+        raise TypeError(f"metric {getattr(value, '__name__', value)!r} takes {len(positional)} argument(s); a "
+                        "metric is called as metric(logits, batch) or metric(logits, batch, model)")
 
 
 def device(name: str | torch.device) -> None:
