@@ -439,15 +439,18 @@ def test_an_rgba_image_of_the_rgb_one_gives_its_logits(ctx):
     assert torch.equal(_logits(ctx.model, IMAGE.convert("RGBA")), _logits(ctx.model, IMAGE))
 
 
-@pytest.mark.parametrize("kind", ["uint8", "float", "gray", "path", "path-string", "one-example"])
+@pytest.mark.parametrize("kind", ["uint8", "float", "gray", "path", "path-string", "one-example", "one-array",
+                                  "stacked-arrays"])
 def test_arrays_and_paths_give_the_pil_images_logits(ctx, tmp_path, kind):
     pixels = np.asarray(IMAGE)
     file = tmp_path / "scene.png"
     IMAGE.save(file)
     given = {"uint8": pixels, "float": pixels / 255.0, "gray": np.asarray(IMAGE.convert("L")), "path": file,
-             "path-string": str(file), "one-example": IMAGE}[kind]
+             "path-string": str(file), "one-example": IMAGE, "one-array": pixels, "stacked-arrays": pixels[None]}[kind]
     expected = IMAGE.convert("L").convert("RGB") if kind == "gray" else IMAGE
-    batch = ctx.model.prepare((given, QUESTION)) if kind == "one-example" else ctx.model.prepare(([given], [QUESTION]))
+    single = kind in ("one-example", "one-array", "stacked-arrays")
+    batch = ctx.model.prepare((given, [QUESTION] if kind == "stacked-arrays" else QUESTION)) if single else \
+        ctx.model.prepare(([given], [QUESTION]))
     assert torch.equal(ctx.model.run(batch), _logits(ctx.model, expected))
 
 

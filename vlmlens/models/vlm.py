@@ -19,8 +19,10 @@ import inspect
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from nnsight import NNsight
@@ -362,8 +364,10 @@ class VLM:
 
 
 def _listed(values: Any) -> list[Any]:
-    """One example's value, or a list of them, as a list (a single question or image counts as one)."""
-    return [values] if isinstance(values, (str, Image.Image, dict)) else list(values)
+    """One example's value, or a list of them, as a list (a single question, image or image array counts as one;
+    an ``(n, h, w, c)`` array is n images)."""
+    single = isinstance(values, (str, Path, Image.Image, dict)) or isinstance(values, np.ndarray) and values.ndim <= 3
+    return [values] if single else list(values)
 
 
 def _boxes(boxes: Any, example: int, size: tuple[int, int]) -> dict[str, tuple[float, float, float, float]]:
