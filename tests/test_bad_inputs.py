@@ -96,7 +96,8 @@ def _attribute(c, regions=("object",), metric=None, **kwargs):
 NAN = float("nan")
 CASES = [
     # -- load: every mistake is caught before any weights are read
-    ("load-toy-typo", lambda c: vl.load("toyy"), ValueError, r"unknown toy 'toyy'.*toy-sequence"),
+    ("load-toy-typo", lambda c: vl.load("toy-sequnce"), ValueError,
+     r"unknown toy 'toy-sequnce'; the toys are toy, toy-sequence, toy-content, toy-background"),
     ("load-cuda-without-gpu", lambda c: vl.load("toy", device="cuda"), ValueError,
      r"device='cuda'.*no CUDA GPU.*device='cpu'"),
     ("load-device-typo", lambda c: vl.load("toy", device="gpu"), ValueError, r"unknown device 'gpu'.*'cpu', 'cuda'"),
@@ -245,6 +246,8 @@ CASES = [
      r"must look like cells:<r0>:<r1>,<c0>:<c1>"),
     ("pos-outside-sequence", lambda c: _run(c, vl.Ablate(RESID, region="pos:999")), vl.RegionError,
      r"'pos:999' is outside example 0's"),
+    ("object-without-boxes", lambda c: _run(c, vl.Ablate(PROJ, region="object"), _prepare_one(c)), vl.RegionError,
+     r"region 'object' is empty for example 0: the example has no object boxes.*give boxes="),
     ("text-region-at-vision-site", lambda c: _run(c, vl.Ablate("vision_encoder.hook_out", region="last")),
      vl.RegionError, r"region 'last' has no tokens at a vision site"),
     ("site-typo", lambda c: _run(c, vl.Ablate("blocks.1.hook_resid_pots")), vl.UnknownSiteError,

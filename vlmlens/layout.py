@@ -193,9 +193,7 @@ class Layout:
             if region == "text":
                 return self.text_pos.clone()
             return torch.tensor([self.seq_len - 1 if region == "last" else self._sequence_position(region)])
-        chosen = self.mask(region)
-        if not bool(chosen.any()):
-            raise RegionError(f"region {region!r} is empty for example {self.example}")
+        chosen = self._nonempty(region)
         return self._index(space, prefix)[chosen].flatten()
 
     def keys(self, region: str, space: str) -> Int[Tensor, " k"]:
@@ -205,9 +203,7 @@ class Layout:
         if _is_sequence_region(region):
             pos = self.positions(region, space)
             return pos - self.seq_len
-        chosen = self.mask(region)
-        if not bool(chosen.any()):
-            raise RegionError(f"region {region!r} is empty for example {self.example}")
+        chosen = self._nonempty(region)
         per_token = self._index(space, 0).shape[1]
         flat = self._slots()[0][chosen]
         return (flat[:, None] * per_token + torch.arange(per_token)).flatten()
@@ -225,6 +221,15 @@ class Layout:
             raise RegionError(f"example {self.example} has no token for some slots (grid {self.grid}, "
                               f"{self.seq_len} positions); reference and target layouts differ")
         return out
+
+    def _nonempty(self, region: str) -> Bool[Tensor, " tok"]:
+        """The mask of an image region, or an error when it holds no token of this example."""
+        chosen = self.mask(region)
+        if not bool(chosen.any()):
+            why = (": the example has no object boxes (scenes carry them; with (images, questions) give "
+                   "boxes=[{name: (x0, y0, x1, y1)}, ...] to prepare)") if not self.covers and region != "image" else ""
+            raise RegionError(f"region {region!r} is empty for example {self.example}{why}")
+        return chosen
 
     def _sequence_position(self, region: str) -> int:
         """The sequence position of a ``pos:<i>`` region."""
