@@ -95,5 +95,6 @@ def test_the_7b_plan_is_plausible_and_grows_with_the_batch(qwen):
 
 def test_plan_refuses_an_empty_sweep(toy):
     model, batch = toy
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match=r"n_interventions \(how many intervention groups\) must be an int >= 1, "
+                                         "got 0"):
         vl.plan(model, batch, n_interventions=0)

@@ -169,7 +169,7 @@ def test_unsupported_family_lists_the_supported_ones(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
     LlamaForCausalLM(LlamaConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                                  num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"no adapter for model_type 'llama'.*Supported: .*llava"):
+    with pytest.raises(ValueError, match=r"'llama' is not a vision-language model.*supports: .*llava"):
         vl.load(tmp_path, device="cpu")
 
 

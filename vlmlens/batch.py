@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from vlmlens import checks
 from vlmlens.layout import Layout, RegionError
 
 if TYPE_CHECKING:
@@ -49,11 +51,10 @@ class Batch:
     def __len__(self) -> int:
         return len(self.layouts)
 
-    def __getitem__(self, index: int | slice | Sequence[int]) -> Batch:
-        """A sub-batch (an int keeps the batch dimension)."""
-        if isinstance(index, int):
-            index = [index]
-        ids = list(range(len(self)))[index] if isinstance(index, slice) else [int(i) for i in index]
+    def __getitem__(self, index: int | slice | Sequence[int] | Sequence[bool]) -> Batch:
+        """A sub-batch (an int keeps the batch dimension; a boolean mask of the batch's length keeps its True
+        examples; negative indices count from the end)."""
+        ids = list(range(len(self)))[index] if isinstance(index, slice) else _ids(index, len(self))
         return replace(
             self,
             inputs=self.select_inputs(self.inputs, ids),
@@ -64,6 +65,7 @@ class Batch:
 
     def to(self, device: str | torch.device) -> Batch:
         """The same batch with its tensors on ``device`` (floating tensors keep their dtype)."""
+        checks.device(device)
         moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.inputs.items()}
         return replace(self, inputs=moved)
 
@@ -82,3 +84,17 @@ class Batch:
         n_img = sorted({lay.n_image_tokens for lay in self.layouts})
         shapes = {k: tuple(v.shape) for k, v in self.inputs.items() if isinstance(v, Tensor)}
         return f"Batch(n={len(self)}, image_tokens={n_img}, inputs={shapes})"
+
+
+def _ids(index: Any, n: int) -> list[int]:
+    """Example indices from an int, a sequence of ints, or a boolean mask of length ``n``, checked."""
+    values = index.tolist() if isinstance(index, Tensor) else [index] if isinstance(index, Integral) else list(index)
+    if values and all(isinstance(v, bool) for v in values):
+        if len(values) != n:
+            raise IndexError(f"a boolean mask over a batch of {n} examples needs {n} values, got {len(values)}")
+        return [i for i, keep in enumerate(values) if keep]
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, Integral) or not -n <= v < n]
+    if bad:
+        raise IndexError(f"example index {bad[0]!r} is out of range for a batch of {n} examples (use 0..{n - 1}, or "
+                         f"negative from the end)")
+    return [int(v) % n for v in values]

@@ -7,18 +7,37 @@ Example:
 
 from __future__ import annotations
 
-import difflib
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import typer
+
+from vlmlens.checks import choice
 
 PROTOCOL_HELP = ("paper: as the authors' code ran it (prompts, top-1 over the vocabulary, centred layouts, strip "
                  "bands); vlmlens: vlmlens's own")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Spatial-reasoning interpretability for VLMs.")
+#: what a user's mistake raises (a bad name, value, path or type): one line, not a traceback
+USER_ERRORS = (ValueError, TypeError, LookupError, OSError)
+
+
+def _one_line(command: Callable[..., None]) -> Callable[..., None]:
+    """Run a command; a user's mistake prints ``Error: <message>`` and exits with status 2."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except USER_ERRORS as err:
+            typer.echo(f"Error: {err}", err=True)
+            raise typer.Exit(2) from None
+    return run
 
 
 @app.command()
+@_one_line
 def sites(model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a local folder"),
           pattern: str | None = typer.Option(None,
                                              help="only sites matching this pattern, e.g. 'blocks.*.hook_resid_post'"),
@@ -38,11 +57,12 @@ def sites(model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a 
 
 
 @app.command("train-toy")
+@_one_line
 def train_toy(organism: str = typer.Option("toy", help="which toy: toy, toy-sequence, toy-content, toy-background"),
               out: Path | None = typer.Option(None, help="folder for the new checkpoint (default: the shipped one)"),
-              steps: int | None = typer.Option(None, help="training steps (default: the organism's recipe)"),
+              steps: int | None = typer.Option(None, min=1, help="training steps (default: the organism's recipe)"),
               seed: int = typer.Option(0),
-              threads: int = typer.Option(2, help="CPU threads (results are reproducible for a fixed count)"),
+              threads: int = typer.Option(2, min=1, help="CPU threads (results are reproducible for a fixed count)"),
               init_from: str | None = typer.Option(None, help="start from this checkpoint folder's (or toy's) weights")
               ) -> None:
     """Train a toy VLM on synthetic scenes (CPU is fine) and write it with its card; the organisms start from the
@@ -54,24 +74,20 @@ def train_toy(organism: str = typer.Option("toy", help="which toy: toy, toy-sequ
 
 
 def _experiment(name: str) -> ModuleType:
-    """The study experiment called ``name`` (``criss-cross`` works too), or exit with one line naming the
-    valid ones and the closest."""
+    """The study experiment called ``name`` (``criss-cross`` works too), or a ValueError naming the valid ones
+    and the closest."""
     from vlmlens.study import EXPERIMENTS
-    key = name.replace("-", "_")
-    if key in EXPERIMENTS:
-        return EXPERIMENTS[key]
-    closest = difflib.get_close_matches(key, EXPERIMENTS, n=1, cutoff=0.0)
-    typer.echo(f"Error: unknown experiment {name!r}; did you mean {closest[0]!r}? "
-               f"Valid: {', '.join(EXPERIMENTS)}", err=True)
-    raise typer.Exit(2)
+    return EXPERIMENTS[choice("experiment", name.replace("-", "_"), EXPERIMENTS)]
 
 
 @app.command("run")
+@_one_line
 def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_token_patching, position_probes, "
                                                               "criss_cross, remove_vision_order, backup_mechanism "
                                                               "or global_amplification"),
                    model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a local folder"),
-                   n: int | None = typer.Option(None, help="scenes (or pairs); default: the experiment's own"),
+                   n: int | None = typer.Option(None, min=1,
+                                                help="scenes (or pairs); default: the experiment's own"),
                    seed: int = typer.Option(0),
                    out: Path | None = typer.Option(None, help="folder for its CSVs, summary.json and figures "
                                                               "(default: study_out/<experiment>)"),
@@ -82,9 +98,7 @@ def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_t
     from vlmlens.models import load
     from vlmlens.study.protocol import PROTOCOLS
     module = _experiment(experiment)
-    if protocol not in PROTOCOLS:
-        typer.echo(f"Error: unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}", err=True)
-        raise typer.Exit(2)
+    choice("protocol", protocol, PROTOCOLS)
     result = module.run(load(model, device=device, dtype=dtype), n=module.DEFAULT_N if n is None else n,
                         seed=seed, protocol=protocol)
     typer.echo(str(result))
@@ -92,9 +106,11 @@ def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_t
 
 
 @app.command()
+@_one_line
 def reproduce(model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a local folder"),
               out: Path = typer.Option(Path("study_out"), help="folder for report.html, the CSVs and summary.json"),
-              n: int | None = typer.Option(None, help="scenes (or pairs) per experiment; default: each one's own"),
+              n: int | None = typer.Option(None, min=1,
+                                           help="scenes (or pairs) per experiment; default: each one's own"),
               seed: int = typer.Option(0),
               device: str | None = typer.Option(None, help="e.g. cuda, cpu (default: cuda when available)"),
               dtype: str | None = typer.Option(None, help="e.g. bfloat16, float32"),

@@ -25,7 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vlmlens import engine, fingerprint
+from vlmlens import checks, engine, fingerprint
 from vlmlens.batch import Batch
 from vlmlens.executors import Job, Local, Ray, executor_for
 from vlmlens.interventions import Intervention, Labelled, flatten
@@ -180,7 +180,20 @@ class Effects:
 def _labelled(interventions: Sequence[Intervention | Labelled] | Intervention) -> list[Labelled]:
     if isinstance(interventions, Intervention):
         interventions = [interventions]
+    checks.kind("sweep's interventions", interventions, (list, tuple), "a list of interventions (or vl.grid(...))")
+    checks.not_empty("sweep's family of interventions", interventions,
+                     "give at least one, e.g. vl.grid(vl.Ablate, site=..., region=[...])")
+    for i, iv in enumerate(interventions):
+        checks.kind(f"sweep's interventions[{i}]", iv, (Intervention, Labelled), "an intervention, e.g. vl.Ablate(...)")
     return [iv if isinstance(iv, Labelled) else Labelled(iv, {"intervention": repr(iv)}) for iv in interventions]
+
+
+def _check_inputs(model: Any, batch: Any, metric: Any) -> None:
+    """What sweep and attribute take first: a loaded model, a prepared batch and a metric."""
+    from vlmlens.models.vlm import VLM
+    checks.kind("model", model, VLM, "a VLM from vl.load(...)")
+    checks.kind("batch", batch, Batch, "a Batch from model.prepare(scenes)")
+    checks.metric(metric)
 
 
 def sweep(model: VLM, batch: Batch, interventions: Sequence[Intervention | Labelled] | Intervention,
@@ -206,6 +219,7 @@ def sweep(model: VLM, batch: Batch, interventions: Sequence[Intervention | Label
         >>> effects.values.shape
         torch.Size([1, 16])
     """
+    _check_inputs(model, batch, metric)
     family = _labelled(interventions)
     if isinstance(baseline, Batch) and len(baseline) != len(batch):
         raise ValueError(f"the baseline batch has {len(baseline)} examples but the batch has {len(batch)}; "
@@ -322,7 +336,7 @@ def _merged(effects: list[Effects]) -> Effects:
                    interventions=[effects[p].interventions[k] for p, k in order] if keep else [])
 
 
-def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: Sequence[str],
+def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: str | Sequence[str],
               metric: Callable[..., Tensor], baseline: Batch | str = "zero", steps: int = 1) -> Effects:
     """Attribution patching: the first-order estimate of each (site, region) patch's effect on the
     metric, from one forward and one backward pass (plus one for a baseline batch).
@@ -336,6 +350,9 @@ def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: Seq
     Example:
         >>> est = vl.attribute(model, batch, "blocks.*.hook_resid_post", ["object", "background"], vl.LogitDiff())
     """
+    _check_inputs(model, batch, metric)
+    regions = [regions] if isinstance(regions, str) else list(regions)
+    checks.not_empty("attribute's list of regions", regions, "give at least one, e.g. ['object', 'background']")
     score = as_metric(metric)
     specs = model.site_table.expand(sites)
     names = [s.name for s in specs]
@@ -347,7 +364,12 @@ def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: Seq
     grads: dict[str, Tensor] = {}
     for inputs in paths:
         logits, cache = model.run_with_cache(batch, sites=names, grad=True, inputs=inputs)
-        call_metric(metric, logits[:, -1], batch, model).sum().backward()
+        total = torch.as_tensor(call_metric(metric, logits[:, -1], batch, model)).sum()
+        if not total.requires_grad:
+            raise ValueError(f"metric {metric_name(metric)} gives no gradient with respect to the logits (it is "
+                             "built with argmax, .item(), .detach() or comparisons, e.g. Accuracy); attribute "
+                             "needs a differentiable metric such as vl.LogitDiff() or vl.Prob()")
+        total.backward()
         if inputs is None:  # the clean run itself (steps=1)
             clean, acts = score(logits[:, -1].detach(), batch, model), {n: cache[n].detach() for n in names}
         grads = {n: grads.get(n, 0) + cache[n].grad / len(paths) for n in names}
@@ -376,8 +398,7 @@ def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: Seq
 def _embedding_path(model: VLM, batch: Batch, baseline: Batch | str, specs: Sequence[SiteSpec],
                     steps: int) -> list[dict[str, Any] | None]:
     """LM inputs at ``steps`` midpoints from the clean to the baseline embeddings ([None]: the clean run)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    checks.count("steps", steps)
     if steps == 1:
         return [None]
     if not isinstance(baseline, Batch):

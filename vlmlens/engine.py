@@ -36,6 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vlmlens import checks
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
 from vlmlens.interventions import BATCH, Intervention, Sources, flatten
@@ -94,6 +95,7 @@ def run(model: VLM, batch: Batch, groups: Sequence[Group] | Build, read: Read,
         >>> engine.run(model, batch, [[]], right).mean() > 0.5
         tensor(True)
     """
+    checks.kind("batch", batch, Batch, "a Batch from model.prepare(scenes)")
     max_batch = checked_max_batch(model, max_batch)
     parts = _checked_parts(parts, len(batch))
     static = None if callable(groups) else [flatten(g) for g in groups]
@@ -129,6 +131,7 @@ def forward(model: VLM, batch: Batch, interventions: Intervention | Iterable[Int
         >>> logits.shape[0] == cache["blocks.0.hook_resid_post"].shape[0] == len(batch)
         True
     """
+    checks.kind("batch", batch, Batch, "a Batch from model.prepare(scenes)")
     edits = flatten(interventions)
     store = _SourceStore(model, batch, max(len(batch), 1))
     ids = list(range(len(batch)))

@@ -84,9 +84,13 @@ def evaluate(model: VLM, scenes: Sequence[Scene], interventions: Intervention | 
         >>> vl.evaluate(model, scenes).table.columns.tolist()
         ['task', 'direction', 'accuracy', 'logit_diff', 'n']
     """
+    if isinstance(scenes, Batch):
+        raise TypeError("evaluate() takes the scenes themselves (it prepares them and reads their answers), not a "
+                        "Batch; pass the list you gave model.prepare")
     scenes = list(scenes)
     if not scenes:
         raise ValueError("evaluate() needs at least one scene; got an empty list")
+    engine.checked_max_batch(model, max_batch)
     batch = model.prepare(scenes)
 
     def read(logits: Tensor, sub: Batch, unedited: Tensor | None) -> Tensor:

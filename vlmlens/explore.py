@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vlmlens import engine
+from vlmlens import checks, engine
 from vlmlens.interventions import Ablate, Compose, Intervention, Patch, Scale, flatten
 from vlmlens.layout import RegionError
 from vlmlens.metrics import candidate_probs
@@ -113,6 +114,11 @@ class Explorer:
                  site: str = "vision_projector.hook_out", layer: int | None = None, region: str = "object",
                  kind: str = "ablate_zero", alpha: float = 4.0,
                  directions: Mapping[str, Tensor] | None = None, n_reference: int = 32, seed: int = 1):
+        for name, value in (("scene", scene), ("second_scene", second_scene)):
+            if value is not None and not hasattr(value, "objects"):
+                raise TypeError(f"explore's {name} must be one Scene (e.g. vl.scenes.generate(1)[0]), got "
+                                f"{type(value).__name__}")
+        checks.count("n_reference", n_reference, lowest=2)
         self.model, self.scene, self.second_scene = model, scene, second_scene
         self.batch = model.prepare([scene])
         self.layout = self.batch.layouts[0]
@@ -127,7 +133,7 @@ class Explorer:
         self._reference: Batch | None = None
         self._directions: dict[str, Tensor] = {model.site(k).name: v for k, v in (directions or {}).items()}
         self.family, self.layer = "", None
-        self.alpha = float(alpha)
+        self.alpha = checks.number("explore alpha", alpha)
         self.kind = "none"
         self.region, self.cells = "custom", []
         self.listeners: list[Callable[[str], None]] = []
@@ -252,8 +258,7 @@ class Explorer:
 
     def set_kind(self, kind: str) -> None:
         """Choose the edit: ``ablate_zero``, ``ablate_mean``, ``patch``, ``scale`` or ``none``."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown intervention kind {kind!r}; choose one of {list(KINDS)}")
+        checks.choice("explore kind", kind, KINDS)
         if kind == "patch" and self.second is None:
             raise ValueError("patching needs a second scene: explore(model, scene, second_scene=...)")
         self.kind = kind
@@ -261,7 +266,7 @@ class Explorer:
 
     def set_alpha(self, alpha: float) -> None:
         """The factor along the spatial direction for ``scale`` (1 leaves the activation as it is)."""
-        self.alpha = float(alpha)
+        self.alpha = checks.number("explore alpha", alpha)
         self._changed("kind")
 
     def set_direction(self, direction: Float[Tensor, " d"] | Float[Tensor, "k d"], site: str | None = None) -> None:
@@ -370,6 +375,10 @@ def explore(model: VLM, scene: Scene, second_scene: Scene | None = None, **optio
         >>> view = vl.explore(model, vl.scenes.generate(1, seed=0)[0])  # doctest: +SKIP
         >>> view                                                        # doctest: +SKIP
     """
+    allowed = [p for p in inspect.signature(Explorer).parameters if p not in ("model", "scene", "second_scene")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"explore() has no option {unknown[0]!r}{checks.suggest(unknown[0], allowed, 'options')}")
     return ExploreView(Explorer(model, scene, second_scene, **options))
 
 

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vlmlens import checks
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
 
@@ -125,12 +126,18 @@ class Intervention:
     @staticmethod
     def from_dict(data: Mapping[str, Any], sources: Mapping[str, Batch | Cache] | None = None) -> Intervention:
         """Rebuild from `to_dict`; batch/cache placeholders are filled from ``sources`` by field name."""
+        if not isinstance(data, Mapping) or "kind" not in data:
+            keys = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(f"from_dict needs a dict with a 'kind' (one of {', '.join(sorted(KINDS))}), as "
+                             f"to_dict() writes it; got {keys}")
         data = dict(data)
-        kind = data.pop("kind")
+        kind = checks.choice("intervention kind", data.pop("kind"), sorted(KINDS))
         if kind == "compose":
             return Compose(tuple(Intervention.from_dict(p, sources) for p in data["parts"]))
-        if kind not in KINDS:
-            raise ValueError(f"unknown intervention kind {kind!r}; known: {sorted(KINDS)}")
+        names = {f.name for f in fields(KINDS[kind])}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{kind} has no field {unknown[0]!r}{checks.suggest(unknown[0], sorted(names), 'fields')}")
         for key, value in data.items():
             if isinstance(value, dict) and "source" in value:
                 if not sources or key not in sources:
@@ -198,7 +205,27 @@ def flatten(interventions: Intervention | Iterable[Intervention] | None) -> list
         return []
     if isinstance(interventions, Intervention):
         return list(interventions.parts)
+    if isinstance(interventions, (str, Batch, Cache)) or not isinstance(interventions, Iterable):
+        raise TypeError(f"expected an intervention (e.g. vl.Ablate('hook_embed')), a composition or a list of them; "
+                        f"got {type(interventions).__name__} {interventions!r:.60}")
     return [part for iv in interventions for part in flatten(iv)]
+
+
+def _check_where(iv: Intervention) -> None:
+    """The site and region of an intervention are names (resolved when it runs)."""
+    for name in ("site", "region"):
+        value = getattr(iv, name)
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{type(iv).__name__}({name}={value!r}): {name} must be a non-empty name, e.g. "
+                            + ("'blocks.0.hook_resid_post'" if name == "site" else "'object' or 'background'"))
+
+
+def _set_vector(iv: Intervention, name: str, nonzero: bool) -> None:
+    """Check (and convert to a tensor) a direction or vector field; it is required."""
+    value = getattr(iv, name)
+    if value is None:
+        raise ValueError(f"{type(iv).__name__}({iv.site!r}) needs {name}=<a tensor of the site's width>")
+    object.__setattr__(iv, name, checks.vector(f"{type(iv).__name__} {name}", value, nonzero))
 
 
 # -- reading and writing the tokens of a region ---------------------------------------------------
@@ -229,6 +256,16 @@ def _source_tokens(source: Batch | Cache, region: str, batch: Batch, spec: SiteS
             raise ValueError(f"example {b}: source region {region!r} has {w.numel()} tokens, target has {n}; "
                              "paired regions must be the same size")
     return [values[b, w.to(values.device)] for b, w in enumerate(where)]
+
+
+def _check_source(iv: Intervention) -> None:
+    for name in ("source", "source_region"):
+        value = getattr(iv, name)
+        want = (Batch, Cache) if name == "source" else str
+        if value is not None and not isinstance(value, want):
+            raise TypeError(f"{type(iv).__name__} {name} must be "
+                            + ("a Batch (paired by index) or a Cache" if name == "source" else "a region name")
+                            + f", got {type(value).__name__}")
 
 
 def _basis(direction: Tensor, width: int, site: str) -> Float[Tensor, "k d"]:
@@ -266,8 +303,12 @@ class Ablate(Intervention):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.how not in ("zero", "mean", "resample", "noise"):
-            raise ValueError(f"Ablate(how={self.how!r}): use 'zero', 'mean', 'resample' or 'noise'")
+        _check_where(self)
+        checks.choice("Ablate how", self.how, ("zero", "mean", "resample", "noise"))
+        checks.number("Ablate scale", self.scale)
+        checks.count("Ablate seed", self.seed, lowest=0)
+        if self.reference is not None and not isinstance(self.reference, (Batch, Cache)):
+            raise TypeError(f"Ablate reference must be a Batch or a Cache, got {type(self.reference).__name__}")
 
     def references(self) -> Iterable[Batch | Cache | _TheBatchItself]:
         if self.how in ("zero", "noise"):
@@ -286,6 +327,11 @@ class Ablate(Intervention):
             _edit(x, where, torch.add, noise)
         else:
             values = self._reference_values(batch, spec, sources, generator)
+            if self.how == "resample" and self.reference is not None and all(
+                    torch.equal(x[b, w.to(x.device)], v.to(x)) for b, (w, v) in enumerate(zip(where, values))):
+                raise ValueError(f"{self!r} gives every example its own activations back: the reference pairs each "
+                                 "example with itself (is it the batch being run, or its cache?); leave reference "
+                                 "unset to resample from the batch's other examples")
             _edit(x, where, lambda _old, new: new, values)
 
     def _reference_values(self, batch: Batch, spec: SiteSpec, sources: Sources,
@@ -328,6 +374,10 @@ class Patch(Intervention):
     source: Batch | Cache | None = None
     source_region: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_where(self)
+        _check_source(self)
+
     def sources(self) -> Iterable[Batch | Cache]:
         if self.source is None:
             raise ValueError(f"{self!r} needs a source batch or cache")
@@ -358,9 +408,14 @@ class SwapDirection(Intervention):
     source: Batch | Cache | None = None
     source_region: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_where(self)
+        _set_vector(self, "direction", nonzero=True)
+        _check_source(self)
+
     def sources(self) -> Iterable[Batch | Cache]:
-        if self.source is None or self.direction is None:
-            raise ValueError(f"{self!r} needs a direction and a source batch or cache")
+        if self.source is None:
+            raise ValueError(f"{self!r} needs a source batch or cache")
         return (self.source,)
 
     def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
@@ -388,9 +443,12 @@ class Scale(Intervention):
     alpha: float = 1.0
     region: str = "image"
 
+    def __post_init__(self) -> None:
+        _check_where(self)
+        _set_vector(self, "direction", nonzero=True)
+        checks.number("Scale alpha", self.alpha)
+
     def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
-        if self.direction is None:
-            raise ValueError(f"{self!r} needs a direction")
         basis = _basis(self.direction, x.shape[-1], self.site)
         _edit(x, batch.positions(self.region, spec), lambda old: old.float() + (self.alpha - 1) * _project(old, basis))
 
@@ -412,10 +470,20 @@ class Steer(Intervention):
     region: str = "image"
     norm: float | None = None
 
+    def __post_init__(self) -> None:
+        _check_where(self)
+        # only a rescaled vector needs a direction; a zero vector added as is changes nothing, as asked
+        _set_vector(self, "vector", nonzero=self.norm is not None)
+        if self.vector.dim() != 1:  # type: ignore[union-attr]
+            raise ValueError(f"Steer vector must be one vector of shape (d,), got {tuple(self.vector.shape)}")  # type: ignore[union-attr]
+        checks.number("Steer alpha", self.alpha)
+        if self.norm is not None:
+            checks.number("Steer norm", self.norm)
+
     def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
-        if self.vector is None or self.vector.shape[-1] != x.shape[-1]:
-            width = None if self.vector is None else self.vector.shape[-1]
-            raise ValueError(f"Steer vector has width {width} but {self.site} has width {x.shape[-1]}")
+        if self.vector.shape[-1] != x.shape[-1]:  # type: ignore[union-attr]
+            raise ValueError(f"Steer vector has width {self.vector.shape[-1]} but {self.site} has width "  # type: ignore[union-attr]
+                             f"{x.shape[-1]}")
         v = self.vector.float().to(x.device)
 
         def add(old: Tensor) -> Tensor:
@@ -447,10 +515,16 @@ class ScaleAttention(Intervention):
 
     def __post_init__(self) -> None:
         if self.layer is not None:
+            checks.count("ScaleAttention layer", self.layer, lowest=0)
             object.__setattr__(self, "site", f"blocks.{self.layer}.attn.hook_pattern")
             object.__setattr__(self, "layer", None)
-        if not self.site.endswith("attn.hook_pattern"):
+        if not isinstance(self.site, str) or not self.site.endswith("attn.hook_pattern"):
             raise ValueError(f"ScaleAttention needs layer=<int> (or an attention pattern site), got {self.site!r}")
+        checks.number("ScaleAttention alpha", self.alpha)
+        for name in ("query", "key_region"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TypeError(f"ScaleAttention({name}={getattr(self, name)!r}): {name} must be a region name, "
+                                "e.g. 'last' or 'image'")
 
     @property
     def region(self) -> str:
@@ -506,9 +580,29 @@ def grid(kind: type[Intervention], **axes: Any) -> list[Labelled]:
         (4, {'layer': 0, 'region': 'object'})
     """
     import itertools
+    import string
+    if not (isinstance(kind, type) and issubclass(kind, Intervention)) or kind is Compose:
+        raise TypeError(f"grid's first argument is an intervention class such as vl.Ablate, got {kind!r}")
     varying = {k: list(v) for k, v in axes.items() if isinstance(v, (list, tuple, range))}
     fixed = {k: v for k, v in axes.items() if k not in varying}
     names = {f.name for f in fields(kind)}  # type: ignore[arg-type]
+    placeholders = {name for v in fixed.values() if isinstance(v, str)
+                    for _, name, _, _ in string.Formatter().parse(v) if name}
+    for key in fixed:
+        if key not in names:
+            raise ValueError(f"{kind.__name__} has no argument {key!r}"
+                             f"{checks.suggest(key, sorted(names), 'arguments')}")
+    for key, values in varying.items():
+        if key not in names and key not in placeholders:
+            raise ValueError(f"grid axis {key!r} is neither an argument of {kind.__name__} nor a {{{key}}} "
+                             f"placeholder in a string argument"
+                             f"{checks.suggest(key, sorted(names | placeholders), 'arguments and placeholders')}")
+        if not values:
+            raise ValueError(f"grid axis {key!r} is empty; give it at least one value")
+    missing = sorted(placeholders - set(varying))
+    if missing:
+        raise ValueError(f"a string argument names {{{missing[0]}}} but no axis {missing[0]!r} is given"
+                         f"{checks.suggest(missing[0], varying, 'axes')}")
     out = []
     for combo in itertools.product(*varying.values()):
         labels = dict(zip(varying, combo))

@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from vlmlens.checks import closest, suggest
+
 Box = tuple[float, float, float, float]
 Axis = Literal["columns", "rows"]
 
@@ -44,7 +46,7 @@ class RegionError(ValueError):
         >>> grid_layout(1, 2, (8, 8), {}, [0, 1], seq_len=3).positions("object:cup", "lm")
         Traceback (most recent call last):
         ...
-        vlmlens.layout.RegionError: no object 'cup' in example 0; objects: []
+        vlmlens.layout.RegionError: no object 'cup' in example 0; objects: none
     """
 
 
@@ -169,7 +171,11 @@ class Layout:
             return self._strip(arg)
         if kind == "cells":
             return self._cells(arg)
-        raise RegionError(f"unknown region {region!r}; {REGION_HELP}")
+        names = ["image", "object", "background", "text", "last",
+                 *(f"{kind}:{name}" for name in self.covers for kind in ("object", "strip"))]
+        close = closest(region, names)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise RegionError(f"unknown region {region!r}; {hint}{REGION_HELP}")
 
     def positions(self, region: str, space: str, prefix: int = 0) -> Int[Tensor, " k"]:
         """Token indices of a region along a site's token axis, in grid order.
@@ -187,9 +193,7 @@ class Layout:
             if region == "text":
                 return self.text_pos.clone()
             return torch.tensor([self.seq_len - 1 if region == "last" else self._sequence_position(region)])
-        chosen = self.mask(region)
-        if not bool(chosen.any()):
-            raise RegionError(f"region {region!r} is empty for example {self.example}")
+        chosen = self._nonempty(region)
         return self._index(space, prefix)[chosen].flatten()
 
     def keys(self, region: str, space: str) -> Int[Tensor, " k"]:
@@ -199,9 +203,7 @@ class Layout:
         if _is_sequence_region(region):
             pos = self.positions(region, space)
             return pos - self.seq_len
-        chosen = self.mask(region)
-        if not bool(chosen.any()):
-            raise RegionError(f"region {region!r} is empty for example {self.example}")
+        chosen = self._nonempty(region)
         per_token = self._index(space, 0).shape[1]
         flat = self._slots()[0][chosen]
         return (flat[:, None] * per_token + torch.arange(per_token)).flatten()
@@ -219,6 +221,15 @@ class Layout:
             raise RegionError(f"example {self.example} has no token for some slots (grid {self.grid}, "
                               f"{self.seq_len} positions); reference and target layouts differ")
         return out
+
+    def _nonempty(self, region: str) -> Bool[Tensor, " tok"]:
+        """The mask of an image region, or an error when it holds no token of this example."""
+        chosen = self.mask(region)
+        if not bool(chosen.any()):
+            why = (": the example has no object boxes (scenes carry them; with (images, questions) give "
+                   "boxes=[{name: (x0, y0, x1, y1)}, ...] to prepare)") if not self.covers and region != "image" else ""
+            raise RegionError(f"region {region!r} is empty for example {self.example}{why}")
+        return chosen
 
     def _sequence_position(self, region: str) -> int:
         """The sequence position of a ``pos:<i>`` region."""
@@ -262,7 +273,8 @@ class Layout:
 
     def _object(self, name: str) -> Bool[Tensor, " tok"]:
         if name not in self.covers:
-            raise RegionError(f"no object {name!r} in example {self.example}; objects: {sorted(self.covers)}")
+            hint = suggest(name, sorted(self.covers), "objects")
+            raise RegionError(f"no object {name!r} in example {self.example}{hint}")
         return self.covers[name]
 
     def _strip(self, name: str) -> Bool[Tensor, " tok"]:
@@ -279,6 +291,11 @@ class Layout:
         if not match:
             raise RegionError(f"cells region must look like cells:<r0>:<r1>,<c0>:<c1> (half-open), got cells:{spec}")
         r0, r1, c0, c1 = map(int, match.groups())
+        rows, cols = self.grid
+        if not (r0 < r1 <= rows and c0 < c1 <= cols):
+            raise RegionError(f"region cells:{spec} does not fit example {self.example}'s {rows}x{cols} grid: cells "
+                              f"are half-open ranges cells:<r0>:<r1>,<c0>:<c1> with r0 < r1 <= {rows} and "
+                              f"c0 < c1 <= {cols}, e.g. cells:0:{rows},0:{cols} for the whole grid")
         main = self._parts() == 0
         return main & (self.rows >= r0) & (self.rows < r1) & (self.cols >= c0) & (self.cols < c1)
 

@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vlmlens import checks
 from vlmlens.batch import Batch
 
 if TYPE_CHECKING:
@@ -389,14 +390,17 @@ def as_metric(metric: Callable[..., Tensor]) -> Callable[..., PerExample]:
         torch.float32
     """
 
+    checks.metric(metric)
+
     def checked(logits: AnswerLogits, batch: Batch, model: VLM, unedited: AnswerLogits | None = None) -> PerExample:
         value = call_metric(metric, logits, batch, model, unedited)
         value = torch.as_tensor(value, dtype=torch.float32).detach().cpu()
         if value.shape != (len(batch),):
             raise ValueError(f"metric {metric!r} returned shape {tuple(value.shape)}; expected ({len(batch)},)")
-        if bool(torch.isnan(value).any()):
-            bad = torch.nonzero(torch.isnan(value)).flatten().tolist()
-            raise ValueError(f"metric {metric!r} gave NaN for examples {bad}")
+        if not bool(torch.isfinite(value).all()):
+            bad = torch.nonzero(~torch.isfinite(value)).flatten().tolist()
+            what = "NaN" if bool(torch.isnan(value).any()) else "inf"
+            raise ValueError(f"metric {metric!r} gave {what} for examples {bad}")
         return value
 
     checked.needs_unedited = bool(getattr(metric, "needs_unedited", False))  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vlmlens import checks
 from vlmlens.dims import text_dims, vision_dims
 
 if TYPE_CHECKING:
@@ -137,8 +138,8 @@ def plan(model: VLM, batch: Batch, n_interventions: int = 1, max_batch: int = 25
         >>> p.rows, p.passes
         (64, 26)
     """
-    if n_interventions < 1 or max_batch < 1:
-        raise ValueError(f"n_interventions and max_batch must be positive, got {n_interventions} and {max_batch}")
+    checks.count("plan's n_interventions (how many intervention groups)", n_interventions)
+    checks.count("plan's max_batch (rows a pass)", max_batch)
     rows, passes = _passes(len(batch), n_interventions, max_batch)
     config, hf = model.hf.config, model.hf
     size = torch.empty((), dtype=hf.dtype).element_size()

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from vlmlens import checks
+
 if TYPE_CHECKING:
     from vlmlens.effects import Effects
 
@@ -59,6 +61,11 @@ def frame_heatmap(frame: pd.DataFrame, x: str, y: str, value: str = "mean", titl
         >>> frame_heatmap(table, x="layer", y="region", value="flip_rate").data[0].y
         ('object', 'strip')
     """
+    columns = [c for c in frame.columns if not str(c).startswith("_")]
+    for what, column in (("x", x), ("y", y), ("value", value)):
+        if column not in frame.columns:
+            raise ValueError(f"heatmap {what}={column!r} is not a column of the table"
+                             f"{checks.suggest(column, columns, 'columns')}")
     frame = frame.copy()
     if "ci_low" in frame and "ci_high" in frame:
         frame["_ci"] = [f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(frame.ci_low, frame.ci_high, strict=True)]

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from PIL import Image
 from torch import Tensor
 
+from vlmlens.checks import suggest
 from vlmlens.layout import Layout
 from vlmlens.sites import SiteSpec
 
@@ -54,9 +55,14 @@ def adapter_for(model_type: str, vision_type: str | None = None) -> type[Adapter
     listing what is supported."""
     if (model_type, vision_type) in TOWER_ADAPTERS:
         return TOWER_ADAPTERS[(model_type, vision_type)]
-    if model_type not in ADAPTERS:
+    if model_type not in ADAPTERS and vision_type is None:
         raise ValueError(
-            f"vlmlens has no adapter for model_type {model_type!r}. Supported: {', '.join(supported_families())}. "
+            f"model_type {model_type!r} is not a vision-language model (its config has no vision_config); "
+            f"vlmlens supports: {', '.join(supported_families())}")
+    if model_type not in ADAPTERS:
+        hint = suggest(model_type, supported_families(), "supported")
+        raise ValueError(
+            f"vlmlens has no adapter for model_type {model_type!r}{hint}. "
             "To add one, write vlmlens/models/<family>.py with a @register-ed Adapter subclass "
             "(see docs 'Adding a model family').")
     return ADAPTERS[model_type]

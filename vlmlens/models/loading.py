@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+from vlmlens import checks
 from vlmlens.models import (  # noqa: F401  (each module registers its adapter)
     gemma3,
     gemma4,
@@ -31,7 +32,7 @@ from vlmlens.models import (  # noqa: F401  (each module registers its adapter)
     qwen3_5,
     qwen3_vl,
 )
-from vlmlens.models.adapter import adapter_for
+from vlmlens.models.adapter import adapter_for, supported_families
 from vlmlens.models.toy.organisms import checkpoint as toy_checkpoint
 from vlmlens.models.vlm import VLM
 from vlmlens.models.weightless import WeightlessVLM, empty_model
@@ -54,6 +55,41 @@ def _check_placement(device: str | None, device_map: str | dict[str, Any] | None
                          "every module itself")
     if max_memory is not None and device_map is None:
         raise ValueError(f"max_memory={max_memory!r} caps the devices of a device map; add device_map='auto'")
+
+
+def _checked_path(name: str) -> str:
+    """A local folder (which must hold a config.json) or a Hugging Face id; a name that can only be a path
+    (``./x``, ``/x``, ``~/x``, ``a/b/c``) must exist."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"folder {name!r} has no config.json; give a folder written by "
+                                    "save_pretrained (model and processor), or a Hugging Face id")
+        return str(path)
+    if path.exists():
+        raise ValueError(f"{name!r} is a file; give a save_pretrained folder or a Hugging Face id like "
+                         "'llava-hf/llava-1.5-7b-hf'")
+    if name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name:
+        raise FileNotFoundError(f"no folder {name!r} (from {Path.cwd()}); give an existing save_pretrained folder, "
+                                "a Hugging Face id like 'llava-hf/llava-1.5-7b-hf', or 'toy'")
+    return name
+
+
+def _check_sites(hf: Any, adapter: Any, family: str, tower: str | None) -> None:
+    """Every module the adapter's sites name exists: otherwise the checkpoint's architecture (most often its
+    vision tower) is one the family's adapter does not know, and the first site used would fail."""
+    try:
+        specs = adapter.sites()
+    except (AttributeError, KeyError, TypeError) as err:
+        specs, missing = [], f"its config lacks what the adapter reads ({type(err).__name__}: {err})"
+    else:
+        names = {name for name, _ in hf.named_modules()}
+        absent = [spec.module for spec in specs if spec.module not in names]
+        missing = f"it has no module {absent[0]!r}" if absent else ""
+    if missing:
+        raise ValueError(f"vlmlens's {type(adapter).__name__} does not know this {family} checkpoint's "
+                         f"architecture (vision tower {tower!r}): {missing}. Supported families: "
+                         f"{', '.join(supported_families())}")
 
 
 def _check_first_parameter(hf: Any) -> None:
@@ -87,13 +123,17 @@ def load(name_or_path: str | Path = "toy", device: str | None = None, dtype: str
         'llava'
     """
     _check_placement(device, device_map, max_memory)
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"load() takes 'toy', a Hugging Face id or a folder path, got {type(name_or_path).__name__}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    checks.device(device)
     name = str(name_or_path)
     # "toy", "toy-content", ...: a shipped toy (a misspelt one is an error naming them), unless a folder is so named
-    path = str(toy_checkpoint(name)) if name.startswith("toy") and not Path(name).exists() else name
+    path = str(toy_checkpoint(name)) if name.startswith("toy") and not Path(name).exists() else _checked_path(name)
     config = AutoConfig.from_pretrained(path)
     vision_config = getattr(config, "vision_config", None)
-    adapter_cls = adapter_for(config.model_type, getattr(vision_config, "model_type", None))
+    tower = getattr(vision_config, "model_type", None)
+    adapter_cls = adapter_for(config.model_type, tower)
     if device == "meta":  # the real architecture without weights: sites, layouts and memory plans only
         hf = empty_model(config, None if dtype is None else _dtype(dtype, device))
     elif device_map is not None:  # accelerate places (and offloads) each module; never move it afterwards
@@ -109,5 +149,7 @@ def load(name_or_path: str | Path = "toy", device: str | None = None, dtype: str
         raise RuntimeError(f"AutoProcessor loaded a {type(processor).__name__} from {path}, not a multimodal "
                            "processor; if the checkpoint's processor has a video processor, transformers needs "
                            "torchvision to build it (pip install torchvision)")
+    adapter = adapter_cls(hf, processor)
+    _check_sites(hf, adapter, config.model_type, tower)
     wrapper = WeightlessVLM if device == "meta" else VLM
-    return wrapper(hf, processor, adapter_cls(hf, processor), name=name)
+    return wrapper(hf, processor, adapter, name=name)

@@ -19,14 +19,17 @@ import inspect
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from nnsight import NNsight
 from PIL import Image
 from torch import Tensor
 
+from vlmlens import checks
 from vlmlens.attention import NAME as ATTENTION_NAME
 from vlmlens.attention import SCALE_ATTR
 from vlmlens.batch import Batch
@@ -102,6 +105,10 @@ class VLM:
                 boxes: Sequence[dict[str, tuple[float, float, float, float]]] | None = None) -> Batch:
         """Model inputs and layouts for scenes, or for ``(images, questions)`` with optional boxes.
 
+        An image may be a PIL image of any mode, a numpy array (``(h, w)`` or ``(h, w, 1|3|4)``, uint8 or float
+        in [0, 1]) or an image file's path; each is read as RGB. Boxes are ``{name: (x0, y0, x1, y1)}`` per
+        example, in the image's pixels, inside it.
+
         A question that already contains the processor's image token is used verbatim; otherwise the
         adapter wraps it (chat template, or image token + newline), with the scene's
         ``meta["system"]`` as the system message where the chat template has one.
@@ -113,16 +120,27 @@ class VLM:
         """
         scenes: tuple[Scene, ...] | None
         if isinstance(scenes_or_inputs, tuple) and len(scenes_or_inputs) == 2 and \
-                isinstance(scenes_or_inputs[1], (list, tuple)) and scenes_or_inputs[1] and \
-                isinstance(scenes_or_inputs[1][0], str):
-            images, questions = list(scenes_or_inputs[0]), list(scenes_or_inputs[1])
+                isinstance(scenes_or_inputs[1], (list, tuple, str)):
+            images, questions = _listed(scenes_or_inputs[0]), _listed(scenes_or_inputs[1])
+            checks.not_empty("prepare()'s list of images", images, "give one image and one question per example")
+            bad = [q for q in questions if not isinstance(q, str)]
+            if bad:
+                raise TypeError(f"prepare((images, questions)): questions must be strings, got {bad[0]!r}")
             scenes, directions = None, [None] * len(images)
-            box_list = list(boxes) if boxes is not None else [{} for _ in images]
+            box_list = _listed(boxes) if boxes is not None else [{} for _ in images]
         else:
-            scenes = tuple(scenes_or_inputs)
-            if not scenes or not hasattr(scenes[0], "image"):
+            if not isinstance(scenes_or_inputs, Sequence) or isinstance(scenes_or_inputs, str):
                 raise TypeError("prepare() takes a list of Scenes or a tuple (images, questions); "
                                 f"got {type(scenes_or_inputs).__name__}")
+            scenes = tuple(scenes_or_inputs)
+            checks.not_empty("prepare()'s list of scenes", scenes, "give at least one Scene (vl.scenes.generate(...))")
+            bad = [s for s in scenes if not hasattr(s, "image") or not hasattr(s, "objects")]
+            if bad:
+                raise TypeError("prepare() takes a list of Scenes or a tuple (images, questions); got a list "
+                                f"holding a {type(bad[0]).__name__}")
+            if boxes is not None:
+                raise ValueError("prepare(scenes, boxes=...): scenes carry their own boxes; boxes= goes with "
+                                 "(images, questions)")
             images = [s.image for s in scenes]
             questions = [s.question for s in scenes]
             directions = [s.direction for s in scenes]
@@ -130,6 +148,8 @@ class VLM:
         if not (len(images) == len(questions) == len(box_list)):
             raise ValueError(f"{len(images)} images, {len(questions)} questions and {len(box_list)} box sets: "
                              "give one of each per example")
+        images = [checks.image(image, f"example {i}") for i, image in enumerate(images)]
+        box_list = [_boxes(b, i, image.size) for i, (b, image) in enumerate(zip(box_list, images))]
         image_token = self.processor.image_token
         systems = [s.meta.get("system") for s in scenes] if scenes else [None] * len(questions)
         prompts = [q if image_token in q else self.adapter.prompt(q, system)
@@ -233,6 +253,7 @@ class VLM:
             inputs[self._cache_argument] = past
         target = replace(batch, start=start) if start else batch
         cache = Cache()
+        finite: list[tuple[Tensor, Intervention, str]] = []  # per edit, whether it left only finite numbers
         scales = self._attention_scales(batch, groups, inputs["input_ids"].shape[1] if "input_ids" in inputs
                                         else inputs["inputs_embeds"].shape[1])
         eager = any(s.needs_eager_attention for s in ordered)
@@ -251,6 +272,8 @@ class VLM:
                         part = value[g * size:(g + 1) * size] if n > 1 else value
                         for edit in by_site.get(spec.name, ()):
                             edit.apply(part, target, spec, sources)
+                            if part.is_floating_point():
+                                finite.append((torch.isfinite(part).all(), edit, spec.name))
                     if spec.name in read_names:
                         if grad:
                             value.retain_grad()
@@ -260,6 +283,7 @@ class VLM:
                 cache.logits = self.nn.output.logits  # stored on an object: the trace body cannot bind locals
                 if keep_past:
                     cache.past = getattr(self.nn.output, self._cache_argument)
+        _check_finite(finite)
         return cache.logits, cache
 
     def trace(self, batch: Batch, **kwargs: Any) -> Any:
@@ -337,6 +361,33 @@ class VLM:
     def __repr__(self) -> str:
         return (f"VLM({self.name!r}, family={self.hf.config.model_type}, lm_layers={self.adapter.n_lm_layers}, "
                 f"vision_layers={self.adapter.n_vision_layers}, device={self.device})")
+
+
+def _listed(values: Any) -> list[Any]:
+    """One example's value, or a list of them, as a list (a single question, image or image array counts as one;
+    an ``(n, h, w, c)`` array is n images)."""
+    single = isinstance(values, (str, Path, Image.Image, dict)) or isinstance(values, np.ndarray) and values.ndim <= 3
+    return [values] if single else list(values)
+
+
+def _boxes(boxes: Any, example: int, size: tuple[int, int]) -> dict[str, tuple[float, float, float, float]]:
+    """One example's boxes, checked: object name -> (x0, y0, x1, y1) inside the image."""
+    if not isinstance(boxes, dict):
+        raise TypeError(f"example {example}: boxes must be a dict from object name to (x0, y0, x1, y1), got "
+                        f"{type(boxes).__name__}")
+    return {str(name): checks.box(str(name), box, size, f"example {example}") for name, box in boxes.items()}
+
+
+def _check_finite(finite: Sequence[tuple[Tensor, Intervention, str]]) -> None:
+    """An edit that left NaN or inf behind gives numbers that mean nothing: name the first such edit (the flags
+    are read once, after the pass, so that an accelerator is not synchronised at every edit)."""
+    if not finite:
+        return
+    flags = torch.stack([flag.to("cpu") for flag, _, _ in finite])
+    if not bool(flags.all()):
+        _, edit, site = finite[int((~flags).nonzero()[0])]
+        raise ValueError(f"{edit!r} left NaN or inf at {site}; check its direction, vector, alpha and source "
+                         "(a huge alpha overflows the model's dtype)")
 
 
 def _implementations(config: Any) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from vlmlens.checks import suggest
+
 from .entities import generate_entities
 from .geometry import Geometry, as_geometry
 from .relation import generate_relation
@@ -74,7 +76,8 @@ def generate(
         defaults = PRESETS[preset][task]
     unknown = sorted(set(controls) - set(CONTROLS[task]))
     if unknown:
-        raise ValueError(f"unknown control(s) {unknown} for task {task!r}; valid controls: {', '.join(CONTROLS[task])}")
+        hint = suggest(unknown[0], CONTROLS[task], "valid controls")
+        raise ValueError(f"unknown control(s) {unknown} for task {task!r}{hint}")
     if n is None and task == "relation":
         raise ValueError(
             "n=None enumerates only the three-entity tasks ('squares', 'shapes'); give an int n for 'relation'"

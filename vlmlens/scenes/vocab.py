@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from vlmlens.checks import choice as check_choice
+
 #: Object colours. The first six are the study's; every channel triple has a channel <= 140, so
 #: backgrounds built from light tints (all channels >= 170) can never produce an object colour.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -26,18 +28,6 @@ OPPOSITE: dict[str, str] = {"left": "right", "right": "left", "above": "below", 
 #: Image axis a relation is read along: 0 = x (columns), 1 = y (rows).
 AXIS: dict[str, int] = {"left": 0, "right": 0, "above": 1, "below": 1}
 BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "texture", "gradient", "clutter")
-
-
-def check_choice(what: str, value: object, valid: Iterable[str]) -> str:
-    """Return ``value`` if it is one of ``valid``, else raise a ValueError naming both.
-
-    >>> check_choice("shape", "circle", SHAPES)
-    'circle'
-    """
-    valid = tuple(valid)
-    if not isinstance(value, str) or value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(map(repr, valid))}")
-    return value
 
 
 def check_choices(what: str, values: str | Sequence[str], valid: Iterable[str], at_least: int = 1) -> tuple[str, ...]:

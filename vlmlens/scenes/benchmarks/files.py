@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vlmlens.checks import count
+
 
 def read_json_rows(path: str | Path, what: str, n: int | None = None) -> list[Any]:
     """The rows of a file holding one JSON list (the first ``n`` if given); ``what`` describes a row.
@@ -20,6 +22,8 @@ def read_json_rows(path: str | Path, what: str, n: int | None = None) -> list[An
     [[1]]
     """
     path = Path(path)
+    if n is not None:
+        count("n", n, lowest=0)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; expected a JSON list of {what}")
     try:
@@ -40,6 +44,8 @@ def read_jsonl(path: str | Path, what: str, n: int | None = None) -> list[tuple[
     [(1, {'a': 1}), (3, {'a': 2})]
     """
     path = Path(path)
+    if n is not None:
+        count("n", n, lowest=0)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; expected a JSONL file of {what}")
     records = []
