@@ -190,6 +190,9 @@ def pick_pairs(model: VLM, made: Sequence[tuple[Scene, Scene]], plan: Plan, n: i
                 right &= accept(clean, cf)
             got += [i for i, ok in zip(take, right.tolist(), strict=True) if ok]
         kept += got[:quota]
+    if not kept:
+        raise ValueError(f"none of the {len(made)} pairs is answered right on both sides by {model.name} (metric "
+                         f"{plan.metric!r}); pass only_correct=False to run on every pair")
     return model.prepare([made[i][0] for i in kept]), model.prepare([made[i][1] for i in kept])
 
 

@@ -274,6 +274,8 @@ def render(results: dict[str, StudyResult], claims: list[dict[str, Any]], meta: 
         doc = (EXPERIMENTS[name].__doc__ or "").strip() if name in EXPERIMENTS else ""
         about = markup(doc.split("Example:")[0])
         parts.append(f"<h2 id='{name}'>{html.escape(name)}</h2><div class='doc'>{about}</div>")
+        if result.summary.get("sentence"):  # what this model's numbers say, in words
+            parts.append(f"<p class='finding'>{html.escape(result.summary['sentence'])}</p>")
         parts.append(official_html(name, str(meta["model"]), meta["repr"]))
         for fig in result.figures.values():
             parts.append(fig.to_html(full_html=False, include_plotlyjs=first, default_height="480px"))
