@@ -169,3 +169,21 @@ def test_tiny_paper_model_sees_the_objects_in_their_cells(paper_tiny):
     for obj, (r0, c0, r1, c1) in zip(left.objects, left.meta["cells"].values(), strict=True):
         assert layout.positions(f"object:{obj.name}", "lm").tolist() == layout.positions(
             f"cells:{r0}:{r1},{c0}:{c1}", "lm").tolist()
+
+
+def test_grid_probe_cells_sit_on_the_paper_models_tokens(paper_tiny):
+    from vlmlens.scenes.grids import grid_scenes
+    from vlmlens.study.grid_probes import labels_of
+    family, model = paper_tiny
+    plan = resolve(model, "paper")
+    k_tokens = plan.geometry.object_tokens
+    for k in (2, 3):
+        scene = grid_scenes(k, plan.geometry, plan.spacing, list(zip(PALETTE, ("square", "circle", "triangle", "star",
+                                                                            "cross", "heart"))), n=1)[0]
+        assert len(scene.objects) == k * k == len(labels_of(k, "horizontal"))
+        layout = model.prepare([scene]).layouts[0]
+        for name, (r0, c0, r1, c1) in scene.meta["cells"].items():
+            assert (r1 - r0, c1 - c0) == (k_tokens, k_tokens)
+            assert layout.positions(f"object:{name}", "lm").tolist() == layout.positions(
+                f"cells:{r0}:{r1},{c0}:{c1}", "lm").tolist()
+        assert len(set(labels_of(k, "vertical").values())) == k

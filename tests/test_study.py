@@ -28,6 +28,9 @@ COLUMNS = {
                                      "chance"],
                         "heatmap": ["orientation", "cls", "row", "col", "prob"],
                         "boxes": ["orientation", "name", "row0", "col0", "row1", "col1"]},
+    "grid_probes": {"accuracy": ["k", "axis", "classes", "cells", "accuracy", "ci_low", "ci_high", "n", "chance"],
+                    "heatmap": ["k", "axis", "cls", "row", "col", "prob"],
+                    "boxes": ["k", "name", "row0", "col0", "row1", "col1"]},
     "criss_cross": {"flip_rates": ["orientation", "site", "layer", "region", "flip_rate", "ci_low", "ci_high",
                                    "accuracy", "n"]},
     "remove_vision_order": {"accuracy": ["task", "orientation", "condition", "accuracy", "ci_low", "ci_high", "n"]},
@@ -235,3 +238,20 @@ def test_objects_task_goes_through_the_patching_experiments(model):
     assert raw.pair.nunique() == 8 and set(raw.candidate) == {"clean_answer", "cf_answer", "same_ordinal", "others"}
     backup = EXPERIMENTS["backup_mechanism"].run(model, n=1, task="objects", only_correct=False)
     assert set(backup.tables["flip_rates"].condition) == {"removed", "intact"}
+
+
+def test_grid_probes_have_k_classes_over_k_squared_cells(report):
+    result = report.results["grid_probes"]
+    table = result.tables["accuracy"]
+    assert set(zip(table.k, table.axis)) == {(2, "horizontal"), (2, "vertical"), (3, "horizontal"), (3, "vertical")}
+    assert (table.classes == table.k).all() and (table.cells == table.k**2).all() and (table.chance == 1 / table.k).all()
+    held_out = N - int(0.75 * N)  # the official split: the first 75% of the grids train
+    assert (table.n == held_out * table.k**2 * 4).all()  # every test cell's 2x2 tokens on the toy
+    heat = result.tables["heatmap"]
+    assert heat.groupby(["k", "axis"]).cls.nunique().to_dict() == {(k, a): k for k, a in zip(table.k, table.axis)}
+    assert sorted(heat[(heat.k == 3) & (heat.axis == "vertical")].cls.unique()) == ["bottom", "middle", "top"]
+    assert len(heat) == sum(table.k) * 100  # k classes per (k, axis), each over the 10x10 grid
+    assert result.tables["boxes"].groupby("k").size().to_dict() == {2: 4, 3: 9}
+    assert (table.accuracy > 0.9).all()  # the toy's vision tokens carry where a cell sits, on both axes
+    assert result.summary["sentence"].startswith("Grid probes") and result.summary["sentence"] in \
+        report.path.read_text().replace("&#x27;", "'")

@@ -68,7 +68,8 @@ def _experiment(name: str) -> ModuleType:
 
 @app.command("run")
 def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_token_patching, position_probes, "
-                                                              "criss_cross, remove_vision_order, backup_mechanism "
+                                                              "grid_probes, criss_cross, remove_vision_order, "
+                                                              "backup_mechanism "
                                                               "or global_amplification"),
                    model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a local folder"),
                    n: int | None = typer.Option(None, help="scenes (or pairs); default: the experiment's own"),

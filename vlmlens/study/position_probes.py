@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from itertools import permutations
 from typing import TYPE_CHECKING
@@ -146,15 +147,15 @@ def _activations(model: VLM, batch: Batch, site: str, max_batch: int, bar: tqdm)
     return torch.cat(parts)
 
 
-def _object_tokens(batch: Batch, acts: torch.Tensor, spec, ids: list[int],
-                   slots: tuple[str, ...]) -> tuple[torch.Tensor, list[str]]:
-    """Per-token features of the objects' tokens and their slot names."""
+def _object_tokens(batch: Batch, acts: torch.Tensor, spec, ids: list[int], slots: Sequence[str],
+                   label: Mapping[str, str] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Per-token features of the objects' tokens and their classes: the slot names, or ``label[slot]``."""
     feats, labels = [], []
     for i in ids:
         for slot in slots:
             where = batch.layouts[i].positions(f"object:{slot}", spec.layout_space, spec.prefix)
             feats.append(acts[i, where])
-            labels += [slot] * len(where)
+            labels += [label[slot] if label else slot] * len(where)
     return (torch.cat(feats) if feats else torch.zeros(0, acts.shape[-1])), labels
 
 
