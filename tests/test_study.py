@@ -244,7 +244,8 @@ def test_grid_probes_have_k_classes_over_k_squared_cells(report):
     result = report.results["grid_probes"]
     table = result.tables["accuracy"]
     assert set(zip(table.k, table.axis)) == {(2, "horizontal"), (2, "vertical"), (3, "horizontal"), (3, "vertical")}
-    assert (table.classes == table.k).all() and (table.cells == table.k**2).all() and (table.chance == 1 / table.k).all()
+    assert (table.classes == table.k).all() and (table.cells == table.k**2).all()
+    assert (table.chance == 1 / table.k).all()
     held_out = N - int(0.75 * N)  # the official split: the first 75% of the grids train
     assert (table.n == held_out * table.k**2 * 4).all()  # every test cell's 2x2 tokens on the toy
     heat = result.tables["heatmap"]

@@ -102,13 +102,16 @@ def reproduce(model: str = typer.Option("toy", help="'toy', a Hugging Face id, o
               benchmark: list[Path] = typer.Option(
                   [], help="a scene folder (vl.scenes.save of a loaded benchmark, e.g. What'sUp) to evaluate global "
                            "amplification on as well; repeatable"),
-              protocol: str = typer.Option("paper", help=PROTOCOL_HELP)) -> None:
+              protocol: str = typer.Option("paper", help=PROTOCOL_HELP),
+              whatsup: Path | None = typer.Option(
+                  None, help="a folder of What'sUp Controlled_Images photos ({object}_left_of_{middle}.jpeg, ...): "
+                             "adds the study's What'sUp composites to behaviour and the position probes")) -> None:
     """Run every experiment of the study and write one self-contained report.html (opens offline)."""
     from vlmlens.scenes import load as load_scenes
     from vlmlens.study import reproduce as run
     benchmarks = {folder.name: load_scenes(folder) for folder in benchmark}
     report = run(model, out=out, n=n, device=device, dtype=dtype, seed=seed, benchmarks=benchmarks,
-                 protocol=protocol)
+                 protocol=protocol, whatsup=whatsup)
     for claim in report.claims:
         typer.echo(claim["sentence"])
     typer.echo(f"{report.path} ({report.seconds['total']:.0f} s)")

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -25,7 +26,8 @@ from tqdm.auto import tqdm
 from vlmlens.plot import bars
 from vlmlens.stats import mean_ci
 from vlmlens.study.common import ORIENTATIONS, StudyResult, answers_under, split, stimuli
-from vlmlens.study.protocol import resolve
+from vlmlens.study.protocol import resolve, sample
+from vlmlens.study.whatsup import behaviour_items
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
@@ -41,8 +43,10 @@ COLUMNS = ["task", "orientation", "direction", "accuracy", "ci_low", "ci_high", 
 
 
 def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[str] | None = None,
-        protocol: str = "paper", max_batch: int | None = None) -> StudyResult:
+        protocol: str = "paper", max_batch: int | None = None, whatsup: str | Path | None = None) -> StudyResult:
     """Accuracy (with bootstrap CI) and count per task and direction, per orientation and overall.
+    ``whatsup`` (a folder of What'sUp Controlled_Images photos) adds the task ``whatsup``: the official
+    composites (`study.whatsup.behaviour_items`), left and right only.
 
     Tables: ``accuracy`` (task, orientation [horizontal/vertical/all], direction [left/right/above/below/
     all], accuracy, ci_low, ci_high, n, chance) and ``table1`` (one row per task, one column per direction
@@ -53,10 +57,14 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+    if whatsup is not None:
+        tasks.append("whatsup")
     rows, unknown = [], {}
     for name in tqdm(tasks, desc=NAME, unit="task"):
-        task, preset = TASKS[name]
-        if plan.protocol.layout == "centred" and preset is None and task != "relation":
+        task, preset = TASKS.get(name, (name, None))
+        if name == "whatsup":
+            scenes = sample(behaviour_items(model, plan, whatsup), n, seed)
+        elif plan.protocol.layout == "centred" and preset is None and task != "relation":
             scenes = plan.scenes(task, n, seed)
         else:
             scenes = stimuli(model, n or 128, seed=seed, task=task, preset=preset)

@@ -25,11 +25,10 @@ from tqdm.auto import tqdm
 
 from vlmlens import engine
 from vlmlens.directions import probe
-from vlmlens.probes import apply_to_patches
 from vlmlens.scenes import COLOURS, STUDY_COLOURS
 from vlmlens.scenes.grids import grid_scenes
 from vlmlens.study.common import StudyResult
-from vlmlens.study.position_probes import SITE, _activations, _object_tokens, _paper_probe
+from vlmlens.study.position_probes import SITE, _activations, _object_tokens, _paper_probe, held_out_grids
 from vlmlens.study.protocol import PALETTE, SHAPE_ORDER, resolve
 
 if TYPE_CHECKING:
@@ -90,11 +89,9 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, sizes: Sequence[in
             rows.append({"k": k, "axis": axis, "classes": len(fitted.classes), "cells": len(cells),
                          "accuracy": fitted.accuracy, "ci_low": fitted.ci[0], "ci_high": fitted.ci[1],
                          "n": len(y_test), "chance": 1 / k})
-            cache = {spec.name: acts[test]}
-            for cls in fitted.classes:
-                grid = apply_to_patches(fitted, cache, site, batch[test], model, cls=cls).nanmean(0)
-                heat += [{"k": k, "axis": axis, "cls": cls, "row": r, "col": c, "prob": float(grid[r, c])}
-                         for r in range(grid.shape[0]) for c in range(grid.shape[1])]
+            heat += [{"k": k, "axis": axis, "cls": cls, "row": r, "col": c, "prob": float(grid[r, c])}
+                     for cls, grid in held_out_grids(model, fitted, acts, batch, test, site).items()
+                     for r in range(grid.shape[0]) for c in range(grid.shape[1])]
         boxes += [{"k": k, "name": name, "row0": c[0], "col0": c[1], "row1": c[2], "col1": c[3]}
                   for name, c in scenes[0].meta["cells"].items()]
     bar.close()

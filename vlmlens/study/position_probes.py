@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from itertools import permutations
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,6 +36,7 @@ from vlmlens.scenes.entities import entity_scene
 from vlmlens.stats import bootstrap_ci, mean_ci
 from vlmlens.study.common import COLUMN, ROW, StudyResult, by_orientation, stimuli
 from vlmlens.study.protocol import resolve
+from vlmlens.study.whatsup import probe_items
 
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
@@ -49,17 +51,21 @@ ORIENTATIONS = {ROW: "horizontal", COLUMN: "vertical"}
 
 def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squares", site: str = SITE,
         test_fraction: float = 0.25, n_heatmap: int = 60, protocol: str = "paper",
-        max_batch: int | None = None) -> StudyResult:
+        max_batch: int | None = None, whatsup: str | Path | None = None) -> StudyResult:
     """Probe accuracy on held-out object tokens and on the background tokens of each strip, and the
     probe's class probabilities over the patch grid, per orientation.
 
     The paper's protocol: one image per colour triple and orientation (every triple; ``n`` draws fewer),
     the tuples split 75/25 (seed), a ``Wh+b`` probe on raw features trained by AdamW (lr 1e-3, weight decay
     1e-4, 200 full-batch epochs). vlmlens's: ``n`` sampled scenes (default 192), `directions.probe`.
+    ``whatsup`` (a folder of What'sUp Controlled_Images photos) adds the official What'sUp probe: 120
+    composites (`study.whatsup.probe_items`), 90 train / 30 test in order, the objects' tokens from the
+    official boxes, as orientation ``whatsup`` (its heatmap averages the held-out composites).
 
-    Tables: ``accuracy`` (orientation, strip, tokens [object/background], accuracy, ci_low, ci_high,
-    prob [mean probability of the strip's class], n [tokens], chance), ``heatmap`` (orientation, cls, row,
-    col, prob) and ``boxes`` (orientation, name, row0, col0, row1, col1: the heatmap layout's entities).
+    Tables: ``accuracy`` (orientation [horizontal / vertical / whatsup], strip, tokens [object/background],
+    accuracy, ci_low, ci_high, prob [mean probability of the strip's class], n [tokens], chance),
+    ``heatmap`` (orientation, cls, row, col, prob) and ``boxes`` (orientation, name, row0, col0, row1, col1:
+    the heatmap layout's entities).
     """
     plan = resolve(model, protocol)
     paper = plan.protocol.layout == "centred"
@@ -70,19 +76,23 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squar
     else:
         scenes = stimuli(model, n or 192, seed=seed, task=task)
     n = len(scenes)
+    groups = {ORIENTATIONS[slots]: (slots, ids) for slots, ids in by_orientation(scenes).items()}
+    if whatsup is not None:  # the composites, already shuffled (probing/src/whatsup.py): split in order
+        extra = probe_items(plan, whatsup, seed)
+        groups["whatsup"] = (ROW, list(range(n, n + len(extra))))
+        scenes = scenes + extra
     fit = _paper_probe if paper else probe
     max_batch = max_batch or engine.default_max_batch(model)
-    groups = by_orientation(scenes)
-    bar = tqdm(total=n + min(n_heatmap, n) * len(groups), desc=NAME, unit="image")
+    bar = tqdm(total=len(scenes) + min(n_heatmap, n) * len(groups), desc=NAME, unit="image")
     batch = model.prepare(scenes)
     acts = _activations(model, batch, site, max_batch, bar)
     spec = model.site(site)
     rows, heat, boxes = [], [], []
     summary: dict = {"n": n, "site": site, "probe_accuracy": {}, "protocol": plan.to_json()}
-    for slots, ids in groups.items():
-        orientation = ORIENTATIONS[slots]
+    for orientation, (slots, ids) in groups.items():
         k = max(1, round(len(ids) * test_fraction))
-        ids = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))] if paper else ids
+        if paper and orientation != "whatsup":
+            ids = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
         train, test = ids[:-k], ids[-k:]
         x_train, y_train = _object_tokens(batch, acts, spec, train, slots)
         x_test, y_test = _object_tokens(batch, acts, spec, test, slots)
@@ -93,23 +103,44 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squar
         strip_of = {slot: plan.strip(slot, "row" if slots == ROW else "column") for slot in slots}
         rows += _strip_accuracy(fitted, batch, acts, spec, test, slots, orientation, strip_of)
         template = scenes[test[0]]
-        heat += _heatmap(model, fitted, template, site, min(n_heatmap, n), max_batch, slots, orientation, bar)
+        if orientation == "whatsup":  # photos cannot be recoloured: average over the held-out composites
+            grids = held_out_grids(model, fitted, acts, batch, test, site)
+            heat += [{"orientation": orientation, "cls": cls, "row": r, "col": c, "prob": float(g[r, c])}
+                     for cls, g in grids.items() for r in range(g.shape[0]) for c in range(g.shape[1])]
+        else:
+            heat += _heatmap(model, fitted, template, site, min(n_heatmap, n), max_batch, slots, orientation, bar)
         boxes += [{"orientation": orientation, "name": name, "row0": c[0], "col0": c[1], "row1": c[2], "col1": c[3]}
                   for name, c in template.meta["cells"].items()]
     bar.close()
     table = pd.DataFrame(rows, columns=["orientation", "strip", "tokens", "accuracy", "ci_low", "ci_high", "prob",
                                         "n", "chance"])
+    synthetic = table[table.orientation != "whatsup"]
     for tokens in ("object", "background"):
-        part = table[table.tokens == tokens]
+        part = synthetic[synthetic.tokens == tokens]
         summary[f"{tokens}_accuracy"] = float((part.accuracy * part.n).sum() / part.n.sum()) if len(part) else None
     summary["background_accuracy_by_strip"] = {f"{r.orientation}:{r.strip}": r.accuracy
-                                               for r in table[table.tokens == "background"].itertuples()}
+                                               for r in synthetic[synthetic.tokens == "background"].itertuples()}
     for (orientation, tokens), part in table.groupby(["orientation", "tokens"], sort=False):
         summary.setdefault("by_orientation", {}).setdefault(orientation, {})[f"{tokens}_accuracy"] = float(
             (part.accuracy * part.n).sum() / part.n.sum())
     tables = {"accuracy": table, "heatmap": pd.DataFrame(heat, columns=["orientation", "cls", "row", "col", "prob"]),
               "boxes": pd.DataFrame(boxes, columns=["orientation", "name", "row0", "col0", "row1", "col1"])}
     return StudyResult(tables, figures(tables), summary, name=NAME)
+
+
+def held_out_grids(model: VLM, fitted: Probe, acts: torch.Tensor, batch: Batch, ids: list[int],
+                   site: str) -> dict[str, torch.Tensor]:
+    """Per class, the probe's probability on every patch averaged over the examples ``ids`` (their
+    activations ``acts`` at ``site``, from `_activations`): the official heatmap.
+
+    Example:
+        >>> acts = _activations(model, batch, SITE, 16, tqdm(disable=True))
+        >>> fitted = probe(acts[:, 0], [s.direction for s in batch.scenes])
+        >>> held_out_grids(model, fitted, acts, batch, [0, 1], SITE)["left"].shape
+        torch.Size([10, 10])
+    """
+    cache, sub = {model.site(site).name: acts[ids]}, batch[ids]
+    return {cls: apply_to_patches(fitted, cache, site, sub, model, cls=cls).nanmean(0) for cls in fitted.classes}
 
 
 def _paper_probe(x: torch.Tensor, labels: list, test: tuple[torch.Tensor, list], seed: int = 0) -> Probe:

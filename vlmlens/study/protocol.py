@@ -141,11 +141,7 @@ class Plan:
             palette, shapes = None, dict.fromkeys(colours, S.THUMBNAIL)
         items = fixed_entities(task, self.geometry, self.spacing, colours, palette, shapes,
                                system=self.protocol.system)
-        if n is None or n >= len(items):
-            return items
-        import numpy as np
-        keep = sorted(np.random.default_rng(seed).choice(len(items), size=n, replace=False).tolist())
-        return [items[i] for i in keep]
+        return sample(items, n, seed)
 
     def to_json(self) -> dict[str, Any]:
         """What ``summary.json`` records: every item as run."""
@@ -161,6 +157,20 @@ class Plan:
                 "palette": {k: list(v) for k, v in self.palette.items()}, "strips": p.strips,
                 "strip_bands": [list(b) for b in self.bands], "pairs_per_direction": p.pairs_per_direction,
                 "probe": p.probe, "deviations": list(self.deviations)}
+
+
+def sample(items: Sequence[Scene], n: int | None, seed: int = 0) -> list[Scene]:
+    """``n`` of ``items`` drawn without replacement (seeded), kept in their order; all of them for ``n=None``.
+
+    Example:
+        >>> [s.direction for s in sample(resolve(model).scenes("squares"), 3, seed=0)]
+        ['right', 'right', 'above']
+    """
+    if n is None or n >= len(items):
+        return list(items)
+    import numpy as np
+    keep = sorted(np.random.default_rng(seed).choice(len(items), size=n, replace=False).tolist())
+    return [items[i] for i in keep]
 
 
 def family_of(model: VLM) -> str:
