@@ -7,6 +7,7 @@ from itertools import permutations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -95,3 +96,15 @@ def test_a_folder_without_composites_says_what_it_needs(tmp_path, toy):
     with pytest.raises(ValueError, match=r"\{object\}_left_of_\{middle\}.jpeg"):
         behaviour.run(toy, n=4, tasks=["squares"], whatsup=tmp_path)
     assert S.benchmarks.whatsup_items(tmp_path, 80) == []
+
+
+def test_the_command_line_takes_the_folder_for_behaviour_only_where_it_applies(folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmlens.cli import app
+    runner = CliRunner()
+    done = runner.invoke(app, ["run", "behaviour", "--n", "4", "--whatsup", str(folder), "--out", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    assert "whatsup" in set(pd.read_csv(tmp_path / "accuracy.csv").task)
+    refused = runner.invoke(app, ["run", "criss_cross", "--whatsup", str(folder)])
+    assert refused.exit_code == 2 and "--whatsup goes with behaviour or position_probes" in refused.output

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from vlmlens import engine
@@ -128,8 +129,8 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squar
     return StudyResult(tables, figures(tables), summary, name=NAME)
 
 
-def held_out_grids(model: VLM, fitted: Probe, acts: torch.Tensor, batch: Batch, ids: list[int],
-                   site: str) -> dict[str, torch.Tensor]:
+def held_out_grids(model: VLM, fitted: Probe, acts: Float[torch.Tensor, "example pos d"], batch: Batch,
+                   ids: list[int], site: str) -> dict[str, Float[torch.Tensor, "rows cols"]]:
     """Per class, the probe's probability on every patch averaged over the examples ``ids`` (their
     activations ``acts`` at ``site``, from `_activations`): the official heatmap.
 
