@@ -86,6 +86,11 @@ def test_behaviour_and_probes_run_the_composites_when_a_folder_is_given(folder, 
     heat = probes.tables["heatmap"].query("orientation == 'whatsup'")
     assert len(heat) == 3 * 100 and heat.prob.between(0, 1).all()
     assert "strips_whatsup" in probes.figures
+    assert "; whatsup " in probes.summary["sentence"] and probes.summary["sentence"].startswith("Probe accuracy")
+    table = probes.tables["accuracy"]
+    synthetic = table[(table.orientation != "whatsup") & (table.tokens == "object")]
+    assert probes.summary["object_accuracy"] == pytest.approx(  # the headline stays the synthetic tasks'
+        (synthetic.accuracy * synthetic.n).sum() / synthetic.n.sum())
     page = report.path.read_text()
     sentence = report.results["behaviour"].summary["sentence"]
     assert "whatsup 0.00" in sentence and sentence.split(";")[0] in page  # the toy never names these objects

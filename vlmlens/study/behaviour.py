@@ -2,8 +2,8 @@
 
 The paper's protocol: every item of ``squares`` and ``shapes`` (P(6,3) x 4 = 480 each) and ``objects``
 (the eight thumbnails, P(8,3) x 4 = 1,344; Pixtral without the bomb, 840), centred fixed layouts, the
-middle entity named (by colour, or the object's name), the system message through the chat template, scored by the
-whole-vocabulary top-1 token normalised to ``[a-z0-9]`` (an answer outside the candidates is wrong);
+middle entity named (by colour, or the object's name), the system message through the chat template,
+scored by the whole-vocabulary top-1 token normalised to ``[a-z0-9]`` (an answer outside the candidates is wrong);
 chance 1/3. vlmlens's protocol adds ``relation`` (two free objects on white) and ``naturalistic``
 (textured backgrounds, distractors), sampled, scored by the best of the candidates.
 
@@ -59,7 +59,7 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
         raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
     if whatsup is not None:
         tasks.append("whatsup")
-    rows, unknown = [], {}
+    rows, unspellable = [], {}
     for name in tqdm(tasks, desc=NAME, unit="task"):
         task, preset = TASKS.get(name, (name, None))
         if name == "whatsup":
@@ -71,7 +71,8 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
         right = answers_under(model, model.prepare(scenes), lambda ids, sub: [[]],
                               max_batch=max_batch).correct(0, rule=plan.metric)
         chance = 1 / 3 if plan.protocol.metric == "top1" else 1 / len(scenes[0].candidates)
-        unknown[name] = [w for w in scenes[0].candidates if model.answer_ids(w) == [model.tokenizer.unk_token_id]]
+        unspellable[name] = [w for w in dict.fromkeys(w for s in scenes for w in s.candidates)
+                             if model.answer_ids(w) == [model.tokenizer.unk_token_id]]
         by_direction, by_orientation = split(right, scenes, by="direction"), split(right, scenes)
         for orientation, directions in ORIENTATIONS.items():
             for key in (*directions, orientation):
@@ -85,7 +86,7 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
     overall = table[table.direction == "all"]
     summary = {"accuracy": {f"{r.task}:{r.orientation}": r.accuracy for r in overall.itertuples()},
                "chance": {r.task: r.chance for r in overall.itertuples()}, "n": n, "protocol": plan.to_json(),
-               "sentence": sentence(model, overall, unknown)}
+               "sentence": sentence(model, overall, unspellable)}
     tables = {"accuracy": table, "table1": table1}
     return StudyResult(tables, figures(tables), summary, name=NAME)
 

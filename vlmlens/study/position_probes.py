@@ -124,6 +124,9 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squar
     for (orientation, tokens), part in table.groupby(["orientation", "tokens"], sort=False):
         summary.setdefault("by_orientation", {}).setdefault(orientation, {})[f"{tokens}_accuracy"] = float(
             (part.accuracy * part.n).sum() / part.n.sum())
+    summary["sentence"] = "Probe accuracy on held-out object / background tokens: " + "; ".join(
+        f"{o} {v['object_accuracy']:.2f} / {v.get('background_accuracy', float('nan')):.2f}"
+        for o, v in summary.get("by_orientation", {}).items()) + " (chance 0.33)."
     tables = {"accuracy": table, "heatmap": pd.DataFrame(heat, columns=["orientation", "cls", "row", "col", "prob"]),
               "boxes": pd.DataFrame(boxes, columns=["orientation", "name", "row0", "col0", "row1", "col1"])}
     return StudyResult(tables, figures(tables), summary, name=NAME)
