@@ -169,6 +169,9 @@ def test_tiny_paper_model_sees_the_objects_in_their_cells(paper_tiny):
     for obj, (r0, c0, r1, c1) in zip(left.objects, left.meta["cells"].values(), strict=True):
         assert layout.positions(f"object:{obj.name}", "lm").tolist() == layout.positions(
             f"cells:{r0}:{r1},{c0}:{c1}", "lm").tolist()
+    from vlmlens.study import behaviour
+    table = behaviour.run(model, n=4, tasks=["objects"]).tables["accuracy"]  # the whole pipeline, untrained
+    assert table.query("orientation == 'all'").n.item() == 4 and table.accuracy.between(0, 1).all()
 
 
 def test_grid_probe_cells_sit_on_the_paper_models_tokens(paper_tiny):
