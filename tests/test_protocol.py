@@ -1,6 +1,7 @@
 """The paper's protocol: centred cells, strip bands, prompts, item counts, the top-1 metric; on the paper's
 three models (tiny random configs at the official geometries, published chat templates)."""
 
+import numpy as np
 import pytest
 from real_checkpoints import checkpoint_dir
 from tiny_models import save_tiny_gemma3, save_tiny_pixtral, save_tiny_qwen2_vl
@@ -8,7 +9,7 @@ from tiny_models import save_tiny_gemma3, save_tiny_pixtral, save_tiny_qwen2_vl
 import vlmlens as vl
 import vlmlens.scenes as S
 from vlmlens.study.official import paper_model
-from vlmlens.study.protocol import OFFICIAL, PALETTE, PIXTRAL_PALETTE, SYSTEM, bands_for, resolve
+from vlmlens.study.protocol import OFFICIAL, PALETTE, PIXTRAL_PALETTE, PROMPTS, SYSTEM, bands_for, resolve
 
 
 def test_qwen_object_cells_are_columns_1_5_9_in_the_centre_row():
@@ -123,3 +124,69 @@ def test_paper_prompt_goes_through_the_published_chat_template_with_the_system_m
     scene = plan.scenes("squares")[0]
     assert plan.family == family and scene.question == QUESTION and scene.meta["system"] == SYSTEM
     assert model.adapter.prompt(scene.question, scene.meta["system"]) == PAPER_PROMPTS[family]
+
+
+# -- the Objects task: the shipped thumbnails at every paper geometry -----------------------------------
+
+@pytest.mark.parametrize("preset", ["toy", *(p for p, _, _ in OFFICIAL.values())])
+def test_thumbnails_render_inside_their_cells_at_every_geometry(preset):
+    geometry = S.GEOMETRIES[preset]
+    spacing = 2 if preset == "toy" else next(s for p, s, _ in OFFICIAL.values() if p == preset)
+    scenes = S.fixed_entities("objects", geometry, spacing, S.OBJECTS, shapes=dict.fromkeys(S.OBJECTS, S.THUMBNAIL))
+    assert len(scenes) == 1344  # P(8,3) x 4 directions
+    side = geometry.object_tokens * geometry.patch_px
+    for scene in scenes[:8] + scenes[-8:]:
+        pixels = np.asarray(scene.image).astype(int)
+        drawn = (pixels != 255).any(-1)
+        inside = np.zeros_like(drawn)
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box
+            assert (x1 - x0, y1 - y0) == (side, side)
+            own = np.asarray(S.thumbnail(obj.colour, side))[..., 3] > 0  # the thumbnail's opaque pixels
+            assert drawn[y0:y1, x0:x1][own].mean() > 0.9, (preset, obj)
+            inside[y0:y1, x0:x1] = True
+        assert not drawn[~inside].any(), preset  # white outside the entities' cells
+
+
+def test_objects_prompt_is_the_official_one():
+    scenes = S.fixed_entities("objects", S.GEOMETRIES["qwen2-vl-7b"], 2, S.OBJECTS,
+                              shapes=dict.fromkeys(S.OBJECTS, S.THUMBNAIL))
+    first = {s.direction: s for s in scenes[:4]}  # (orange, apple, pot) in every direction
+    assert first["left"].question == "The object to the left of the apple is a(n) " and first["left"].answer == "orange"
+    assert first["right"].question == "The object to the right of the apple is a(n) " and first["right"].answer == "pot"
+    assert first["above"].question == "The object above the apple is a(n) " and first["below"].answer == "pot"
+    assert PROMPTS["objects"].format(prep="below", middle="apple") == first["below"].question
+
+
+def test_tiny_paper_model_sees_the_objects_in_their_cells(paper_tiny):
+    family, model = paper_tiny
+    plan = resolve(model, "paper")
+    scenes = plan.scenes("objects")
+    assert len(scenes) == (840 if family == "pixtral" else 1344)  # Pixtral's Table 1 drops the bomb
+    assert len(plan.scenes("objects", colours=S.OBJECTS)) == 1344  # Table 5's items: all eight everywhere
+    left = next(s for s in scenes if s.direction == "left")
+    layout = model.prepare([left]).layouts[0]
+    for obj, (r0, c0, r1, c1) in zip(left.objects, left.meta["cells"].values(), strict=True):
+        assert layout.positions(f"object:{obj.name}", "lm").tolist() == layout.positions(
+            f"cells:{r0}:{r1},{c0}:{c1}", "lm").tolist()
+    from vlmlens.study import behaviour
+    table = behaviour.run(model, n=4, tasks=["objects"]).tables["accuracy"]  # the whole pipeline, untrained
+    assert table.query("orientation == 'all'").n.item() == 4 and table.accuracy.between(0, 1).all()
+
+
+def test_grid_probe_cells_sit_on_the_paper_models_tokens(paper_tiny):
+    from vlmlens.scenes.grids import grid_scenes
+    from vlmlens.study.grid_probes import labels_of
+    family, model = paper_tiny
+    plan = resolve(model, "paper")
+    k_tokens = plan.geometry.object_tokens
+    for k in (2, 3):
+        scene = grid_scenes(k, plan.geometry, plan.spacing, list(zip(PALETTE, ("square", "circle", "triangle", "star",
+                                                                            "cross", "heart"))), n=1)[0]
+        assert len(scene.objects) == k * k == len(labels_of(k, "horizontal"))
+        layout = model.prepare([scene]).layouts[0]
+        for name, (r0, c0, r1, c1) in scene.meta["cells"].items():
+            assert (r1 - r0, c1 - c0) == (k_tokens, k_tokens)
+            assert layout.positions(f"object:{name}", "lm").tolist() == layout.positions(
+                f"cells:{r0}:{r1},{c0}:{c1}", "lm").tolist()
+        assert len(set(labels_of(k, "vertical").values())) == k

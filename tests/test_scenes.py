@@ -354,3 +354,22 @@ def test_bad_geometry_values():
         S.Geometry((0, 10), 8, 2)
     with pytest.raises(ValueError, match="patch_px=-8"):
         S.Geometry((10, 10), -8, 2)
+
+
+def test_objects_scenes_draw_thumbnails_and_pair_like_colour_scenes():
+    scenes = S.generate(8, seed=0, task="objects")
+    assert {o.shape for s in scenes for o in s.objects} == {S.THUMBNAIL} and set(scenes[0].candidates) == set(S.OBJECTS)
+    scene = scenes[0]
+    assert scene.question.startswith("The object ") and scene.question.endswith(" the middle object is a(n)")
+    clean, cf = S.criss_cross_pairs([scene])[0]
+    assert [o.colour for o in cf.objects] == [o.colour for o in clean.objects][::-1]
+    _, mirrored = S.last_token_pairs([scene], seed=0)[0]
+    assert mirrored.answer in S.OBJECTS and mirrored.answer not in {o.colour for o in scene.objects}
+    refs = S.reference_images(scene)
+    middle = scene.object("middle").box
+    for name in (scene.objects[0].name, scene.objects[2].name):  # each thumbnail alone, in the middle cells
+        alone = np.asarray(refs[name].image)
+        own = np.asarray(S.thumbnail(scene.object(name).colour, middle[2] - middle[0]))[..., 3] > 0
+        assert (alone[middle[1]:middle[3], middle[0]:middle[2]][own] != 255).any(-1).mean() > 0.9
+    with pytest.raises(ValueError, match="unknown object 'car'"):
+        S.thumbnail("car", 16)

@@ -28,6 +28,9 @@ COLUMNS = {
                                      "chance"],
                         "heatmap": ["orientation", "cls", "row", "col", "prob"],
                         "boxes": ["orientation", "name", "row0", "col0", "row1", "col1"]},
+    "grid_probes": {"accuracy": ["k", "axis", "classes", "cells", "accuracy", "ci_low", "ci_high", "n", "chance"],
+                    "heatmap": ["k", "axis", "cls", "row", "col", "prob"],
+                    "boxes": ["k", "name", "row0", "col0", "row1", "col1"]},
     "criss_cross": {"flip_rates": ["orientation", "site", "layer", "region", "flip_rate", "ci_low", "ci_high",
                                    "accuracy", "n"]},
     "remove_vision_order": {"accuracy": ["task", "orientation", "condition", "accuracy", "ci_low", "ci_high", "n"]},
@@ -81,7 +84,7 @@ def test_each_experiment_returns_its_documented_tables(report, name):
 def test_tables_cover_the_experiments_grid(report, model):
     layers = [str(layer) for layer in model.lm_layers]
     behaviour = report.results["behaviour"].tables["accuracy"]
-    assert set(behaviour.task) == {"squares", "shapes"}  # the paper's protocol runs the three-entity tasks
+    assert set(behaviour.task) == {"squares", "shapes", "objects"}  # the paper's protocol: the three-entity tasks
     assert set(zip(behaviour.orientation, behaviour.direction)) == {
         ("horizontal", "left"), ("horizontal", "right"), ("horizontal", "all"),
         ("vertical", "above"), ("vertical", "below"), ("vertical", "all"), ("all", "all")}
@@ -209,3 +212,47 @@ def test_unfiltered_pairs_exercise_every_swap(model):
     by_orientation = table.groupby("orientation").n.unique().map(list).to_dict()
     assert by_orientation == {"horizontal": [8], "vertical": [8], "all": [16]}  # 4 pairs per direction
     assert table.flip_rate.between(0, 1).all()
+
+
+def test_objects_task_runs_in_behaviour_and_table5_and_is_reported_honestly(report, model):
+    behaviour = report.results["behaviour"]
+    objects = behaviour.tables["accuracy"].query("task == 'objects'")
+    assert set(objects.n[objects.direction == "all"]) >= {N} and (objects.chance == 1 / 3).all()
+    # the toy's closed vocabulary knows only "orange" of the eight names: its top-1 is never another one
+    right = objects.set_index(["orientation", "direction"]).accuracy[("all", "all")]
+    assert right <= 3 / N
+    assert "(apple, pot, bell, hat, rose, key, bomb) are not in toy's vocabulary" in behaviour.summary["sentence"]
+    table5 = report.results["remove_vision_order"].tables["accuracy"]
+    assert {"squares", "shapes", "objects"} == set(table5.task)
+    page = report.path.read_text()
+    assert behaviour.summary["sentence"].split(";")[0] in page and "objects" in page
+
+
+def test_objects_task_goes_through_the_patching_experiments(model):
+    with pytest.raises(ValueError, match="only_correct=False"):  # the toy names no object: no pair survives
+        EXPERIMENTS["criss_cross"].run(model, n=2, task="objects")
+    flips = EXPERIMENTS["criss_cross"].run(model, n=2, task="objects", only_correct=False).tables["flip_rates"]
+    assert set(flips.region) == {"none", "object", "strip"} and set(flips.n) == {4, 8}  # 2 pairs x 4 directions
+    probs = EXPERIMENTS["last_token_patching"].run(model, n=2, task="objects", only_correct=False)
+    raw = probs.tables["raw_pairs"]
+    assert raw.pair.nunique() == 8 and set(raw.candidate) == {"clean_answer", "cf_answer", "same_ordinal", "others"}
+    backup = EXPERIMENTS["backup_mechanism"].run(model, n=1, task="objects", only_correct=False)
+    assert set(backup.tables["flip_rates"].condition) == {"removed", "intact"}
+
+
+def test_grid_probes_have_k_classes_over_k_squared_cells(report):
+    result = report.results["grid_probes"]
+    table = result.tables["accuracy"]
+    assert set(zip(table.k, table.axis)) == {(2, "horizontal"), (2, "vertical"), (3, "horizontal"), (3, "vertical")}
+    assert (table.classes == table.k).all() and (table.cells == table.k**2).all()
+    assert (table.chance == 1 / table.k).all()
+    held_out = N - int(0.75 * N)  # the official split: the first 75% of the grids train
+    assert (table.n == held_out * table.k**2 * 4).all()  # every test cell's 2x2 tokens on the toy
+    heat = result.tables["heatmap"]
+    assert heat.groupby(["k", "axis"]).cls.nunique().to_dict() == {(k, a): k for k, a in zip(table.k, table.axis)}
+    assert sorted(heat[(heat.k == 3) & (heat.axis == "vertical")].cls.unique()) == ["bottom", "middle", "top"]
+    assert len(heat) == sum(table.k) * 100  # k classes per (k, axis), each over the 10x10 grid
+    assert result.tables["boxes"].groupby("k").size().to_dict() == {2: 4, 3: 9}
+    assert (table.accuracy > 0.9).all()  # the toy's vision tokens carry where a cell sits, on both axes
+    assert result.summary["sentence"].startswith("Grid probes") and result.summary["sentence"] in \
+        report.path.read_text().replace("&#x27;", "'")

@@ -19,6 +19,8 @@ from vlmlens.checks import choice
 
 PROTOCOL_HELP = ("paper: as the authors' code ran it (prompts, top-1 over the vocabulary, centred layouts, strip "
                  "bands); vlmlens: vlmlens's own")
+WHATSUP_HELP = ("a folder of What'sUp Controlled_Images photos ({object}_left_of_{middle}.jpeg, ...): adds the study's "
+                "What'sUp composites to behaviour and the position probes")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Spatial-reasoning interpretability for VLMs.")
 #: what a user's mistake raises (a bad name, value, path or type): one line, not a traceback
 USER_ERRORS = (ValueError, TypeError, LookupError, OSError)
@@ -83,7 +85,8 @@ def _experiment(name: str) -> ModuleType:
 @app.command("run")
 @_one_line
 def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_token_patching, position_probes, "
-                                                              "criss_cross, remove_vision_order, backup_mechanism "
+                                                              "grid_probes, criss_cross, remove_vision_order, "
+                                                              "backup_mechanism "
                                                               "or global_amplification"),
                    model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a local folder"),
                    n: int | None = typer.Option(None, min=1,
@@ -93,14 +96,19 @@ def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_t
                                                               "(default: study_out/<experiment>)"),
                    device: str | None = typer.Option(None, help="e.g. cuda, cpu (default: cuda when available)"),
                    dtype: str | None = typer.Option(None, help="e.g. bfloat16, float32"),
-                   protocol: str = typer.Option("paper", help=PROTOCOL_HELP)) -> None:
+                   protocol: str = typer.Option("paper", help=PROTOCOL_HELP),
+                   whatsup: Path | None = typer.Option(None, help=WHATSUP_HELP)) -> None:
     """Run one experiment of the study, print its tables and write them (CSV, summary.json, HTML figures)."""
     from vlmlens.models import load
     from vlmlens.study.protocol import PROTOCOLS
+    from vlmlens.study.report import WHATSUP
     module = _experiment(experiment)
     choice("protocol", protocol, PROTOCOLS)
+    if whatsup is not None and module.NAME not in WHATSUP:
+        raise ValueError(f"--whatsup goes with {' or '.join(WHATSUP)}, not {module.NAME}")
+    extra = {"whatsup": whatsup} if whatsup is not None else {}
     result = module.run(load(model, device=device, dtype=dtype), n=module.DEFAULT_N if n is None else n,
-                        seed=seed, protocol=protocol)
+                        seed=seed, protocol=protocol, **extra)
     typer.echo(str(result))
     typer.echo(f"written to {result.save(out or Path('study_out') / module.NAME)}")
 
@@ -117,13 +125,14 @@ def reproduce(model: str = typer.Option("toy", help="'toy', a Hugging Face id, o
               benchmark: list[Path] = typer.Option(
                   [], help="a scene folder (vl.scenes.save of a loaded benchmark, e.g. What'sUp) to evaluate global "
                            "amplification on as well; repeatable"),
-              protocol: str = typer.Option("paper", help=PROTOCOL_HELP)) -> None:
+              protocol: str = typer.Option("paper", help=PROTOCOL_HELP),
+              whatsup: Path | None = typer.Option(None, help=WHATSUP_HELP)) -> None:
     """Run every experiment of the study and write one self-contained report.html (opens offline)."""
     from vlmlens.scenes import load as load_scenes
     from vlmlens.study import reproduce as run
     benchmarks = {folder.name: load_scenes(folder) for folder in benchmark}
     report = run(model, out=out, n=n, device=device, dtype=dtype, seed=seed, benchmarks=benchmarks,
-                 protocol=protocol)
+                 protocol=protocol, whatsup=whatsup)
     for claim in report.claims:
         typer.echo(claim["sentence"])
     typer.echo(f"{report.path} ({report.seconds['total']:.0f} s)")

@@ -164,7 +164,8 @@ class VLM:
                      select_inputs=self.adapter.select_inputs)
 
     def answer_ids(self, word: str) -> list[int]:
-        """Token ids that start the spellings of an answer word (" red", "red", " Red", "Red")."""
+        """Token ids that start the spellings of an answer word (" red", "red", " Red", "Red"); a word a
+        closed vocabulary lacks (the toy's, for the Objects task's names) reads as its unknown token."""
         return list(self._answer_ids(word))
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - the model outlives its cache entries anyway
@@ -175,6 +176,8 @@ class VLM:
             tokens = self.tokenizer.encode(spelling, add_special_tokens=False)
             if tokens and tokens[0] not in ids and tokens[0] != self.tokenizer.unk_token_id:
                 ids.append(tokens[0])
+        if not ids and self.tokenizer.unk_token_id is not None:
+            ids.append(self.tokenizer.unk_token_id)
         if not ids:
             raise ValueError(f"answer {word!r} has no token in {self.name}'s vocabulary")
         return tuple(ids)

@@ -1,5 +1,5 @@
 """Synthetic scenes with known boxes and spatial questions: the study's grid-aligned three-entity stimuli
-("squares", "shapes") and free two-object "relation" scenes, pair builders for interventions, and I/O.
+("squares", "shapes", "objects") and free two-object "relation" scenes, pair builders for interventions, and I/O.
 
 >>> import vlmlens.scenes as S
 >>> scene = S.generate(1, seed=0, task="squares")[0]
@@ -21,17 +21,20 @@ from .geometry import GEOMETRIES, Geometry
 from .io import load, save
 from .pairs import criss_cross_pairs, last_token_pairs, reference_images
 from .scene import Scene, SceneObject, answer_spellings
+from .thumbnails import OBJECTS, THUMBNAIL, thumbnail
 from .vocab import COLOURS, RELATIONS, SHAPES, STUDY_COLOURS
 
 __all__ = [
     "COLOURS",
     "CONTROLS",
     "GEOMETRIES",
+    "OBJECTS",
     "PRESETS",
     "RELATIONS",
     "SHAPES",
     "STUDY_COLOURS",
     "TASKS",
+    "THUMBNAIL",
     "Geometry",
     "Scene",
     "SceneObject",
@@ -50,4 +53,5 @@ __all__ = [
     "load",
     "reference_images",
     "save",
+    "thumbnail",
 ]

@@ -1,4 +1,4 @@
-"""The study's stimuli: three grid-aligned entities in a row or column ("squares" and "shapes" tasks)."""
+"""The study's stimuli: three grid-aligned entities in a row or column ("squares", "shapes" and "objects" tasks)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .geometry import Geometry
 from .placement import direction_schedule, spread
 from .render import render
 from .scene import Scene, SceneObject
+from .thumbnails import OBJECTS, THUMBNAIL
 from .vocab import BACKGROUNDS, COLOURS, RELATIONS, SHAPES, STUDY_COLOURS, check_choices
 
 #: Entity names in reading order for each orientation.
@@ -20,20 +21,26 @@ ORIENTATION: dict[str, str] = {"left": "row", "right": "row", "above": "column",
 #: The entity each direction's question asks about (its neighbour of the middle entity).
 ASKED: dict[str, str] = {"left": "left", "right": "right", "above": "top", "below": "bottom"}
 _PHRASE = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
-_NOUN = {"squares": "square", "shapes": "shape"}
+_NOUN = {"squares": "square", "shapes": "shape", "objects": "object"}
 
 
 def entity_question(task: str, direction: str, middle: SceneObject | None = None) -> str:
-    """The prompt for ``task`` ("squares" or "shapes") asking in ``direction``: vlmlens's ("the middle
-    square"), or, given the ``middle`` entity, the paper's (middle named by colour, and shape for shapes,
-    with the official trailing space; ``behavioral_analysis/src/tasks/*.py``).
+    """The prompt for ``task`` ("squares", "shapes" or "objects") asking in ``direction``: vlmlens's ("the
+    middle square"), or, given the ``middle`` entity, the paper's (middle named by colour, and shape for
+    shapes, or by the object's name, with the official trailing space; ``behavioral_analysis/src/tasks/*.py``).
 
     >>> entity_question("squares", "left")
     'The color of the square to the left of the middle square is'
     >>> entity_question("shapes", "above", SceneObject("middle", "red", "heart", (0, 0, 1, 1)))
     'The color of the shape above the red heart is '
+    >>> entity_question("objects", "below", SceneObject("middle", "apple", "thumbnail", (0, 0, 1, 1)))
+    'The object below the apple is a(n) '
     """
     noun = _NOUN[task]
+    if task == "objects" and middle is None:
+        return f"The object {_PHRASE[direction]} the middle object is a(n)"
+    if task == "objects":
+        return f"The object {_PHRASE[direction]} the {middle.colour} is a(n) "
     if middle is None:
         return f"The color of the {noun} {_PHRASE[direction]} the middle {noun} is"
     named = middle.colour if task == "squares" else f"{middle.colour} {middle.shape}"
@@ -113,20 +120,25 @@ def generate_entities(
     rng: np.random.Generator,
     geometry: Geometry,
     meta: Mapping[str, Any],
-    colours: Sequence[str] = STUDY_COLOURS,
+    colours: Sequence[str] | None = None,
     shapes: Sequence[str] = SHAPES,
     directions: Sequence[str] = RELATIONS,
     background: str | Sequence[str] = "plain",
     balanced: bool = True,
 ) -> list[Scene]:
-    """Scenes of the "squares" or "shapes" task; ``n=None`` enumerates every (colour triple, direction).
+    """Scenes of the "squares", "shapes" or "objects" task; ``n=None`` enumerates every (colour triple,
+    direction). For "objects", ``colours`` are object names (default all eight thumbnails).
 
     Positions (the row/column band and the gaps) are drawn from ``rng`` per scene.
 
     >>> len(generate_entities("squares", None, np.random.default_rng(0), Geometry((10, 10), 8, 2), {}))
     480
+    >>> generate_entities("objects", 1, np.random.default_rng(0), Geometry((10, 10), 8, 2), {})[0].objects[0].shape
+    'thumbnail'
     """
-    colours = check_choices("colour", colours, COLOURS, at_least=3)
+    colours = colours or (OBJECTS if task == "objects" else STUDY_COLOURS)
+    colours = check_choices("object" if task == "objects" else "colour", colours,
+                            OBJECTS if task == "objects" else COLOURS, at_least=3)
     shapes = check_choices("shape", shapes, SHAPES, at_least=3 if task == "shapes" else 1)
     directions = check_choices("direction", directions, RELATIONS)
     backgrounds = check_choices("background", background, BACKGROUNDS)
@@ -152,7 +164,7 @@ def generate_entities(
         if task == "shapes":
             entity_shapes = [shapes[i] for i in rng.choice(len(shapes), size=3, replace=False)]
         else:
-            entity_shapes = ["square"] * 3
+            entity_shapes = [THUMBNAIL if task == "objects" else "square"] * 3
         names = SLOTS[orientation]
         objects = [
             SceneObject(name, colour, shape, (c0 * p, r0 * p, c1 * p, r1 * p))

@@ -16,7 +16,7 @@ from .relation import generate_relation
 from .scene import Scene
 from .vocab import check_choice
 
-TASKS: tuple[str, ...] = ("squares", "shapes", "relation")
+TASKS: tuple[str, ...] = ("squares", "shapes", "objects", "relation")
 
 #: Named bundles of controls; a control given to ``generate`` overrides the preset's.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -39,6 +39,7 @@ _ENTITY_FIXED = {"task", "n", "rng", "geometry", "meta"}
 CONTROLS: dict[str, tuple[str, ...]] = {
     "squares": _controls(generate_entities, _ENTITY_FIXED | {"shapes"}),
     "shapes": _controls(generate_entities, _ENTITY_FIXED),
+    "objects": _controls(generate_entities, _ENTITY_FIXED | {"shapes"}),
     "relation": _controls(generate_relation, {"n", "rng", "meta"}),
 }
 
@@ -51,10 +52,11 @@ def generate(
     geometry: str | Geometry | None = None,
     **controls: Any,
 ) -> list[Scene]:
-    """Generate ``n`` scenes of ``task`` ("relation", "squares" or "shapes"), reproducibly from ``seed``.
+    """Generate ``n`` scenes of ``task`` ("relation", "squares", "shapes" or "objects"), reproducibly from
+    ``seed``.
 
-    ``geometry`` (a GEOMETRIES name or a Geometry; default "toy") sets the patch grid that "squares" and
-    "shapes" align to, and the default image size of "relation". ``n=None`` enumerates all colour triples
+    ``geometry`` (a GEOMETRIES name or a Geometry; default "toy") sets the patch grid that "squares",
+    "shapes" and "objects" align to, and the default image size of "relation". ``n=None`` enumerates all colour triples
     x directions of a three-entity task (480 by default). ``CONTROLS[task]`` lists the keyword controls.
 
     >>> scenes = generate(8, seed=0, task="relation", preset="naturalistic")

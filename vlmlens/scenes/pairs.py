@@ -16,9 +16,9 @@ from .vocab import OPPOSITE
 def _slots(scene: Scene, builder: str) -> tuple[SceneObject, SceneObject, SceneObject]:
     """The scene's three entities in slot order, or a ValueError if it is not a three-entity scene."""
     names = SLOTS[ORIENTATION[scene.direction]] if scene.direction in ORIENTATION else ()
-    if scene.task not in ("squares", "shapes") or tuple(o.name for o in scene.objects) != names:
+    if scene.task not in ("squares", "shapes", "objects") or tuple(o.name for o in scene.objects) != names:
         raise ValueError(
-            f"{builder} needs three-entity scenes (task 'squares' or 'shapes', objects named like "
+            f"{builder} needs three-entity scenes (task 'squares', 'shapes' or 'objects', objects named like "
             f"left/middle/right), got task {scene.task!r} with objects {[o.name for o in scene.objects]}"
         )
     first, middle, last = scene.objects

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .scene import SceneObject
+from .thumbnails import THUMBNAIL, paste_thumbnail
 from .vocab import ALL_SHAPES, BACKGROUNDS, COLOURS, SHAPES, check_choice
 
 RGB = tuple[int, int, int]
@@ -136,7 +137,8 @@ def render(
 ) -> Image.Image:
     """Draw ``objects`` over a background; the first object ends up on top where boxes overlap.
     ``palette`` (colour name -> RGB) replaces `COLOURS`; ``sprites`` draws shapes at the study's sizes
-    inside their boxes (`sprite_box`) instead of filling them.
+    inside their boxes (`sprite_box`) instead of filling them; a ``thumbnail`` object is the Objects task's
+    thumbnail named by its ``colour`` (`thumbnails.paste_thumbnail`).
 
     >>> obj = SceneObject("a", "green", "square", (0, 0, 4, 4))
     >>> render((8, 8), [obj]).getpixel((3, 3)), render((8, 8), [obj], palette={"green": (0, 255, 0)}).getpixel((3, 3))
@@ -146,6 +148,9 @@ def render(
     image = make_background(background, size, background_seed)
     draw = ImageDraw.Draw(image)
     for obj in reversed(objects):
+        if obj.shape == THUMBNAIL:  # the Objects task: ``colour`` names the object
+            paste_thumbnail(image, obj.colour, obj.box)
+            continue
         box = sprite_box(obj.shape, obj.box) if sprites else obj.box
         draw_shape(draw, obj.shape, box, tuple(colours[check_choice("colour", obj.colour, colours)]))
     return image

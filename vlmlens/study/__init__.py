@@ -1,9 +1,10 @@
-"""The study's seven experiments, each ``run(model, n=..., seed=0) -> StudyResult``, and the report.
+"""The study's experiments, each ``run(model, n=..., seed=0) -> StudyResult``, and the report.
 
 ==========================  ====================================================================
 ``behaviour``               accuracy per task and direction (Table 1)
 ``last_token_patching``     what the answer position carries, layer by layer (ordering ID vs value)
 ``position_probes``         position probes on image tokens, applied to every patch (the strips)
+``grid_probes``             the same probes on 2x2 and 3x3 grids of shapes (App. C.6)
 ``criss_cross``             object-only vs strip swaps between mirrored scenes, per layer
 ``remove_vision_order``     reference-image substitution at the LM input (Table 5), plain ablations
 ``backup_mechanism``        criss-cross swaps with the vision order removed: the LM's own ordering
@@ -31,6 +32,7 @@ from vlmlens.study import (
     behaviour,
     criss_cross,
     global_amplification,
+    grid_probes,
     last_token_patching,
     position_probes,
     remove_vision_order,
@@ -39,10 +41,10 @@ from vlmlens.study.common import StudyResult
 from vlmlens.study.report import reproduce
 
 #: name -> module, in the paper's order.
-EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (behaviour, last_token_patching, position_probes, criss_cross,
-                                                            remove_vision_order, backup_mechanism,
+EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (behaviour, last_token_patching, position_probes, grid_probes,
+                                                            criss_cross, remove_vision_order, backup_mechanism,
                                                             global_amplification)}
 
 
 __all__ = ["EXPERIMENTS", "StudyResult", "backup_mechanism", "behaviour", "criss_cross", "global_amplification",
-           "last_token_patching", "position_probes", "remove_vision_order", "reproduce"]
+           "grid_probes", "last_token_patching", "position_probes", "remove_vision_order", "reproduce"]

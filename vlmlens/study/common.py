@@ -195,8 +195,8 @@ def pick_pairs(model: VLM, made: Sequence[tuple[Scene, Scene]], plan: Plan, n: i
             got += [i for i, ok in zip(take, right.tolist(), strict=True) if ok]
         kept += got[:quota]
     if not kept:
-        raise NoPairs(f"none of the {len(made)} pairs drawn is answered right on both sides"
-                      f"{' and under the extra condition' if accept is not None else ''} ({plan.metric} metric); "
+        raise NoPairs(f"none of the {len(made)} pairs drawn is answered right on both sides by {model.name}"
+                      f"{' and under the extra condition' if accept is not None else ''} ({plan.metric!r} metric); "
                       "draw more pairs (n) or keep every pair (only_correct=False)")
     return model.prepare([made[i][0] for i in kept]), model.prepare([made[i][1] for i in kept])
 

@@ -38,7 +38,6 @@ from vlmlens.scenes import criss_cross_pairs
 from vlmlens.stats import mean_ci
 from vlmlens.study.common import (
     COLUMN,
-    SEVEN,
     StudyResult,
     answers_under,
     by_orientation,
@@ -88,9 +87,10 @@ def swap(site: str, kind: str, slots: Sequence[str], source, plan: Plan | None =
 
 
 def pool(model: VLM, plan: Plan, n: int | None, seed: int, task: str) -> list:
-    """Candidate criss-cross pairs: every seven-colour item (paper) or ``n`` sampled scenes (vlmlens)."""
+    """Candidate criss-cross pairs: every item of the plan's pool (paper: seven colours, or the objects) or
+    ``n`` sampled scenes (vlmlens)."""
     if plan.protocol.layout == "centred":
-        return criss_cross_pairs(plan.scenes(task, colours=SEVEN))
+        return criss_cross_pairs(plan.scenes(task, colours=plan.pool(task)))
     return criss_cross_pairs(stimuli(model, n or 128, seed=seed, task=task))
 
 

@@ -33,7 +33,6 @@ from vlmlens.plot import layer_curves
 from vlmlens.scenes import last_token_pairs
 from vlmlens.scenes.entities import ASKED
 from vlmlens.study.common import (
-    SEVEN,
     StudyResult,
     answers_under,
     orientation_of,
@@ -66,7 +65,7 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squar
     plan = resolve(model, protocol)
     sites = sites_of(model, plan)
     if plan.protocol.layout == "centred":
-        made = last_token_pairs(plan.scenes(task, colours=SEVEN), seed=seed)
+        made = last_token_pairs(plan.scenes(task, colours=plan.pool(task)), seed=seed)
     else:
         made = last_token_pairs(stimuli(model, n or 128, seed=seed, task=task), seed=seed)
     clean, cf = pick_pairs(model, made, plan, n, seed, only_correct)

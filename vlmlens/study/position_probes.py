@@ -17,14 +17,17 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from itertools import permutations
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from vlmlens import engine
@@ -34,6 +37,7 @@ from vlmlens.scenes.entities import entity_scene
 from vlmlens.stats import bootstrap_ci, mean_ci
 from vlmlens.study.common import COLUMN, ROW, StudyResult, by_orientation, stimuli
 from vlmlens.study.protocol import resolve
+from vlmlens.study.whatsup import probe_items
 
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
@@ -48,17 +52,21 @@ ORIENTATIONS = {ROW: "horizontal", COLUMN: "vertical"}
 
 def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squares", site: str = SITE,
         test_fraction: float = 0.25, n_heatmap: int = 60, protocol: str = "paper",
-        max_batch: int | None = None) -> StudyResult:
+        max_batch: int | None = None, whatsup: str | Path | None = None) -> StudyResult:
     """Probe accuracy on held-out object tokens and on the background tokens of each strip, and the
     probe's class probabilities over the patch grid, per orientation.
 
     The paper's protocol: one image per colour triple and orientation (every triple; ``n`` draws fewer),
     the tuples split 75/25 (seed), a ``Wh+b`` probe on raw features trained by AdamW (lr 1e-3, weight decay
     1e-4, 200 full-batch epochs). vlmlens's: ``n`` sampled scenes (default 192), `directions.probe`.
+    ``whatsup`` (a folder of What'sUp Controlled_Images photos) adds the official What'sUp probe: 120
+    composites (`study.whatsup.probe_items`), 90 train / 30 test in order, the objects' tokens from the
+    official boxes, as orientation ``whatsup`` (its heatmap averages the held-out composites).
 
-    Tables: ``accuracy`` (orientation, strip, tokens [object/background], accuracy, ci_low, ci_high,
-    prob [mean probability of the strip's class], n [tokens], chance), ``heatmap`` (orientation, cls, row,
-    col, prob) and ``boxes`` (orientation, name, row0, col0, row1, col1: the heatmap layout's entities).
+    Tables: ``accuracy`` (orientation [horizontal / vertical / whatsup], strip, tokens [object/background],
+    accuracy, ci_low, ci_high, prob [mean probability of the strip's class], n [tokens], chance),
+    ``heatmap`` (orientation, cls, row, col, prob) and ``boxes`` (orientation, name, row0, col0, row1, col1:
+    the heatmap layout's entities).
     """
     plan = resolve(model, protocol)
     paper = plan.protocol.layout == "centred"
@@ -69,19 +77,23 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squar
     else:
         scenes = stimuli(model, n or 192, seed=seed, task=task)
     n = len(scenes)
+    groups = {ORIENTATIONS[slots]: (slots, ids) for slots, ids in by_orientation(scenes).items()}
+    if whatsup is not None:  # the composites, already shuffled (probing/src/whatsup.py): split in order
+        extra = probe_items(plan, whatsup, seed)
+        groups["whatsup"] = (ROW, list(range(n, n + len(extra))))
+        scenes = scenes + extra
     fit = _paper_probe if paper else probe
     max_batch = max_batch or engine.default_max_batch(model)
-    groups = by_orientation(scenes)
-    bar = tqdm(total=n + min(n_heatmap, n) * len(groups), desc=NAME, unit="image")
+    bar = tqdm(total=len(scenes) + min(n_heatmap, n) * len(groups), desc=NAME, unit="image")
     batch = model.prepare(scenes)
     acts = _activations(model, batch, site, max_batch, bar)
     spec = model.site(site)
     rows, heat, boxes = [], [], []
     summary: dict = {"n": n, "site": site, "probe_accuracy": {}, "protocol": plan.to_json()}
-    for slots, ids in groups.items():
-        orientation = ORIENTATIONS[slots]
+    for orientation, (slots, ids) in groups.items():
         k = max(1, round(len(ids) * test_fraction))
-        ids = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))] if paper else ids
+        if paper and orientation != "whatsup":
+            ids = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
         train, test = ids[:-k], ids[-k:]
         x_train, y_train = _object_tokens(batch, acts, spec, train, slots)
         x_test, y_test = _object_tokens(batch, acts, spec, test, slots)
@@ -92,23 +104,47 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squar
         strip_of = {slot: plan.strip(slot, "row" if slots == ROW else "column") for slot in slots}
         rows += _strip_accuracy(fitted, batch, acts, spec, test, slots, orientation, strip_of)
         template = scenes[test[0]]
-        heat += _heatmap(model, fitted, template, site, min(n_heatmap, n), max_batch, slots, orientation, bar)
+        if orientation == "whatsup":  # photos cannot be recoloured: average over the held-out composites
+            grids = held_out_grids(model, fitted, acts, batch, test, site)
+            heat += [{"orientation": orientation, "cls": cls, "row": r, "col": c, "prob": float(g[r, c])}
+                     for cls, g in grids.items() for r in range(g.shape[0]) for c in range(g.shape[1])]
+        else:
+            heat += _heatmap(model, fitted, template, site, min(n_heatmap, n), max_batch, slots, orientation, bar)
         boxes += [{"orientation": orientation, "name": name, "row0": c[0], "col0": c[1], "row1": c[2], "col1": c[3]}
                   for name, c in template.meta["cells"].items()]
     bar.close()
     table = pd.DataFrame(rows, columns=["orientation", "strip", "tokens", "accuracy", "ci_low", "ci_high", "prob",
                                         "n", "chance"])
+    synthetic = table[table.orientation != "whatsup"]
     for tokens in ("object", "background"):
-        part = table[table.tokens == tokens]
+        part = synthetic[synthetic.tokens == tokens]
         summary[f"{tokens}_accuracy"] = float((part.accuracy * part.n).sum() / part.n.sum()) if len(part) else None
     summary["background_accuracy_by_strip"] = {f"{r.orientation}:{r.strip}": r.accuracy
-                                               for r in table[table.tokens == "background"].itertuples()}
+                                               for r in synthetic[synthetic.tokens == "background"].itertuples()}
     for (orientation, tokens), part in table.groupby(["orientation", "tokens"], sort=False):
         summary.setdefault("by_orientation", {}).setdefault(orientation, {})[f"{tokens}_accuracy"] = float(
             (part.accuracy * part.n).sum() / part.n.sum())
+    summary["sentence"] = "Probe accuracy on held-out object / background tokens: " + "; ".join(
+        f"{o} {v['object_accuracy']:.2f} / {v.get('background_accuracy', float('nan')):.2f}"
+        for o, v in summary.get("by_orientation", {}).items()) + " (chance 0.33)."
     tables = {"accuracy": table, "heatmap": pd.DataFrame(heat, columns=["orientation", "cls", "row", "col", "prob"]),
               "boxes": pd.DataFrame(boxes, columns=["orientation", "name", "row0", "col0", "row1", "col1"])}
     return StudyResult(tables, figures(tables), summary, name=NAME)
+
+
+def held_out_grids(model: VLM, fitted: Probe, acts: Float[torch.Tensor, "example pos d"], batch: Batch,
+                   ids: list[int], site: str) -> dict[str, Float[torch.Tensor, "rows cols"]]:
+    """Per class, the probe's probability on every patch averaged over the examples ``ids`` (their
+    activations ``acts`` at ``site``, from `_activations`): the official heatmap.
+
+    Example:
+        >>> acts = _activations(model, batch, SITE, 16, tqdm(disable=True))
+        >>> fitted = probe(acts[:, 0], [s.direction for s in batch.scenes])
+        >>> held_out_grids(model, fitted, acts, batch, [0, 1], SITE)["left"].shape
+        torch.Size([10, 10])
+    """
+    cache, sub = {model.site(site).name: acts[ids]}, batch[ids]
+    return {cls: apply_to_patches(fitted, cache, site, sub, model, cls=cls).nanmean(0) for cls in fitted.classes}
 
 
 def _paper_probe(x: torch.Tensor, labels: list, test: tuple[torch.Tensor, list], seed: int = 0) -> Probe:
@@ -146,15 +182,15 @@ def _activations(model: VLM, batch: Batch, site: str, max_batch: int, bar: tqdm)
     return torch.cat(parts)
 
 
-def _object_tokens(batch: Batch, acts: torch.Tensor, spec, ids: list[int],
-                   slots: tuple[str, ...]) -> tuple[torch.Tensor, list[str]]:
-    """Per-token features of the objects' tokens and their slot names."""
+def _object_tokens(batch: Batch, acts: torch.Tensor, spec, ids: list[int], slots: Sequence[str],
+                   label: Mapping[str, str] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Per-token features of the objects' tokens and their classes: the slot names, or ``label[slot]``."""
     feats, labels = [], []
     for i in ids:
         for slot in slots:
             where = batch.layouts[i].positions(f"object:{slot}", spec.layout_space, spec.prefix)
             feats.append(acts[i, where])
-            labels += [slot] * len(where)
+            labels += [label[slot] if label else slot] * len(where)
     return (torch.cat(feats) if feats else torch.zeros(0, acts.shape[-1])), labels
 
 

@@ -36,9 +36,10 @@ SHAPE_ORDER = ("square", "circle", "triangle", "star", "cross", "heart")
 OFFICIAL = {"qwen2-vl": ("qwen2-vl-7b", 2, (4, 4, 4)), "gemma3": ("gemma-3-4b", 3, (5, 6, 5)),
             "pixtral": ("pixtral-12b", 2, (5, 5, 5))}
 PAIRS_PER_DIRECTION = 50
-#: behavioral_analysis/src/tasks/{squares,shapes}.py (note the trailing space).
+#: behavioral_analysis/src/tasks/{squares,shapes,objects}.py (note the trailing space).
 PROMPTS = {"squares": "The color of the square {prep} the {middle} square is ",
-           "shapes": "The color of the shape {prep} the {middle_colour} {middle_shape} is "}
+           "shapes": "The color of the shape {prep} the {middle_colour} {middle_shape} is ",
+           "objects": "The object {prep} the {middle} is a(n) "}
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,22 @@ class Plan:
     def metric(self) -> str:
         return self.protocol.metric
 
+    @property
+    def objects(self) -> tuple[str, ...]:
+        """The Objects task's thumbnails on this model: all eight, but Pixtral's Table 1 and patching pools
+        drop the bomb (``behavioral_analysis/src/tasks/objects.py::object_names_for``)."""
+        return tuple(o for o in S.OBJECTS if not (self.family == "pixtral" and o == "bomb"))
+
+    def pool(self, task: str) -> tuple[str, ...]:
+        """The entities the patching experiments draw from: seven colours, or the model's objects.
+
+        Example:
+            >>> resolve(model, "paper").pool("objects")
+            ('orange', 'apple', 'pot', 'bell', 'hat', 'rose', 'key', 'bomb')
+        """
+        from vlmlens.study.common import SEVEN
+        return self.objects if task == "objects" else SEVEN
+
     def strip(self, slot: str, orientation: str) -> str:
         """The region name of ``slot``'s strip: its fixed band (``cells:...``), or ``strip:<slot>``.
 
@@ -117,22 +134,20 @@ class Plan:
         """
         if self.protocol.layout == "random":
             return S.generate(n, seed=seed, task=task, geometry=self.geometry)
-        colours = tuple(colours or self.colours)
+        colours = tuple(colours or (self.objects if task == "objects" else self.colours))
         palette = {c: self.palette.get(c, ORANGE) for c in colours} if self.protocol.palette == "official" else None
         shapes = dict(zip(self.colours, SHAPE_ORDER, strict=True)) if task == "shapes" else None
+        if task == "objects":
+            palette, shapes = None, dict.fromkeys(colours, S.THUMBNAIL)
         items = fixed_entities(task, self.geometry, self.spacing, colours, palette, shapes,
                                system=self.protocol.system)
-        if n is None or n >= len(items):
-            return items
-        import numpy as np
-        keep = sorted(np.random.default_rng(seed).choice(len(items), size=n, replace=False).tolist())
-        return [items[i] for i in keep]
+        return sample(items, n, seed)
 
     def to_json(self) -> dict[str, Any]:
         """What ``summary.json`` records: every item as run."""
         p = self.protocol
         prompts = dict(PROMPTS) if p.layout == "centred" else {
-            t: S.entities.entity_question(t, "left").replace("to the left of", "{prep}") for t in ("squares", "shapes")}
+            t: S.entities.entity_question(t, "left").replace("to the left of", "{prep}") for t in PROMPTS}
         return {"name": p.name, "family": self.family, "metric": p.metric, "system": p.system,
                 "prompts": prompts, "layout": p.layout, "items": p.items,
                 "geometry": {"grid": list(self.geometry.grid), "patch_px": self.geometry.patch_px,
@@ -142,6 +157,20 @@ class Plan:
                 "palette": {k: list(v) for k, v in self.palette.items()}, "strips": p.strips,
                 "strip_bands": [list(b) for b in self.bands], "pairs_per_direction": p.pairs_per_direction,
                 "probe": p.probe, "deviations": list(self.deviations)}
+
+
+def sample(items: Sequence[Scene], n: int | None, seed: int = 0) -> list[Scene]:
+    """``n`` of ``items`` drawn without replacement (seeded), kept in their order; all of them for ``n=None``.
+
+    Example:
+        >>> [s.direction for s in sample(resolve(model).scenes("squares"), 3, seed=0)]
+        ['right', 'right', 'above']
+    """
+    if n is None or n >= len(items):
+        return list(items)
+    import numpy as np
+    keep = sorted(np.random.default_rng(seed).choice(len(items), size=n, replace=False).tolist())
+    return [items[i] for i in keep]
 
 
 def family_of(model: VLM) -> str:

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
+import vlmlens.scenes as S
 from vlmlens import engine
 from vlmlens.interventions import Ablate, Intervention, Patch
 from vlmlens.plot import bars
@@ -99,11 +100,12 @@ def conditions(model: VLM, sub: Batch, slots: Sequence[str], names: Sequence[str
     return out
 
 
-def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[str] = ("squares", "shapes"),
+def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[str] = ("squares", "shapes", "objects"),
         protocol: str = "paper", site: str | None = None, max_batch: int | None = None) -> StudyResult:
     """Accuracy per orientation before and after removing the vision encoder's ordering signal, and under
     plain ablations; ``n``: items per task (default: all 480 under the paper's protocol, 128 under vlmlens's);
-    ``site``: default the LM input (``blocks.0.hook_resid_pre``; vlmlens: ``hook_embed``).
+    ``tasks``: squares, shapes, objects (the eight thumbnails); ``site``: default the LM input
+    (``blocks.0.hook_resid_pre``; vlmlens: ``hook_embed``).
 
     Tables: ``accuracy`` (task, orientation [horizontal/vertical/all], condition, accuracy, ci_low,
     ci_high, n) and ``table5`` (task, orientation x condition).
@@ -113,7 +115,9 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
     rows = []
     for task in tasks:
         centred = plan.protocol.layout == "centred"
-        scenes = plan.scenes(task, n, seed) if centred else stimuli(model, n or 128, seed, task)
+        # Table 5's Objects items use all eight thumbnails on every model (its tasks/objects.py)
+        colours = S.OBJECTS if task == "objects" else None
+        scenes = plan.scenes(task, n, seed, colours) if centred else stimuli(model, n or 128, seed, task)
         bar = tqdm(total=len(scenes) * (len(CONDITIONS) + 4), desc=f"{NAME} ({task})", unit="row")
         batch = model.prepare(scenes)
         parts = by_orientation(scenes)
@@ -140,6 +144,9 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
             "drop": float(acc.accuracy["none"] - acc.accuracy["reference"]),
             "after_ci": [float(acc.ci_low["reference"]), float(acc.ci_high["reference"])], "n": int(acc.n["none"]),
             **{c: float(acc.accuracy[c]) for c in CONDITIONS[2:]}}
+    summary["sentence"] = "Accuracy before -> after the removal: " + "; ".join(
+        f"{task} {summary[task]['all']['before']:.2f} -> {summary[task]['all']['after']:.2f}" for task in tasks
+        if "all" in summary.get(task, {})) + "."
     tables = {"accuracy": table, "table5": table5}
     return StudyResult(tables, figures(tables), summary, name=NAME)
 

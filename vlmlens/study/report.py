@@ -41,6 +41,7 @@ NO_FLIPS = 0.2     # ... and "does not flip" when at most this share does, at ev
 DROP = 0.1         # removing the vision order "drops accuracy" by at least this much (CIs apart)
 BACKUP = FLIPPING  # under removal, object swaps "flip at intermediate layers" from this share up
 MIN_PAIRS = 5      # fewer filtered pairs than this: the claim cannot be assessed
+WHATSUP = ("behaviour", "position_probes")  # the experiments a What'sUp folder adds composites to
 
 
 @dataclass
@@ -56,10 +57,11 @@ class Report:
 def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | None = None, device: str | None = None,
               dtype: str | None = None, seed: int = 0, model: VLM | None = None,
               experiments: list[str] | None = None, benchmarks: Mapping[str, Sequence[Scene]] | None = None,
-              protocol: str = "paper") -> Report:
+              protocol: str = "paper", whatsup: str | Path | None = None) -> Report:
     """Run every experiment (each with its default n, or ``n``) and write ``out/report.html``, one CSV
     per table and ``out/summary.json``. ``model`` skips loading; ``experiments`` runs a subset;
-    ``benchmarks`` (name -> scenes) are extra evaluation sets for global amplification.
+    ``benchmarks`` (name -> scenes) are extra evaluation sets for global amplification; ``whatsup`` (a
+    folder of What'sUp Controlled_Images photos) adds the What'sUp composites to behaviour and the probes.
 
     Example:
         >>> report = reproduce(model=model, out="study_out", n=16, experiments=["behaviour"])
@@ -79,6 +81,8 @@ def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | N
             raise ValueError(f"unknown experiment {name!r}; choose from {list(EXPERIMENTS)}")
         begun = time.time()
         extra = {"benchmarks": benchmarks} if benchmarks and name == "global_amplification" else {}
+        if whatsup is not None and name in WHATSUP:
+            extra["whatsup"] = whatsup
         results[name] = EXPERIMENTS[name].run(vlm, **({"n": n} if n else {}), seed=seed, protocol=protocol, **extra)
         seconds[name] = time.time() - begun
         for key, table in results[name].tables.items():
@@ -87,6 +91,7 @@ def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | N
     claims = assess(results)
     seconds["total"] = time.time() - started
     meta = {"protocol": resolve(vlm, protocol).to_json(), "model": model_name if model is None else vlm.name,
+            "whatsup": None if whatsup is None else str(whatsup),
             "repr": repr(vlm), "n": n, "seed": seed,
             "device": str(vlm.device), "dtype": str(vlm.hf.dtype), "torch_threads": torch.get_num_threads(),
             "machine": platform.platform(), "seconds": seconds}
@@ -274,6 +279,8 @@ def render(results: dict[str, StudyResult], claims: list[dict[str, Any]], meta: 
         doc = (EXPERIMENTS[name].__doc__ or "").strip() if name in EXPERIMENTS else ""
         about = markup(doc.split("Example:")[0])
         parts.append(f"<h2 id='{name}'>{html.escape(name)}</h2><div class='doc'>{about}</div>")
+        if result.summary.get("sentence"):  # what this model's numbers say, in words
+            parts.append(f"<p class='finding'>{html.escape(result.summary['sentence'])}</p>")
         parts.append(official_html(name, str(meta["model"]), meta["repr"]))
         for fig in result.figures.values():
             parts.append(fig.to_html(full_html=False, include_plotlyjs=first, default_height="480px"))

@@ -34,9 +34,14 @@ def _resized(image: Image.Image, size: int | None) -> Image.Image:
     return image.resize((size, size), Image.Resampling.BILINEAR)
 
 
-def whatsup_composite(left: Scene, right: Scene, direction: str = "left", size: int | None = None) -> Scene:
+PROMPT = "The object on the floor {prep} the {middle} is a(n)"
+
+
+def whatsup_composite(left: Scene, right: Scene, direction: str = "left", size: int | None = None,
+                      prompt: str = PROMPT) -> Scene:
     """The composite of ``left`` (X left of M) and ``right`` (Y right of M), asking for the object
-    ``direction`` ("left" or "right") of M: "The object on the floor to the left of the M is a(n)".
+    ``direction`` ("left" or "right") of M: "The object on the floor to the left of the M is a(n)"
+    (``prompt``, with ``{prep}`` and ``{middle}``; the paper's ends in a space).
 
     Columns ``[0, W // 2)`` come from ``left``'s image and ``[W // 2, W)`` from ``right``'s, both first resized to
     ``size`` x ``size`` if ``size`` is given (else they must be the same size). Candidates are (X, M, Y).
@@ -73,7 +78,7 @@ def whatsup_composite(left: Scene, right: Scene, direction: str = "left", size: 
     return Scene(
         image=Image.fromarray(pixels, "RGB"),
         objects=(),
-        question=f"The object on the floor {PREPOSITIONS[direction]} the {middle} is a(n)",
+        question=prompt.format(prep=PREPOSITIONS[direction], middle=middle),
         answer=answer,
         foils=tuple(word for word in (x, middle, y) if word != answer),
         candidates=(x, middle, y),
