@@ -8,6 +8,7 @@
 ``remove_vision_order``     reference-image substitution at the LM input (Table 5), plain ablations
 ``backup_mechanism``        criss-cross swaps with the vision order removed: the LM's own ordering
 ``global_amplification``    scaling the probe-found spatial component over image tokens (fix rate)
+``coco_amplification``      the same as the paper ran it: the official COCO pipeline (Table 2)
 ==========================  ====================================================================
 
 Each module also has ``figures(tables)``, which redraws its figures from its tables (e.g. read back from
@@ -29,6 +30,7 @@ from types import ModuleType
 from vlmlens.study import (
     backup_mechanism,
     behaviour,
+    coco_amplification,
     criss_cross,
     global_amplification,
     last_token_patching,
@@ -41,8 +43,9 @@ from vlmlens.study.report import reproduce
 #: name -> module, in the paper's order.
 EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (behaviour, last_token_patching, position_probes, criss_cross,
                                                             remove_vision_order, backup_mechanism,
-                                                            global_amplification)}
+                                                            global_amplification, coco_amplification)}
 
 
-__all__ = ["EXPERIMENTS", "StudyResult", "backup_mechanism", "behaviour", "criss_cross", "global_amplification",
+__all__ = ["EXPERIMENTS", "StudyResult", "backup_mechanism", "behaviour", "coco_amplification", "criss_cross",
+           "global_amplification",
            "last_token_patching", "position_probes", "remove_vision_order", "reproduce"]

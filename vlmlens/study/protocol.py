@@ -177,8 +177,8 @@ def bands_for(grid: int, entity: int, spacing: int) -> tuple[tuple[int, int], ..
 
 def resolve(model: VLM, protocol: str | Protocol = "paper") -> Plan:
     """The protocol on ``model``: the official geometry, spacing, palette and bands for the paper's families
-    (when the checkpoint's processor maps the official image onto the official grid); for any other grid, the model's own geometry with spacing = entity size (less if three entities would
-    not fit) and `bands_for`.
+    (when the checkpoint's processor maps the official image onto the official grid); for any other grid, the
+    model's own geometry with spacing = entity size (less if three entities would not fit) and `bands_for`.
 
     Example:
         >>> resolve(model, "vlmlens").bands
