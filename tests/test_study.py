@@ -37,10 +37,19 @@ COLUMNS = {
                              "fix_rates": ["set", "method", "best_alpha", "dev_accuracy", "test_accuracy",
                                            "baseline_test_accuracy", "fix_rate", "fix_ci_low", "fix_ci_high",
                                            "break_rate", "oracle_fix_rate", "n_failures", "n_test"]},
+    "coco_amplification": {"baseline": ["set", "axis", "n_items", "n_off_axis", "n_kept", "n_golden", "fail_lr",
+                                        "fail_rl", "fail_both", "strict_accuracy", "strict_accuracy_all_items"],
+                           "sweep": ["set", "method", "axis", "alpha", "n_fixed", "n_failures", "fix_rate",
+                                     "fix_ci_low", "fix_ci_high", "accuracy"]},
+    "absolute_vs_relative": {"probe_readings": ["orientation", "shift", "tokens", "reading", "share", "ci_low",
+                                                "ci_high", "n"],
+                             "swaps": ["orientation", "shift", "region", "flip_rate", "ci_low", "ci_high", "accuracy",
+                                       "n"]},
 }
 #: columns that hold a rate or probability
 UNIT = {"accuracy", "ci_low", "ci_high", "chance", "prob", "mean", "flip_rate", "dev_accuracy", "test_accuracy",
-        "baseline_test_accuracy", "fix_rate", "fix_ci_low", "fix_ci_high", "break_rate", "oracle_fix_rate"}
+        "baseline_test_accuracy", "fix_rate", "fix_ci_low", "fix_ci_high", "break_rate", "oracle_fix_rate",
+        "strict_accuracy", "strict_accuracy_all_items", "share"}
 
 #: (value, CI low, CI high) column triples
 BOUNDS = [("flip_rate", "ci_low", "ci_high"), ("mean", "ci_low", "ci_high"), ("fix_rate", "fix_ci_low", "fix_ci_high"),
