@@ -5,6 +5,7 @@ One small `reproduce` run (module fixture) feeds most tests: every experiment's 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -145,6 +146,16 @@ def test_report_is_one_offline_page_with_every_figure_and_the_claims(report):
     for number in (1, 2, 3):
         assert re.search(rf"Claim {number} (is (supported|partly supported|not supported)|cannot be assessed)", page)
     assert [c["claim"] for c in report.claims] == [1, 2, 3]
+
+
+def test_the_official_amplification_and_the_control_state_their_findings_in_the_report(report):
+    page = report.path.read_text()
+    for name in ("coco_amplification", "absolute_vs_relative"):
+        sentence = report.results[name].summary["sentence"]
+        assert sentence and html.escape(sentence) in page, name
+    assert "The paper's own pipeline (coco_amplification" in report.claims[2]["sentence"]  # beside the held-out one
+    coco = report.results["coco_amplification"].tables["baseline"]
+    assert list(dict.fromkeys(coco.set)) == ["naturalistic", "mini_bench"]  # the benchmark set runs the pipeline too
 
 
 def test_raw_results_sit_beside_the_report(report):

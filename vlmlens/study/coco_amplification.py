@@ -431,7 +431,8 @@ def run(model: VLM, n: int = DEFAULT_N, seed: int = 0, alphas: Sequence[float] =
     bar.close()
     tables = {k: pd.concat(v, ignore_index=True).pipe(lambda t: t[["set", *(c for c in t.columns if c != "set")]])
               for k, v in frames.items()}
-    summary["sentence"] = sentence(summary["sets"]["naturalistic"], "naturalistic scenes")
+    summary["sentence"] = " ".join(sentence(numbers, "naturalistic scenes" if name == "naturalistic" else f"{name} set")
+                                   for name, numbers in summary["sets"].items())
     return StudyResult(tables, figures(tables), summary, name=NAME)
 
 
