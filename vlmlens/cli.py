@@ -68,8 +68,9 @@ def _experiment(name: str) -> ModuleType:
 
 @app.command("run")
 def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_token_patching, position_probes, "
-                                                              "criss_cross, remove_vision_order, backup_mechanism "
-                                                              "or global_amplification"),
+                                                              "criss_cross, remove_vision_order, backup_mechanism, "
+                                                              "global_amplification, coco_amplification or "
+                                                              "absolute_vs_relative"),
                    model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a local folder"),
                    n: int | None = typer.Option(None, help="scenes (or pairs); default: the experiment's own"),
                    seed: int = typer.Option(0),
