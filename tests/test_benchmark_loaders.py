@@ -298,16 +298,20 @@ def test_coco_two_object_boxes_come_from_the_instances_file(coco, tmp_path):
     assert S.load(tmp_path / "saved") == scenes
 
 
-def test_coco_two_object_errors_name_the_row(coco, tmp_path):
+def test_coco_two_object_an_object_without_a_box_is_left_out_and_named(coco, tmp_path):
+    """As the official code does: the item loads (its question needs no box); the experiment skips it from
+    what needs boxes and counts it."""
     annotation, folder, _ = coco
     few = instances_json(tmp_path / "few.json", {37777: (40, 30), 331352: (40, 30), 524456: (40, 30)},
-                         [(37777, "dining table", [0, 0, 4, 4]), (37777, "oven", [0, 0, 4, 4])])
-    with pytest.raises(ValueError, match=r"coco_qa_two_obj.json\[0\].*'refrigerator'.*not a category"):
-        S.load_coco_two_object(annotation, folder, few)
-    few = instances_json(tmp_path / "few.json", {37777: (40, 30), 331352: (40, 30), 524456: (40, 30)},
                          [(37777, "dining table", [0, 0, 4, 4]), (331352, "refrigerator", [0, 0, 4, 4])])
-    with pytest.raises(ValueError, match=r"\[0\]: no 'refrigerator' annotated for image 37777.*\['dining table'\]"):
-        S.load_coco_two_object(annotation, folder, few)
+    scenes = S.load_coco_two_object(annotation, folder, few)
+    assert [s.meta["missing_boxes"] for s in scenes] == [["reference"], ["subject", "reference"],
+                                                       ["subject", "reference"]]
+    assert [o.name for o in scenes[0].objects] == ["subject"] and scenes[0].meta["reference"] == "refrigerator"
+
+
+def test_coco_two_object_errors_name_the_row(coco, tmp_path):
+    annotation, folder, _ = coco
     wrong_size = instances_json(tmp_path / "size.json", {37777: (64, 48)}, [])
     with pytest.raises(ValueError, match=r"\[0\]: image 37777 is 40x30 px but .*size.json says 64x48"):
         S.load_coco_two_object(annotation, folder, wrong_size)
@@ -423,3 +427,53 @@ def test_whatsup_errors_name_the_file_and_row(controlled, tmp_path):
     (tmp_path / "val2017" / "000000331352.jpg").write_text("not an image")
     with pytest.raises(ValueError, match=r"\[0\]: cannot read image .*000000331352.jpg"):
         S.load_whatsup_qa(qa, tmp_path / "val2017")
+
+
+# --- the published files themselves (tests/fixtures/benchmarks; sources and licences in its README) -------------
+
+PUBLISHED = Path(__file__).resolve().parent / "fixtures" / "benchmarks"
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+def test_the_official_coco_two_object_file_loads_every_row(tmp_path):
+    rows = json.loads((PUBLISHED / "coco_qa_two_obj.json").read_text())
+    folder = tmp_path / "val2017"
+    for k, image_id in enumerate(sorted({row[0] for row in rows})):
+        write_image(folder / f"{image_id:012d}.jpg", size=(8, 6), seed=k)
+    scenes = S.load_whatsup_qa(PUBLISHED / "coco_qa_two_obj.json", folder)
+    assert len(scenes) == 440 and [s.meta["image_id"] for s in scenes] == [row[0] for row in rows]
+    directions = [s.direction for s in scenes]
+    assert sum(d in ("left", "right") for d in directions) == 279
+    assert sum(d in ("above", "below") for d in directions) == 161
+    for scene, row in zip(scenes, rows, strict=True):
+        assert caption_direction(row[2]) == OPPOSITE[scene.direction]  # the distractor states the opposite side
+        assert caption_objects(row[1]) == caption_objects(row[2]) is not None  # the same two objects, articles gone
+
+    # boxes for every object the captions name, except image 37777's oven: that row loads without its reference
+    named = {(row[0], name) for row in rows for name in caption_objects(row[1])}
+    boxes = [(i, name, [1.0, 1.0, 3.0, 2.0]) for i, name in sorted(named) if (i, name) != (37777, "oven")]
+    instances = instances_json(tmp_path / "instances_val2017.json", {i: (8, 6) for i, _ in named}, boxes)
+    boxed = S.load_coco_two_object(PUBLISHED / "coco_qa_two_obj.json", folder, instances)
+    missing = {k: s.meta["missing_boxes"] for k, s in enumerate(boxed) if s.meta["missing_boxes"]}
+    assert missing == {1: ["reference"]} and [o.name for o in boxed[1].objects] == ["subject"]
+    assert (boxed[1].meta["subject"], boxed[1].meta["reference"]) == ("refrigerator", "oven")
+    names = {s.meta[role] for s in boxed for role in ("subject", "reference")}
+    assert {"tennis racket", "wine glass", "potted plant", "sports ball", "fire hydrant", "teddy bear"} <= names
+    assert all(o.box == (1, 1, 4, 3) for s in boxed for o in s.objects)
+
+
+def test_a_slice_of_the_published_vsr_test_split_loads_as_published(tmp_path):
+    split = PUBLISHED / "vsr" / "splits" / "random" / "test.jsonl"  # its first 30 lines
+    records = [json.loads(line) for line in split.read_text().splitlines()]
+    for k, record in enumerate(records):  # each image in the COCO folder its link names
+        write_image(tmp_path / record["image_link"].split("/")[-2] / record["image"], size=(8, 8), seed=k)
+    scenes = S.load_vsr(split, tmp_path)
+    assert len(scenes) == 30 and [s.answer for s in scenes] == ["true" if r["label"] else "false" for r in records]
+    assert scenes[0].meta["vote_true_validator_id"] == "[2, 9]" and scenes[0].meta["reference_frame"] is None
+    assert scenes[11].meta["reference_frame"] == 1.0 and scenes[15].meta["image_link"].count("/val2017/") == 1
+    by_caption = {s.meta["caption"]: s.direction for s in scenes}
+    assert by_caption["The truck is below the elephant."] == "below"       # true, and names a direction
+    assert by_caption["The cat is on top of the umbrella."] == "on"
+    assert by_caption["The bird is above the cat."] == ""                  # false: states no direction
+    assert by_caption["The person is inside the refrigerator."] == ""       # not one of the benchmark directions
+    assert [s.meta["item"] for s in scenes[:2]] == ["VSR/random/test:1", "VSR/random/test:2"]

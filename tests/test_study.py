@@ -5,6 +5,7 @@ One small `reproduce` run (module fixture) feeds most tests: every experiment's 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -40,10 +41,19 @@ COLUMNS = {
                              "fix_rates": ["set", "method", "best_alpha", "dev_accuracy", "test_accuracy",
                                            "baseline_test_accuracy", "fix_rate", "fix_ci_low", "fix_ci_high",
                                            "break_rate", "oracle_fix_rate", "n_failures", "n_test"]},
+    "coco_amplification": {"baseline": ["set", "axis", "n_items", "n_off_axis", "n_kept", "n_golden", "fail_lr",
+                                        "fail_rl", "fail_both", "strict_accuracy", "strict_accuracy_all_items"],
+                           "sweep": ["set", "method", "axis", "alpha", "n_fixed", "n_failures", "fix_rate",
+                                     "fix_ci_low", "fix_ci_high", "accuracy"]},
+    "absolute_vs_relative": {"probe_readings": ["orientation", "shift", "tokens", "reading", "share", "ci_low",
+                                                "ci_high", "n"],
+                             "swaps": ["orientation", "shift", "region", "flip_rate", "ci_low", "ci_high", "accuracy",
+                                       "n"]},
 }
 #: columns that hold a rate or probability
 UNIT = {"accuracy", "ci_low", "ci_high", "chance", "prob", "mean", "flip_rate", "dev_accuracy", "test_accuracy",
-        "baseline_test_accuracy", "fix_rate", "fix_ci_low", "fix_ci_high", "break_rate", "oracle_fix_rate"}
+        "baseline_test_accuracy", "fix_rate", "fix_ci_low", "fix_ci_high", "break_rate", "oracle_fix_rate",
+        "strict_accuracy", "strict_accuracy_all_items", "share"}
 
 #: (value, CI low, CI high) column triples
 BOUNDS = [("flip_rate", "ci_low", "ci_high"), ("mean", "ci_low", "ci_high"), ("fix_rate", "fix_ci_low", "fix_ci_high"),
@@ -139,6 +149,16 @@ def test_report_is_one_offline_page_with_every_figure_and_the_claims(report):
     for number in (1, 2, 3):
         assert re.search(rf"Claim {number} (is (supported|partly supported|not supported)|cannot be assessed)", page)
     assert [c["claim"] for c in report.claims] == [1, 2, 3]
+
+
+def test_the_official_amplification_and_the_control_state_their_findings_in_the_report(report):
+    page = report.path.read_text()
+    for name in ("coco_amplification", "absolute_vs_relative"):
+        sentence = report.results[name].summary["sentence"]
+        assert sentence and html.escape(sentence) in page, name
+    assert "The paper's own pipeline (coco_amplification" in report.claims[2]["sentence"]  # beside the held-out one
+    coco = report.results["coco_amplification"].tables["baseline"]
+    assert list(dict.fromkeys(coco.set)) == ["naturalistic", "mini_bench"]  # the benchmark set runs the pipeline too
 
 
 def test_raw_results_sit_beside_the_report(report):

@@ -281,6 +281,17 @@ def _project(v: Tensor, basis: Tensor) -> Tensor:
     return (v.float() @ basis.T.to(v.device)) @ basis.to(v.device)
 
 
+def _project_each(v: Float[Tensor, "tok d"], directions: Float[Tensor, "k d"]) -> Float[Tensor, "tok d"]:
+    """``sum_k (v.w_k / |w_k|^2) w_k``: each direction's own projection, not orthogonalised (the paper's COCO edit).
+
+    Example:
+        >>> _project_each(torch.tensor([[1., 2.]]), torch.tensor([[1., 0.], [1., 1.]]))
+        tensor([[2.5000, 1.5000]])
+    """
+    w = directions.float().to(v.device)
+    return (v.float() @ w.T / ((w**2).sum(-1) + 1e-8)) @ w
+
+
 # -- the interventions ----------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -430,6 +441,10 @@ class SwapDirection(Intervention):
 class Scale(Intervention):
     """Scale the component along a direction or subspace: ``x <- x + (alpha - 1) * proj(x)``.
 
+    ``projection="span"``: ``proj`` is the orthogonal projection onto the span of the direction(s);
+    ``"each"``: the sum of each row's own projection, ``sum_k (x.w_k / |w_k|^2) w_k`` (the paper's COCO
+    edit ``h <- h + a * sum_k ...`` is ``alpha = 1 + a``; the two agree for one direction or orthogonal rows).
+
     Example:
         >>> d = torch.randn(128)
         >>> vl.Scale("vision_projector.hook_out", direction=d, alpha=2.0, region="image")
@@ -442,15 +457,21 @@ class Scale(Intervention):
     direction: Tensor | None = None
     alpha: float = 1.0
     region: str = "image"
+    projection: Literal["span", "each"] = "span"
 
     def __post_init__(self) -> None:
+        if self.projection not in ("span", "each"):
+            raise ValueError(f"Scale(projection={self.projection!r}): use 'span' (orthogonal projection onto the "
+                             "directions' span) or 'each' (the sum of each direction's own projection)")
         _check_where(self)
         _set_vector(self, "direction", nonzero=True)
         checks.number("Scale alpha", self.alpha)
 
     def apply(self, x: Tensor, batch: Batch, spec: SiteSpec, sources: Sources) -> None:
         basis = _basis(self.direction, x.shape[-1], self.site)
-        _edit(x, batch.positions(self.region, spec), lambda old: old.float() + (self.alpha - 1) * _project(old, basis))
+        rows = self.direction.reshape(-1, self.direction.shape[-1])
+        project = (lambda v: _project(v, basis)) if self.projection == "span" else (lambda v: _project_each(v, rows))
+        _edit(x, batch.positions(self.region, spec), lambda old: old.float() + (self.alpha - 1) * project(old))
 
 
 @dataclass(frozen=True, eq=False, repr=False)

@@ -9,6 +9,8 @@
 ``remove_vision_order``     reference-image substitution at the LM input (Table 5), plain ablations
 ``backup_mechanism``        criss-cross swaps with the vision order removed: the LM's own ordering
 ``global_amplification``    scaling the probe-found spatial component over image tokens (fix rate)
+``coco_amplification``      the same as the paper ran it: the official COCO pipeline (Table 2)
+``absolute_vs_relative``    control: shifted triples; do probes and swaps follow relative order or the grid?
 ==========================  ====================================================================
 
 Each module also has ``figures(tables)``, which redraws its figures from its tables (e.g. read back from
@@ -28,8 +30,10 @@ from __future__ import annotations
 from types import ModuleType
 
 from vlmlens.study import (
+    absolute_relative,
     backup_mechanism,
     behaviour,
+    coco_amplification,
     criss_cross,
     global_amplification,
     grid_probes,
@@ -43,8 +47,10 @@ from vlmlens.study.report import reproduce
 #: name -> module, in the paper's order.
 EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (behaviour, last_token_patching, position_probes, grid_probes,
                                                             criss_cross, remove_vision_order, backup_mechanism,
-                                                            global_amplification)}
+                                                            global_amplification, coco_amplification,
+                                                            absolute_relative)}
 
 
-__all__ = ["EXPERIMENTS", "StudyResult", "backup_mechanism", "behaviour", "criss_cross", "global_amplification",
-           "grid_probes", "last_token_patching", "position_probes", "remove_vision_order", "reproduce"]
+__all__ = ["EXPERIMENTS", "StudyResult", "absolute_relative", "backup_mechanism", "behaviour", "coco_amplification",
+           "criss_cross", "global_amplification", "grid_probes", "last_token_patching", "position_probes",
+           "remove_vision_order", "reproduce"]

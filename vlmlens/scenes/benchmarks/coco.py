@@ -62,15 +62,12 @@ def load_instances(path: str | Path) -> Instances:
     return Instances(path, sizes, boxes, frozenset(names.values()))
 
 
-def _box(instances: Instances, image_id: int, name: str, where: str) -> tuple[int, int, int, int]:
-    """The pixel box of the largest ``name`` annotated in the image (the study's rule for repeated objects)."""
-    if name not in instances.categories:
-        raise ValueError(f"{where}: the caption names {name!r}, which is not a category of {instances.path}")
+def _box(instances: Instances, image_id: int, name: str) -> tuple[int, int, int, int] | None:
+    """The pixel box of the largest ``name`` annotated in the image (the study's rule for repeated objects), or
+    None where the image has no ``name`` annotated (the study skips such an item when it needs boxes)."""
     found = [(area, box) for category, box, area in instances.boxes.get(image_id, []) if category == name]
     if not found:
-        present = sorted({category for category, _, _ in instances.boxes.get(image_id, [])})
-        raise ValueError(f"{where}: no {name!r} annotated for image {image_id} in {instances.path}; "
-                         f"annotated there: {present}")
+        return None
     x, y, w, h = max(found, key=lambda t: t[0])[1]
     width, height = instances.sizes[image_id]
     x0, y0 = max(0, math.floor(x)), max(0, math.floor(y))
@@ -83,7 +80,10 @@ def load_coco_two_object(
 ) -> list[Scene]:
     """``load_whatsup_qa`` scenes of ``coco_qa_two_obj.json`` with objects ``subject`` and ``reference``: the
     boxes of the two categories the correct caption names ("A photo of a tv to the left of a chair"), from
-    ``instances``. Where an image has several of a category, the largest box is used, as the study does.
+    ``instances``. Where an image has several of a category, the largest box is used, as the study does. An
+    object with no box in ``instances`` is left out of the scene's objects and named in
+    ``meta["missing_boxes"]``: the scene still loads (its question needs no box), and experiments that need both
+    boxes skip it and count it, as the official code does.
 
     >>> import json, tempfile, pathlib; from PIL import Image
     >>> root = pathlib.Path(tempfile.mkdtemp()); Image.new("RGB", (8, 6)).save(root / "000000000001.jpg")
@@ -94,8 +94,8 @@ def load_coco_two_object(
     ...     {"image_id": 1, "category_id": 1, "bbox": [0, 1, 2, 2]}, {"image_id": 1, "category_id": 2,
     ...      "bbox": [4.5, 0, 3, 5]}]}))
     >>> scene = load_coco_two_object(root / "coco_qa_two_obj.json", root, root / "instances.json")[0]
-    >>> [(o.name, o.shape, o.box) for o in scene.objects]
-    [('subject', 'cup', (0, 1, 2, 3)), ('reference', 'bowl', (4, 0, 8, 5))]
+    >>> [(o.name, o.shape, o.box) for o in scene.objects], scene.meta["missing_boxes"]
+    ([('subject', 'cup', (0, 1, 2, 3)), ('reference', 'bowl', (4, 0, 8, 5))], [])
     """
     coco = instances if isinstance(instances, Instances) else load_instances(instances)
     scenes = []
@@ -111,8 +111,10 @@ def load_coco_two_object(
         if coco.sizes[image_id] != scene.image.size:
             raise ValueError(f"{where}: image {image_id} is {scene.image.size[0]}x{scene.image.size[1]} px but "
                              f"{coco.path} says {coco.sizes[image_id][0]}x{coco.sizes[image_id][1]}")
-        objects = tuple(SceneObject(role, "", name, _box(coco, image_id, name, where))
-                        for role, name in zip(("subject", "reference"), named, strict=True))
-        scenes.append(replace(scene, objects=objects, meta={**scene.meta, "subject": named[0],
-                                                            "reference": named[1], "instances": coco.path.name}))
+        boxes = {role: _box(coco, image_id, name) for role, name in zip(("subject", "reference"), named, strict=True)}
+        objects = tuple(SceneObject(role, "", name, boxes[role])
+                        for role, name in zip(("subject", "reference"), named, strict=True) if boxes[role] is not None)
+        missing = [role for role, box in boxes.items() if box is None]
+        scenes.append(replace(scene, objects=objects, meta={**scene.meta, "subject": named[0], "reference": named[1],
+                                                            "instances": coco.path.name, "missing_boxes": missing}))
     return scenes
