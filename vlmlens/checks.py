@@ -27,7 +27,12 @@ from torch import Tensor
 
 
 def closest(value: object, valid: Iterable[Any]) -> list[str]:
-    """The (at most three) valid names closest to ``value``, best first."""
+    """The (at most three) valid names closest to ``value``, best first.
+
+    Example:
+        >>> closest("strp:left", ["strip:left", "strip:right", "object"])
+        ['strip:left', 'strip:right']
+    """
     return difflib.get_close_matches(str(value), [str(v) for v in valid], n=3, cutoff=0.6)
 
 
