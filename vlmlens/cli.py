@@ -139,6 +139,7 @@ def reproduce(model: str = typer.Option("toy", help="'toy', a Hugging Face id, o
 
 
 @app.command("compare")
+@_one_line
 def compare_runs(folders: list[Path] = typer.Argument(..., help="folders written by `vlmlens reproduce --out`"),
                  out: Path = typer.Option(Path("compare.html"), help="the page to write"),
                  label: list[str] = typer.Option([], help="a name per folder, in order (default: each one's model)")
@@ -146,15 +147,11 @@ def compare_runs(folders: list[Path] = typer.Argument(..., help="folders written
     """Set several reproduce runs side by side on one HTML page: Table 1, Table 5, flip-rate and last-token curves,
     probe accuracies, the claims' verdicts."""
     from vlmlens.study.compare import compare
-    try:
-        path = compare(folders, out=out, labels=label or None)
-    except (FileNotFoundError, ValueError) as err:
-        typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(str(path))
+    typer.echo(str(compare(folders, out=out, labels=label or None)))
 
 
 @app.command("validate")
+@_one_line
 def validate_organisms(out: Path = typer.Option(Path("validation"), help="folder for each organism's run and "
                                                                          "validation.html"),
                        n: int | None = typer.Option(None, help="scenes (or pairs) per experiment; default: each "

@@ -112,9 +112,8 @@ def claims_table(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
-def curves(runs: Sequence[Run], experiment: str, name: str, select: dict[str, str], facet: str,
-           y: str, title: str) -> go.Figure:
-    """Lines over layers of ``experiment/name`` (rows matching ``select``), one colour per run, a panel per
+def curves(runs: Sequence[Run], experiment: str, name: str, facet: str, y: str, title: str) -> go.Figure:
+    """Lines over layers of ``experiment/name``, one colour per run, a panel per
     orientation and per value of ``facet``, with the CIs as bands.
     """
     facets = sorted({v for r in runs if (t := r.table(experiment, name)) is not None for v in t[facet].unique()
@@ -126,8 +125,6 @@ def curves(runs: Sequence[Run], experiment: str, name: str, select: dict[str, st
         table = run.table(experiment, name)
         if table is None:
             continue
-        for key, wanted in select.items():
-            table = table[table[key] == wanted]
         colour = palette[k % len(palette)]
         for i, value in enumerate(facets):
             for j, orientation in enumerate(ORIENTATIONS):
@@ -155,10 +152,10 @@ TABLES = (
     ("Backup mechanism flip rates", "backup_mechanism", "flip_rates", ["condition", "orientation", "site", "region"],
      "flip_rate", True),
 )
-#: (experiment, table, rows to keep, facet column, y column, title)
+#: (experiment, table, facet column, y column, title)
 CURVES = (
-    ("criss_cross", "flip_rates", {}, "region", "flip_rate", "Criss-cross: share of pairs flipped, by layer"),
-    ("last_token_patching", "probabilities", {}, "candidate", "mean",
+    ("criss_cross", "flip_rates", "region", "flip_rate", "Criss-cross: share of pairs flipped, by layer"),
+    ("last_token_patching", "probabilities", "candidate", "mean",
      "Last-token patching: probability of each candidate, by layer"),
 )
 
@@ -178,9 +175,9 @@ def render(runs: Sequence[Run], extra: str = "") -> str:
         if len(table):
             parts.append(f"<h2>{html.escape(heading)}</h2>" + _table_html(table))
     first = True
-    for experiment, name, select, facet, y, title in CURVES:
+    for experiment, name, facet, y, title in CURVES:
         if any(r.table(experiment, name) is not None for r in runs):
-            fig = curves(runs, experiment, name, select, facet, y, title)
+            fig = curves(runs, experiment, name, facet, y, title)
             parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
             first = False
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vlmlens comparison</title><style>{STYLE}"
