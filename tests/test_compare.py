@@ -31,13 +31,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory, toy: vl.VLM) -> tuple[Path, P
 
 def test_side_by_side_holds_each_runs_own_numbers(runs: tuple[Path, Path]) -> None:
     first, second = load_run(runs[0], "a"), load_run(runs[1], "b")
-    table = side_by_side([first, second], "criss_cross", "flip_rates", ["orientation", "site", "region"],
-                         "flip_rate", ci=True)
-    assert table.columns.tolist() == ["orientation", "site", "region", "a", "b"]
+    keys = ["task", "orientation", "site", "region"]
+    with pytest.raises(ValueError, match="several rows per"):  # without the task, rows of two tasks would collide
+        side_by_side([first, second], "criss_cross", "flip_rates", keys[1:], "flip_rate")
+    table = side_by_side([first, second], "criss_cross", "flip_rates", keys, "flip_rate", ci=True)
+    assert table.columns.tolist() == [*keys, "a", "b"]
     for run, label in ((first, "a"), (second, "b")):
-        own = run.table("criss_cross", "flip_rates").set_index(["orientation", "site", "region"])
+        own = run.table("criss_cross", "flip_rates").set_index(keys)
         for row in table.itertuples(index=False):
-            want = own.loc[(row.orientation, row.site, row.region)]
+            want = own.loc[(row.task, row.orientation, row.site, row.region)]
             assert getattr(row, label) == f"{want.flip_rate:.3f} [{want.ci_low:.2f}, {want.ci_high:.2f}]"
     assert set(table.orientation) >= {"horizontal", "vertical"}  # the orientations stay apart
 

@@ -32,7 +32,7 @@ COLUMNS = {
     "grid_probes": {"accuracy": ["k", "axis", "classes", "cells", "accuracy", "ci_low", "ci_high", "n", "chance"],
                     "heatmap": ["k", "axis", "cls", "row", "col", "prob"],
                     "boxes": ["k", "name", "row0", "col0", "row1", "col1"]},
-    "criss_cross": {"flip_rates": ["orientation", "site", "layer", "region", "flip_rate", "ci_low", "ci_high",
+    "criss_cross": {"flip_rates": ["task", "orientation", "site", "layer", "region", "flip_rate", "ci_low", "ci_high",
                                    "accuracy", "n"]},
     "remove_vision_order": {"accuracy": ["task", "orientation", "condition", "accuracy", "ci_low", "ci_high", "n"]},
     "backup_mechanism": {"flip_rates": ["condition", "orientation", "site", "layer", "region", "flip_rate", "ci_low",
@@ -228,7 +228,7 @@ def test_removal_writes_reference_tokens_and_leaves_the_text(model):
 
 def test_unfiltered_pairs_exercise_every_swap(model):
     from vlmlens.study import criss_cross
-    table = criss_cross.run(model, n=4, only_correct=False).tables["flip_rates"]
+    table = criss_cross.run(model, n=4, tasks=["squares"], only_correct=False).tables["flip_rates"]
     by_orientation = table.groupby("orientation").n.unique().map(list).to_dict()
     assert by_orientation == {"horizontal": [8], "vertical": [8], "all": [16]}  # 4 pairs per direction
     assert table.flip_rate.between(0, 1).all()
@@ -248,10 +248,30 @@ def test_objects_task_runs_in_behaviour_and_table5_and_is_reported_honestly(repo
     assert behaviour.summary["sentence"].split(";")[0] in page and "objects" in page
 
 
+def test_reproduce_runs_criss_cross_on_every_paper_task_and_names_the_skipped(report):
+    """Squares and shapes are measured apart (the claim reads squares); the toy names no object, so the
+    objects part is skipped with the reason in the summary and in claim 1's sentence, not silently."""
+    result = report.results["criss_cross"]
+    table = result.tables["flip_rates"]
+    assert list(dict.fromkeys(table.task)) == ["squares", "shapes"] and result.summary["headline"] == "squares"
+    for task in ("squares", "shapes"):
+        part = table[(table.task == task) & (table.region == "none") & (table.orientation == "all")]
+        assert int(part.n.iloc[0]) == result.summary[task]["n_kept"] > 0
+    assert result.summary["n_kept"] == result.summary["squares"]["n_kept"]
+    assert "none of the" in result.summary["skipped"]["objects"]
+    sentence = report.claims[0]["sentence"]
+    assert "criss-cross on squares" in sentence
+    assert "Criss-cross on shapes, at the LM input: horizontal strip" in sentence
+    assert "Criss-cross on objects has nothing to measure" in sentence
+    # the claim's numbers are the squares rows, not a mix of tasks
+    squares = table[(table.task == "squares") & (table.orientation == "horizontal") & (table.region == "strip")]
+    assert report.claims[0]["numbers"]["horizontal"]["strip_flip_at_input"] == float(squares.flip_rate.iloc[0])
+
+
 def test_objects_task_goes_through_the_patching_experiments(model):
     with pytest.raises(ValueError, match="only_correct=False"):  # the toy names no object: no pair survives
-        EXPERIMENTS["criss_cross"].run(model, n=2, task="objects")
-    flips = EXPERIMENTS["criss_cross"].run(model, n=2, task="objects", only_correct=False).tables["flip_rates"]
+        EXPERIMENTS["criss_cross"].run(model, n=2, tasks=["objects"])
+    flips = EXPERIMENTS["criss_cross"].run(model, n=2, tasks=["objects"], only_correct=False).tables["flip_rates"]
     assert set(flips.region) == {"none", "object", "strip"} and set(flips.n) == {4, 8}  # 2 pairs x 4 directions
     probs = EXPERIMENTS["last_token_patching"].run(model, n=2, task="objects", only_correct=False)
     raw = probs.tables["raw_pairs"]

@@ -153,6 +153,20 @@ def split(values: Tensor, scenes: Sequence[Scene], by: str = "orientation") -> d
     return out | {"all": values}
 
 
+def headline(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a per-task table's first task (the one the report's claims read), without the task column;
+    a table with no task column as it is.
+
+    Example:
+        >>> headline(pd.DataFrame({"task": ["shapes", "squares"], "flip_rate": [0.5, 0.9]}))
+           flip_rate
+        0        0.5
+    """
+    if "task" not in table:
+        return table
+    return table[table.task == table.task.iloc[0]].drop(columns="task") if len(table) else table.drop(columns="task")
+
+
 class NoPairs(ValueError):
     """No pair survived `pick_pairs`' filter: the experiment has nothing to measure on this model."""
 

@@ -21,6 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from vlmlens.study.common import headline
 from vlmlens.study.report import STYLE, _table_html
 
 ORIENTATIONS = ("horizontal", "vertical")
@@ -82,6 +83,10 @@ def side_by_side(runs: Sequence[Run], experiment: str, name: str, keys: Sequence
             long = table.melt(id_vars=list(keys), var_name="measure", value_name="value")
         else:
             long = table[[*keys, value, *(("ci_low", "ci_high") if ci else ())]].rename(columns={value: "value"})
+        ids = [*keys, *(("measure",) if value is None else ())]
+        if long.duplicated(ids).any():
+            raise ValueError(f"{experiment}/{name} of {run.label} has several rows per {ids}; add the column that "
+                             f"tells them apart to the keys (columns: {list(table.columns)})")
         cell = long.value.map(lambda v: f"{v:.3f}" if isinstance(v, float) else str(v))
         if ci:
             cell = cell + " [" + long.ci_low.map("{:.2f}".format) + ", " + long.ci_high.map("{:.2f}".format) + "]"
@@ -125,6 +130,7 @@ def curves(runs: Sequence[Run], experiment: str, name: str, facet: str, y: str, 
         table = run.table(experiment, name)
         if table is None:
             continue
+        table = headline(table)
         colour = palette[k % len(palette)]
         for i, value in enumerate(facets):
             for j, orientation in enumerate(ORIENTATIONS):
@@ -147,7 +153,8 @@ TABLES = (
     ("Table 1: accuracy", "behaviour", "table1", ["task"], None, False),
     ("Table 5: accuracy with the vision order removed", "remove_vision_order", "table5", ["task", "orientation"],
      None, False),
-    ("Criss-cross flip rates", "criss_cross", "flip_rates", ["orientation", "site", "region"], "flip_rate", True),
+    ("Criss-cross flip rates", "criss_cross", "flip_rates", ["task", "orientation", "site", "region"], "flip_rate",
+     True),
     ("Position probes", "position_probes", "accuracy", ["orientation", "strip", "tokens"], "accuracy", True),
     ("Backup mechanism flip rates", "backup_mechanism", "flip_rates", ["condition", "orientation", "site", "region"],
      "flip_rate", True),

@@ -12,14 +12,16 @@ tokens and vice versa (two `Patch` edits composed with ``+``, ``source_region``)
   background included; vlmlens's protocol uses the objects' own columns (``strip:left``).
 
 Horizontal (left/right) and vertical (above/below) pairs are reported apart: they behave differently.
+Every task runs on its own pairs (the paper's squares, shapes and objects; the first is the headline the
+report's claim reads); a task the model answers no pair of is skipped and named, with why, in the summary.
 
 The swapped-in tokens show the *same colours* as the clean ones at each slot; only where the tokens say
 they are differs. If the answer moves to the counterfactual's, the swapped tokens carried the order.
 
 Example:
-    >>> result = run(model, n=8)
+    >>> result = run(model, n=8, tasks=["squares"])
     >>> result.tables["flip_rates"].columns.tolist()
-    ['orientation', 'site', 'layer', 'region', 'flip_rate', 'ci_low', 'ci_high', 'accuracy', 'n']
+    ['task', 'orientation', 'site', 'layer', 'region', 'flip_rate', 'ci_low', 'ci_high', 'accuracy', 'n']
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from vlmlens.scenes import criss_cross_pairs
 from vlmlens.stats import mean_ci
 from vlmlens.study.common import (
     COLUMN,
+    NoPairs,
     StudyResult,
     answers_under,
     by_orientation,
@@ -56,6 +59,8 @@ if TYPE_CHECKING:
 NAME = "criss_cross"
 DEFAULT_N = None  # the protocol's: 50 pairs per direction (paper), 128 pairs (vlmlens)
 KINDS = ("object", "strip")
+#: The paper's criss-cross tasks (its cf_pairs: squares, shapes, objects; What'sUp needs the photos).
+TASKS = ("squares", "shapes", "objects")
 Before = Callable[["Batch", tuple[str, ...]], list[Intervention]]
 COLUMNS = ["orientation", "site", "layer", "region", "flip_rate", "ci_low", "ci_high", "accuracy", "n"]
 
@@ -135,24 +140,39 @@ def flip_table(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squares", only_correct: bool = True,
-        protocol: str = "paper", max_batch: int | None = None) -> StudyResult:
-    """Flip rate per orientation and layer for object-only vs strip swaps, on the pairs answered right on
-    both sides (``only_correct=False``: on every pair); ``n``: pairs per direction (paper) or in all (vlmlens).
+def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[str] = TASKS,
+        only_correct: bool = True, protocol: str = "paper", max_batch: int | None = None) -> StudyResult:
+    """Flip rate per task, orientation and layer for object-only vs strip swaps, on the pairs answered right
+    on both sides (``only_correct=False``: on every pair); ``n``: pairs per direction (paper) or in all
+    (vlmlens), per task. A task with no such pair is skipped (``summary["skipped"]`` says why); with none in
+    any task, `NoPairs` is raised.
 
-    Table ``flip_rates``: orientation (horizontal / vertical / all), site, layer ("embed" = LM input, then
-    block numbers; "none" = no swap), region (object / strip), flip_rate, ci_low, ci_high, accuracy (clean
-    answer kept), n (pairs).
+    Table ``flip_rates``: task, orientation (horizontal / vertical / all), site, layer ("embed" = LM input,
+    then block numbers; "none" = no swap), region (object / strip), flip_rate, ci_low, ci_high, accuracy
+    (clean answer kept), n (pairs). Summary: per task, `summarise_flips`; ``n_kept`` and ``headline`` are the
+    first measured task's.
     """
     plan = resolve(model, protocol)
     sites = sites_of(model, plan)
-    clean, cf = pick_pairs(model, pool(model, plan, n, seed, task), plan, n, seed, only_correct)
-    bar = tqdm(total=len(clean) * (1 + len(KINDS) * len(sites)), desc=NAME, unit="row")
-    table = flip_table(model, clean, cf, sites, max_batch=max_batch, bar=bar, plan=plan)
-    bar.close()
-    tables = {"flip_rates": table}
-    summary = summarise_flips(table, len(clean)) | {"only_correct": only_correct, "protocol": plan.to_json()}
-    return StudyResult(tables, figures(tables), summary, name=NAME)
+    tables, summary, skipped = [], {}, {}
+    for task in tasks:
+        try:
+            clean, cf = pick_pairs(model, pool(model, plan, n, seed, task), plan, n, seed, only_correct)
+        except NoPairs as err:
+            skipped[task] = str(err)
+            continue
+        bar = tqdm(total=len(clean) * (1 + len(KINDS) * len(sites)), desc=f"{NAME} ({task})", unit="row")
+        table = flip_table(model, clean, cf, sites, max_batch=max_batch, bar=bar, plan=plan)
+        bar.close()
+        tables.append(table.assign(task=task)[["task", *COLUMNS]])
+        summary[task] = summarise_flips(table, len(clean))
+    if not tables:
+        raise NoPairs("; ".join(f"{task}: {why}" for task, why in skipped.items()))
+    headline = next(iter(summary))
+    result = {"flip_rates": pd.concat(tables, ignore_index=True)}
+    summary |= {"headline": headline, "n_kept": summary[headline]["n_kept"], "skipped": skipped,
+                "only_correct": only_correct, "protocol": plan.to_json()}
+    return StudyResult(result, figures(result), summary, name=NAME)
 
 
 def summarise_flips(table: pd.DataFrame, kept: int) -> dict:
@@ -172,10 +192,11 @@ def summarise_flips(table: pd.DataFrame, kept: int) -> dict:
 
 def figures(tables: dict[str, pd.DataFrame],
             title: str = "Criss-cross swaps: flip rate (layer x orientation, region)") -> dict[str, go.Figure]:
-    """Layer x (orientation, region) heatmap of the flip rate; the two orientations are separate rows."""
+    """Layer x (task, orientation, region) heatmap of the flip rate; the two orientations are separate rows."""
     table = tables["flip_rates"]
     table = table[(table.region != "none") & (table.orientation != "all")]
-    table = table.assign(swap=table.orientation + ": " + table.region)
+    task = table.task + ": " if "task" in table else ""
+    table = table.assign(swap=task + table.orientation + ": " + table.region)
     fig = frame_heatmap(table, x="layer", y="swap", value="flip_rate", title=title,
                         x_order=list(dict.fromkeys(table.layer)), limit=1.0)
     return {"flip_rates": fig}

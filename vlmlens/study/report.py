@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from vlmlens.study.backup_mechanism import FLIPPING
-from vlmlens.study.common import StudyResult, jsonable
+from vlmlens.study.common import StudyResult, headline, jsonable
 from vlmlens.study.official import official_html
 from vlmlens.study.protocol import resolve
 
@@ -128,7 +128,7 @@ def _claim_vision(results: dict[str, StudyResult]) -> dict[str, Any]:
     if cc is None or rv is None or cc.summary.get("n_kept", 0) < MIN_PAIRS:
         return _claim(1, title, "cannot be assessed", "Claim 1 cannot be assessed: the criss-cross or removal "
                       "experiment did not run or kept too few pairs.", rule, {})
-    table = cc.tables["flip_rates"]
+    table = headline(cc.tables["flip_rates"])
     task = "squares" if "squares" in rv.summary else next(k for k in rv.summary if isinstance(rv.summary[k], dict)
                                                            and k != "protocol")
     parts, numbers, scores = [], {}, []
@@ -156,13 +156,30 @@ def _claim_vision(results: dict[str, StudyResult]) -> dict[str, Any]:
         return _claim(1, title, "cannot be assessed", "Claim 1 cannot be assessed: no orientation has both "
                       "experiments.", rule, {})
     verdict = {2: "supported", 1: "partly supported", 0: "not supported"}[min(scores)]
-    sentence = f"Claim 1 is {verdict} by this model: " + "; ".join(parts) + "."
+    sentence = (f"Claim 1 is {verdict} by this model: criss-cross on {cc.summary['headline']}, " + "; ".join(parts)
+                + "." + _other_tasks(cc))
     probes = results.get("position_probes")
     for orientation, acc in (probes.summary.get("by_orientation", {}) if probes else {}).items():
         sentence += (f" The {orientation} position probe (fitted on object tokens) names the strip of background "
                      f"tokens with accuracy {_f(acc.get('background_accuracy'))} (object tokens "
                      f"{_f(acc.get('object_accuracy'))}; chance 0.33).")
     return _claim(1, title, verdict, sentence, rule, numbers)
+
+
+def _other_tasks(cc: StudyResult) -> str:
+    """A sentence on the criss-cross tasks beyond the headline: strip and object flips at the LM input per
+    orientation, and the tasks skipped with why."""
+    table, first = cc.tables["flip_rates"], cc.summary["headline"]
+    out = ""
+    for task, part in (table[table.task != first].groupby("task", sort=False) if "task" in table else ()):
+        at_input = part[part.layer == part[part.region != "none"].layer.iloc[0]]
+        flips = [f"{o} strip {_f(float(rows[rows.region == 'strip'].flip_rate.iloc[0]))} / object "
+                 f"{_f(float(rows[rows.region == 'object'].flip_rate.iloc[0]))} ({int(rows.n.iloc[0])} pairs)"
+                 for o, rows in at_input.groupby("orientation", sort=False) if o != "all"]
+        out += f" Criss-cross on {task}, at the LM input: " + ", ".join(flips) + "."
+    for task, why in cc.summary.get("skipped", {}).items():
+        out += f" Criss-cross on {task} has nothing to measure: {why}."
+    return out
 
 
 def _claim_backup(results: dict[str, StudyResult]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlmlens.models.toy.organisms import ORGANISMS, Expected
+from vlmlens.study.common import headline
 from vlmlens.study.compare import ORIENTATIONS, Run, compare, load_run
 from vlmlens.study.report import _table_html, reproduce
 
@@ -38,6 +39,7 @@ STATUSES = ("recovered", "consistent", "inconsistent", "contradicted")
 def _flips(run: Run, region: str, peak: bool) -> Reading:
     """Criss-cross flip rate of ``region`` swaps at the LM input (``hook_embed``), or at the layer where it peaks."""
     table = run.table("criss_cross", "flip_rates")
+    table = None if table is None else headline(table)
     out: Reading = {}
     for orientation in ORIENTATIONS:
         rows = table[(table.orientation == orientation) & (table.region == region)] if table is not None else []
