@@ -41,7 +41,7 @@ from vlmlens.scenes.shifted import room, shift_entities
 from vlmlens.stats import mean_ci
 from vlmlens.study.common import COLUMN, ROW, StudyResult, by_orientation, pick_pairs
 from vlmlens.study.criss_cross import flip_table
-from vlmlens.study.position_probes import _activations, _paper_probe
+from vlmlens.study.probing import SITE, activations, paper_probe
 from vlmlens.study.protocol import Plan, bands_for, resolve
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 NAME = "absolute_vs_relative"
 DEFAULT_N = None  # every colour triple for the probes; the protocol's pairs per direction for the swaps
-SITE = "vision_projector.hook_out"
 SWAP_SITE = "blocks.0.hook_resid_pre"
 ORIENTATIONS = {ROW: "horizontal", COLUMN: "vertical"}
 
@@ -133,7 +132,7 @@ def _probe_readings(model: VLM, plan: Plan, by_shift: dict[int, list[Scene]], n:
     """Fit at shift 0 on the training triples, read at every shift on the held-out ones (see the module)."""
     from vlmlens import engine
     max_batch = max_batch or engine.default_max_batch(model)
-    fit = _paper_probe if plan.protocol.probe.get("kind") == "linear" else probe
+    fit = paper_probe if plan.protocol.probe.get("kind") == "linear" else probe
     k, spec = plan.geometry.object_tokens, model.site(SITE)
     rows = []
     for slots, ids in by_orientation(by_shift[0]).items():
@@ -147,7 +146,7 @@ def _probe_readings(model: VLM, plan: Plan, by_shift: dict[int, list[Scene]], n:
             scenes = by_shift[d]
             chosen = train + test if d == 0 else test
             batch = model.prepare([scenes[i] for i in chosen])
-            acts = _activations(model, batch, SITE, max_batch, bar)
+            acts = activations(model, batch, SITE, max_batch, bar)
             x, relative, along = _tokens(batch, acts, spec, list(range(len(chosen))), slots)
             if d == 0:
                 n_train = int(sum(len(batch.layouts[j].positions(f"object:{s}", spec.layout_space)) for j in

@@ -49,7 +49,7 @@ from vlmlens.interventions import Intervention, Scale
 from vlmlens.plot import curves
 from vlmlens.stats import mean_ci
 from vlmlens.study.common import ORIENTATIONS, StudyResult, answers_under, orientation_of, retotal, stimuli
-from vlmlens.study.position_probes import _paper_probe
+from vlmlens.study.probing import paper_probe
 from vlmlens.study.protocol import family_of, resolve
 
 if TYPE_CHECKING:
@@ -273,7 +273,7 @@ def train_probe(features: Float[Tensor, "item 2 d"], truths: Sequence[str], seed
         return features[ids].reshape(-1, features.shape[-1]), [w for i in ids for w in labels[i]]
 
     x_train, y_train = rows(train)
-    fitted = _paper_probe(x_train, y_train, test=rows(test), seed=seed)
+    fitted = paper_probe(x_train, y_train, test=rows(test), seed=seed)
     # the classes are sorted: (left, right) and (above, below), the official column order
     weights = torch.zeros(features.shape[-1], 2)
     for k, word in enumerate((first, second)):

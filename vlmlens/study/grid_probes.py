@@ -28,7 +28,7 @@ from vlmlens.directions import probe
 from vlmlens.scenes import COLOURS, STUDY_COLOURS
 from vlmlens.scenes.grids import grid_scenes
 from vlmlens.study.common import StudyResult
-from vlmlens.study.position_probes import SITE, _activations, _object_tokens, _paper_probe, held_out_grids
+from vlmlens.study.probing import SITE, activations, held_out_grids, object_tokens, paper_probe
 from vlmlens.study.protocol import PALETTE, SHAPE_ORDER, resolve
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, sizes: Sequence[in
     palette = PALETTE if paper else {c: COLOURS[c] for c in STUDY_COLOURS}  # probing/src/config.py::COLOR_RGB
     looks = list(zip(palette, SHAPE_ORDER, strict=True))  # config.py::SHAPE_COLOR_PAIRS
     n = n or 90
-    fit = _paper_probe if paper else probe
+    fit = paper_probe if paper else probe
     max_batch = max_batch or engine.default_max_batch(model)
     spec = model.site(site)
     rows, heat, boxes = [], [], []
@@ -77,14 +77,14 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, sizes: Sequence[in
     for k in sizes:
         scenes = grid_scenes(k, plan.geometry, plan.spacing, looks, n, seed, palette)
         batch = model.prepare(scenes)
-        acts = _activations(model, batch, site, max_batch, bar)
+        acts = activations(model, batch, site, max_batch, bar)
         split = int((1 - test_fraction) * n)
         train, test = list(range(split)), list(range(split, n))
         cells = list(scenes[0].meta["cells"])
         for axis in CLASSES:
             label = labels_of(k, axis)
-            x_train, y_train = _object_tokens(batch, acts, spec, train, cells, label)
-            x_test, y_test = _object_tokens(batch, acts, spec, test, cells, label)
+            x_train, y_train = object_tokens(batch, acts, spec, train, cells, label)
+            x_test, y_test = object_tokens(batch, acts, spec, test, cells, label)
             fitted = fit(x_train, y_train, test=(x_test, y_test), seed=seed)
             rows.append({"k": k, "axis": axis, "classes": len(fitted.classes), "cells": len(cells),
                          "accuracy": fitted.accuracy, "ci_low": fitted.ci[0], "ci_high": fitted.ci[1],

@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from itertools import permutations
 from pathlib import Path
@@ -27,15 +26,15 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from vlmlens import engine
-from vlmlens.directions import Probe, encode_labels, probe
+from vlmlens.directions import probe
 from vlmlens.probes import apply_to_patches
 from vlmlens.scenes.entities import entity_scene
-from vlmlens.stats import bootstrap_ci, mean_ci
+from vlmlens.stats import mean_ci
 from vlmlens.study.common import COLUMN, ROW, StudyResult, by_orientation, stimuli
+from vlmlens.study.probing import SITE, activations, held_out_grids, object_tokens, paper_probe
 from vlmlens.study.protocol import resolve
 from vlmlens.study.whatsup import probe_items
 
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
 
 NAME = "position_probes"
 DEFAULT_N = None  # the protocol's: every triple per orientation (paper), 192 scenes (vlmlens)
-SITE = "vision_projector.hook_out"
 ORIENTATIONS = {ROW: "horizontal", COLUMN: "vertical"}
 
 
@@ -82,11 +80,11 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squar
         extra = probe_items(plan, whatsup, seed)
         groups["whatsup"] = (ROW, list(range(n, n + len(extra))))
         scenes = scenes + extra
-    fit = _paper_probe if paper else probe
+    fit = paper_probe if paper else probe
     max_batch = max_batch or engine.default_max_batch(model)
     bar = tqdm(total=len(scenes) + min(n_heatmap, n) * len(groups), desc=NAME, unit="image")
     batch = model.prepare(scenes)
-    acts = _activations(model, batch, site, max_batch, bar)
+    acts = activations(model, batch, site, max_batch, bar)
     spec = model.site(site)
     rows, heat, boxes = [], [], []
     summary: dict = {"n": n, "site": site, "probe_accuracy": {}, "protocol": plan.to_json()}
@@ -95,8 +93,8 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squar
         if paper and orientation != "whatsup":
             ids = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
         train, test = ids[:-k], ids[-k:]
-        x_train, y_train = _object_tokens(batch, acts, spec, train, slots)
-        x_test, y_test = _object_tokens(batch, acts, spec, test, slots)
+        x_train, y_train = object_tokens(batch, acts, spec, train, slots)
+        x_test, y_test = object_tokens(batch, acts, spec, test, slots)
         if len(set(y_train)) < len(slots) or not len(y_test):
             continue
         fitted = fit(x_train, y_train, test=(x_test, y_test), seed=seed)
@@ -130,68 +128,6 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squar
     tables = {"accuracy": table, "heatmap": pd.DataFrame(heat, columns=["orientation", "cls", "row", "col", "prob"]),
               "boxes": pd.DataFrame(boxes, columns=["orientation", "name", "row0", "col0", "row1", "col1"])}
     return StudyResult(tables, figures(tables), summary, name=NAME)
-
-
-def held_out_grids(model: VLM, fitted: Probe, acts: Float[torch.Tensor, "example pos d"], batch: Batch,
-                   ids: list[int], site: str) -> dict[str, Float[torch.Tensor, "rows cols"]]:
-    """Per class, the probe's probability on every patch averaged over the examples ``ids`` (their
-    activations ``acts`` at ``site``, from `_activations`): the official heatmap.
-
-    Example:
-        >>> acts = _activations(model, batch, SITE, 16, tqdm(disable=True))
-        >>> fitted = probe(acts[:, 0], [s.direction for s in batch.scenes])
-        >>> held_out_grids(model, fitted, acts, batch, [0, 1], SITE)["left"].shape
-        torch.Size([10, 10])
-    """
-    cache, sub = {model.site(site).name: acts[ids]}, batch[ids]
-    return {cls: apply_to_patches(fitted, cache, site, sub, model, cls=cls).nanmean(0) for cls in fitted.classes}
-
-
-def _paper_probe(x: torch.Tensor, labels: list, test: tuple[torch.Tensor, list], seed: int = 0) -> Probe:
-    """The official probe (``probing/``): ``Wh+b`` on raw features, AdamW (lr 1e-3, weight decay 1e-4),
-    200 full-batch epochs of cross-entropy; accuracy on ``test``.
-
-    Example:
-        >>> x = torch.randn(90, 4); y = [("a", "b", "c")[i % 3] for i in range(90)]; x[:, 0] += torch.arange(90) % 3
-        >>> _paper_probe(x, y, (x, y)).classes
-        ['a', 'b', 'c']
-    """
-    codes, classes = encode_labels(list(labels) + list(test[1]))
-    y_train, y_test = codes[:len(x)], codes[len(x):]
-    torch.manual_seed(seed)
-    layer = torch.nn.Linear(x.shape[1], len(classes))
-    optimiser = torch.optim.AdamW(layer.parameters(), lr=1e-3, weight_decay=1e-4)
-    with torch.enable_grad():
-        for _ in range(200):
-            optimiser.zero_grad()
-            torch.nn.functional.cross_entropy(layer(x.float()), y_train).backward()
-            optimiser.step()
-    d = x.shape[1]
-    fitted = Probe(layer.weight.detach(), layer.bias.detach(), classes, 0.0, (0.0, 0.0), torch.zeros(d), torch.ones(d))
-    right = (fitted.predict(test[0]) == y_test).float()
-    return replace(fitted, accuracy=float(right.mean()), ci=tuple(bootstrap_ci(right).tolist()))
-
-
-def _activations(model: VLM, batch: Batch, site: str, max_batch: int, bar: tqdm) -> torch.Tensor:
-    """Every example's activations at ``site`` (on the CPU), in chunks."""
-    parts = []
-    for start in range(0, len(batch), max_batch):
-        part = batch[start:start + max_batch]
-        parts.append(engine.cache(model, part, [site])[model.site(site).name].float().cpu())
-        bar.update(len(part))
-    return torch.cat(parts)
-
-
-def _object_tokens(batch: Batch, acts: torch.Tensor, spec, ids: list[int], slots: Sequence[str],
-                   label: Mapping[str, str] | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Per-token features of the objects' tokens and their classes: the slot names, or ``label[slot]``."""
-    feats, labels = [], []
-    for i in ids:
-        for slot in slots:
-            where = batch.layouts[i].positions(f"object:{slot}", spec.layout_space, spec.prefix)
-            feats.append(acts[i, where])
-            labels += [label[slot] if label else slot] * len(where)
-    return (torch.cat(feats) if feats else torch.zeros(0, acts.shape[-1])), labels
 
 
 def _strip_accuracy(fitted, batch: Batch, acts: torch.Tensor, spec, ids: list[int], slots: tuple[str, ...],
