@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vlmlens.plot import frame_heatmap
 from vlmlens.study.common import NoPairs, StudyResult, answers_under, by_orientation, pick_pairs
-from vlmlens.study.criss_cross import KINDS, flip_table, pool, sites_of
+from vlmlens.study.criss_cross import COLUMNS, KINDS, flip_table, pool, sites_of
 from vlmlens.study.protocol import resolve
 from vlmlens.study.remove_vision_order import removal
 
@@ -64,8 +64,7 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, task: str = "squar
         clean, cf = pick_pairs(model, pool(model, plan, n, seed, task), plan, n, seed, only_correct,
                                accept=lambda a, b: right_removed(a) & right_removed(b))
     except NoPairs as err:  # the removal leaves no pair answered right: no backup to measure (claim 2 says so)
-        empty = pd.DataFrame(columns=["condition", "orientation", "site", "layer", "region", "flip_rate", "ci_low",
-                                      "ci_high", "accuracy", "n"])
+        empty = pd.DataFrame(columns=["condition", *COLUMNS])
         return StudyResult({"flip_rates": empty}, {}, {"n_kept": 0, "why": str(err), "only_correct": only_correct,
                                                       "protocol": plan.to_json()}, name=NAME)
     per_pair = 1 + len(KINDS) * len(sites)
