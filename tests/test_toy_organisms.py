@@ -25,7 +25,7 @@ N_PAIRS = 128
 FLOOR = 0.95
 ORIENTATIONS = ("horizontal", "vertical")
 #: Known shortfalls of the shipped weights (measured, see each card): below the floor, not yet retrained.
-SHORT_OF_FLOOR = {("toy-sequence", "relation"): "toy-sequence's 900 steps reach relation 0.84 (left/right 0.67/0.78): "
+SHORT_OF_FLOOR = {("toy-sequence", "relation"): "toy-sequence's 2000 steps reach relation 0.885 (left/right 0.80/0.83): "
                   "reading left/right from raster order needs longer training"}
 #: Every intervention group of a chunk in one pass.
 MAX_BATCH = 512

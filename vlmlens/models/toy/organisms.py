@@ -88,7 +88,7 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
             "sequence order, or any mix. Use the organisms (`toy-sequence`, `toy-content`, `toy-background`) to "
             "check that an experiment tells those apart.")}),
     Organism(
-        "toy-sequence", "position from sequence order only", vision_positions=False, steps=900,
+        "toy-sequence", "position from sequence order only", vision_positions=False, steps=2000,
         mixture=({"squares": 4, "shapes": 4, "relation": 24},) * 2,
         expected=(Expected("criss_cross.object_at_input", high=0.05),
                   Expected("criss_cross.strip_at_input", high=0.05),
