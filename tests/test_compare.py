@@ -14,7 +14,7 @@ from vlmlens.cli import app
 from vlmlens.models.toy.organisms import ORGANISMS, Expected
 from vlmlens.study import reproduce
 from vlmlens.study.compare import claims_table, compare, load_run, side_by_side
-from vlmlens.study.validate import MEASURES, check, grade
+from vlmlens.study.validate import MEASURES, check, grade, needed, validate
 
 runner = CliRunner()
 
@@ -118,3 +118,16 @@ def test_every_planted_measure_is_one_validate_can_read() -> None:
         for expected in organism.expected:
             assert expected.measure in MEASURES or expected.measure.startswith("claim."), expected
     assert {name for name, o in ORGANISMS.items() if o.expected} == {"toy-sequence", "toy-content", "toy-background"}
+
+
+def test_validate_runs_what_the_expectations_read_and_grades_every_one(tmp_path: Path) -> None:
+    """End to end on one organism at a small n: one row per expectation and orientation, every run folder
+    holds exactly the experiments `needed` names, and the page and JSON are written."""
+    result = validate(out=tmp_path, n=4, organisms=["toy-sequence"], protocol="vlmlens")
+    expected = ORGANISMS["toy-sequence"].expected
+    assert len(result.table) == sum(1 if e.verdict else 2 for e in expected)
+    assert set(result.table.status) <= {"recovered", "consistent", "inconsistent", "contradicted"}
+    assert "not run" not in set(result.table.recovered)  # every measure found its numbers
+    ran = {p.name for p in (tmp_path / "toy-sequence").iterdir() if p.is_dir()}
+    assert ran == set(needed("toy-sequence")) == {"behaviour", "criss_cross", "remove_vision_order", "position_probes"}
+    assert result.path.exists() and json.loads((tmp_path / "validation.json").read_text())["rows"]

@@ -161,10 +161,12 @@ def validate_organisms(out: Path = typer.Option(Path("validation"), help="folder
                                                                    "all)"),
                        protocol: str = typer.Option("paper", help=PROTOCOL_HELP),
                        strict: bool = typer.Option(False, help="exit with status 1 if any planted outcome is "
-                                                               "contradicted")) -> None:
+                                                               "contradicted"),
+                       everything: bool = typer.Option(False, help="run every experiment on each organism, not only "
+                                                                   "those its expectations read")) -> None:
     """Run the study on every model organism and grade what it recovers against what training planted."""
     from vlmlens.study.validate import validate
-    result = validate(out=out, n=n, seed=seed, organisms=organism or None, protocol=protocol)
+    result = validate(out=out, n=n, seed=seed, organisms=organism or None, protocol=protocol, everything=everything)
     typer.echo(result.table.to_string(index=False))
     typer.echo(str(result.path))
     if strict and len(result.contradicted):

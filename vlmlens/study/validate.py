@@ -37,14 +37,14 @@ STATUSES = ("recovered", "consistent", "inconsistent", "contradicted")
 
 
 def _flips(run: Run, region: str, peak: bool) -> Reading:
-    """Criss-cross flip rate of ``region`` swaps at the LM input (``hook_embed``), or at the layer where it peaks."""
+    """Criss-cross flip rate of ``region`` swaps at the LM input (layer ``embed``), or at the layer where it peaks."""
     table = run.table("criss_cross", "flip_rates")
     table = None if table is None else headline(table)
     out: Reading = {}
     for orientation in ORIENTATIONS:
         rows = table[(table.orientation == orientation) & (table.region == region)] if table is not None else []
         if len(rows):
-            row = rows.loc[rows.flip_rate.idxmax()] if peak else rows[rows.site == "hook_embed"].iloc[0]
+            row = rows.loc[rows.flip_rate.idxmax()] if peak else rows[rows.layer == "embed"].iloc[0]
             out[orientation] = (float(row.flip_rate), float(row.ci_low), float(row.ci_high))
     return out
 
@@ -76,6 +76,27 @@ MEASURES: dict[str, Callable[[Run], Reading]] = {
     "remove_vision_order.drop": _drop,
     "position_probes.background_weakest": _weakest_background_strip,
 }
+
+
+#: The experiments each claim's verdict reads (`report.assess`).
+CLAIM_READS = {1: ("criss_cross", "remove_vision_order", "position_probes"), 2: ("backup_mechanism",),
+               3: ("global_amplification", "coco_amplification")}
+
+
+def needed(name: str) -> list[str]:
+    """The experiments organism ``name``'s expectations read, with behaviour first (Table 1 on the page), in
+    the study's order.
+
+    Example:
+        >>> needed("toy-sequence")
+        ['behaviour', 'criss_cross', 'remove_vision_order', 'position_probes']
+    """
+    from vlmlens.study import EXPERIMENTS
+    wanted = {"behaviour"}
+    for expected in ORGANISMS[name].expected:
+        head, rest = expected.measure.split(".", 1)
+        wanted |= set(CLAIM_READS[int(rest)]) if head == "claim" else {head}
+    return [e for e in EXPERIMENTS if e in wanted]
 
 
 def grade(expected: Expected, estimate: float, low: float, high: float) -> str:
@@ -146,10 +167,12 @@ class Validation:
 
 
 def validate(out: str | Path = "validation", n: int | None = None, seed: int = 0,
-             organisms: Sequence[str] | None = None, protocol: str = "paper", device: str | None = None) -> Validation:
+             organisms: Sequence[str] | None = None, protocol: str = "paper", device: str | None = None,
+             everything: bool = False) -> Validation:
     """Run `reproduce` on each organism (default: every one with expectations) into ``out/<name>``, grade its
     expectations, and write ``out/validation.html`` (the graded table above the runs side by side) and
-    ``out/validation.json``.
+    ``out/validation.json``. Each run holds the experiments its expectations read (`needed`), or all of them
+    with ``everything``.
 
     Example:
         >>> validate(out="validation", n=16, organisms=["toy-nope"])
@@ -165,7 +188,8 @@ def validate(out: str | Path = "validation", n: int | None = None, seed: int = 0
     folder = Path(out)
     tables = []
     for name in names:
-        reproduce(name, out=folder / name, n=n, device=device, seed=seed, protocol=protocol)
+        reproduce(name, out=folder / name, n=n, device=device, seed=seed, protocol=protocol,
+                  experiments=None if everything else needed(name))
         tables.append(check(name, load_run(folder / name)))
     table = pd.concat(tables, ignore_index=True)
     counts = table.status.value_counts()
