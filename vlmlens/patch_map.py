@@ -190,7 +190,8 @@ def patch_map(model: VLM, scenes: Batch | Scene | Sequence[Scene], site: str = "
     ``how``: ``"mean"`` ablation (the token takes its slot's mean over the batch: in distribution, the default),
     ``"zero"`` ablation, or ``"patch"`` (the tokens take ``source``'s, a batch or scenes paired by index).
     ``regions``: ``"cells"`` (each ``block x block`` block of the main token grid; ``block`` must divide the grid),
-    ``"objects"`` (each object, and the background) or ``"strips"`` (each object's row or column band). ``method``: ``"exact"`` runs one edit per region and example
+    ``"objects"`` (each object, and the background) or ``"strips"`` (each object's row or column band; both need
+    the same object names in every example). ``method``: ``"exact"`` runs one edit per region and example
     on the engine; ``"attribution"`` estimates all of them from one forward and backward pass (`attribute`).
     Tiled models (LLaVA-NeXT) are mapped on their main grid (the tiles); each token is drawn on the pixels it sees.
 
