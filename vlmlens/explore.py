@@ -478,7 +478,7 @@ class ExploreView:
 
     def _map(self) -> None:
         """Compute the patch map of the current site and edit, and draw it under the rest."""
-        self.map_status.value = f"computing the patch map at <code>{self.explorer.site}</code>..."
+        self.map_status.value = f"computing the effect of each patch at <code>{self.explorer.site}</code>..."
         if not self._call(self.explorer.patch_map):
             self.map_status.value = self.status.value
             self.map_box.children = [self.map_status]
@@ -528,8 +528,8 @@ class ExploreView:
                 f"<b>patch map</b>: {html.escape(pm.effects.metric)} change when {pm.how}-editing each of the "
                 f"{rows}x{cols} patches at <code>{html.escape(pm.site)}</code>; largest "
                 f"{float(pm.mean.flatten()[top]):+.3f} at patch ({top // cols}, {top % cols})")
-            figure = pm.heatmap(title="")
-            figure.update_layout(width=520, height=460, margin=dict(l=10, r=10, t=10, b=10))
+            figure = pm.heatmap()
+            figure.update_layout(title_text="", width=520, height=460, margin=dict(l=10, r=10, t=10, b=10))
             self.map_box.children = [self.map_status, go.FigureWidget(figure)]
         if what == "run" and ex.after is not None:
             self.bars.data[1].y = [ex.after[c] for c in ex.before]
