@@ -101,8 +101,8 @@ class PatchMap:
 
         Example:
             >>> pm = vl.patch_map(model, vl.scenes.generate(2, seed=0, task="squares"), block=5)
-            >>> pm.to_pandas().iloc[0][["row", "col", "x0", "x1"]].tolist()
-            [0, 0, 0.0, 8.0]
+            >>> pm.to_pandas().loc[11, ["row", "col", "x0", "y0", "x1", "y1"]].astype(float).tolist()
+            [1.0, 1.0, 8.0, 8.0, 16.0, 16.0]
         """
         rows, cols = self.mean.shape
         rects = _main_rects(self.layouts[0], clip=False)
@@ -183,12 +183,15 @@ class PatchMap:
 def patch_map(model: VLM, scenes: Batch | Scene | Sequence[Scene], site: str = "vision_projector.hook_out",
               how: str = "mean", source: Batch | Sequence[Scene] | None = None,
               metric: Callable[..., Tensor] | None = None, method: str = "exact", block: int = 1,
-              regions: str = "cells", max_batch: int | None = None, progress: bool = False) -> PatchMap:
+              regions: str = "cells", max_batch: int | None = None, progress: bool = False,
+              reference: Batch | Sequence[Scene] | None = None) -> PatchMap:
     """The effect on the answer (``metric``, default `vlmlens.metrics.LogitDiff`) of editing each image patch at
     ``site``, as a `PatchMap`.
 
     ``how``: ``"mean"`` ablation (the token takes its slot's mean over the batch: in distribution, the default),
     ``"zero"`` ablation, or ``"patch"`` (the tokens take ``source``'s, a batch or scenes paired by index).
+    ``reference`` (exact mean ablation only): the scenes or batch whose mean the tokens take instead of the batch's
+    own, e.g. to map one example (whose own mean is itself).
     ``regions``: ``"cells"`` (each ``block x block`` block of the main token grid; ``block`` must divide the grid),
     ``"objects"`` (each object, and the background) or ``"strips"`` (each object's row or column band; both need
     the same object names in every example). ``method``: ``"exact"`` runs one edit per region and example
@@ -207,10 +210,14 @@ def patch_map(model: VLM, scenes: Batch | Scene | Sequence[Scene], site: str = "
     batch = _batch(model, scenes, "patch_map's scenes")
     metric = LogitDiff() if metric is None else metric
     paired = _source(model, source, how, batch)
+    if reference is not None and (how != "mean" or method != "exact"):
+        raise ValueError(f"reference= gives exact mean ablations their mean; it does not go with how={how!r}, "
+                         f"method={method!r} (attribution's mean is the batch's own)")
+    means = None if reference is None else _batch(model, reference, "patch_map's reference")
     names, labels, region_of = _regions(batch, regions, block)
     if method == "exact":
-        edits = [Patch(site, region=name, source=paired) if how == "patch" else Ablate(site, region=name, how=how)
-                 for name in names]
+        edits = [Patch(site, region=name, source=paired) if how == "patch" else
+                 Ablate(site, region=name, how=how, reference=means) for name in names]
         effects = sweep(model, batch, [Labelled(iv, label) for iv, label in zip(edits, labels, strict=True)],
                         metric, max_batch=max_batch, progress=progress)
     else:
