@@ -169,6 +169,19 @@ def test_map_of_patching_from_an_identical_scene_is_zero(model, scenes):
     assert pm.how == "patch" and torch.allclose(pm.mean, torch.zeros_like(pm.mean), atol=1e-5)
 
 
+def test_mean_map_takes_the_reference_scenes_mean(explorer, model):
+    explorer.set_kind("ablate_mean")
+    pm = explorer.patch_map(block=5)  # one scene: a mean over the batch itself would change nothing
+    top = int(pm.mean.abs().flatten().argmax())
+    r, c = divmod(top, pm.mean.shape[1])
+    region = pm.effects.labels[int(pm.region_of[0, r, c])]["region"]
+    metric, batch = vl.metrics.LogitDiff(), explorer.batch
+    alone = vl.Ablate(explorer.site, region=region, how="mean", reference=explorer.reference())
+    change = metric(model.run(batch, alone)[:, -1], batch, model) - metric(model.run(batch)[:, -1], batch, model)
+    assert pm.how == "mean" and float(pm.mean.abs().max()) > 0
+    assert float(pm.mean[r, c]) == pytest.approx(float(change[0]), abs=1e-4)
+
+
 def test_cell_regions_cover_exactly_the_cells():
     import random
     rng = random.Random(0)

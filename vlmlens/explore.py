@@ -54,7 +54,7 @@ KINDS: dict[str, str] = {
 }
 LAYER = "{layer}"
 #: The kinds a patch map can apply to each patch in turn, as `vlmlens.patch_map.patch_map`'s ``how``.
-MAP_HOWS: dict[str, str] = {"ablate_zero": "zero", "patch": "patch"}
+MAP_HOWS: dict[str, str] = {"ablate_zero": "zero", "ablate_mean": "mean", "patch": "patch"}
 
 
 def site_families(model: VLM) -> dict[str, list[int]]:
@@ -329,7 +329,8 @@ class Explorer:
             raise ValueError(f"a patch map applies the edit to each patch in turn, for the edits "
                              f"{[KINDS[k] for k in MAP_HOWS]}; the edit now is {KINDS[self.kind]!r}")
         self.map = patch_map(self.model, self.batch, site=self.site, how=how,
-                             source=self.second if how == "patch" else None, block=block)
+                             source=self.second if how == "patch" else None,
+                             reference=self.reference() if how == "mean" else None, block=block)
         self._changed("map")
         return self.map
 
