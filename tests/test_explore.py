@@ -142,6 +142,46 @@ def test_given_direction_is_scaled(explorer, model):
     assert "direction=<tensor" in explorer.describe()
 
 
+def test_map_gives_one_effect_per_patch_for_the_current_site_and_edit(explorer, model):
+    explorer.set_site("blocks.{layer}.hook_resid_post")
+    explorer.set_layer(1)
+    explorer.set_kind("ablate_zero")
+    explorer.select_region("object")  # the selection plays no part in a map
+    pm = explorer.patch_map()
+    rows, cols = explorer.grid
+    assert (pm.site, pm.how, pm.method) == ("blocks.1.hook_resid_post", "zero", "exact") and explorer.map is pm
+    assert pm.mean.shape == (rows, cols) and bool(torch.isfinite(pm.mean).all())
+    assert [label["region"] for label in pm.effects.labels] == [f"cells:{r}:{r + 1},{c}:{c + 1}"
+                                                                for r in range(rows) for c in range(cols)]
+    top = int(pm.mean.abs().flatten().argmax())  # the patch that matters most, edited alone by hand
+    r, c = divmod(top, cols)
+    metric, batch = vl.metrics.LogitDiff(), explorer.batch
+    alone = vl.Ablate("blocks.1.hook_resid_post", region=f"cells:{r}:{r + 1},{c}:{c + 1}", how="zero")
+    change = metric(model.run(batch, alone)[:, -1], batch, model) - metric(model.run(batch)[:, -1], batch, model)
+    assert float(pm.mean.abs().max()) > 0 and float(pm.mean[r, c]) == pytest.approx(float(change[0]), abs=1e-4)
+    explorer.set_kind("scale")
+    with pytest.raises(ValueError, match="each patch in turn"):
+        explorer.patch_map()
+
+
+def test_map_of_patching_from_an_identical_scene_is_zero(model, scenes):
+    pm = Explorer(model, scenes[0], scenes[0], kind="patch").patch_map()
+    assert pm.how == "patch" and torch.allclose(pm.mean, torch.zeros_like(pm.mean), atol=1e-5)
+
+
+def test_mean_map_takes_the_reference_scenes_mean(explorer, model):
+    explorer.set_kind("ablate_mean")
+    pm = explorer.patch_map(block=5)  # one scene: a mean over the batch itself would change nothing
+    top = int(pm.mean.abs().flatten().argmax())
+    r, c = divmod(top, pm.mean.shape[1])
+    region = pm.effects.labels[int(pm.region_of[0, r, c])]["region"]
+    metric, batch = vl.metrics.LogitDiff(), explorer.batch
+    alone = vl.Ablate(explorer.site, region=region, how="mean", reference=explorer.reference())
+    change = metric(model.run(batch, alone)[:, -1], batch, model) - metric(model.run(batch)[:, -1], batch, model)
+    assert pm.how == "mean" and float(pm.mean.abs().max()) > 0
+    assert float(pm.mean[r, c]) == pytest.approx(float(change[0]), abs=1e-4)
+
+
 def test_cell_regions_cover_exactly_the_cells():
     import random
     rng = random.Random(0)
@@ -182,3 +222,12 @@ def test_the_widgets_call_the_handlers(model, scenes):
     view._call(ex.set_layer, 99)  # an error lands in the status line, not in a hidden log
     assert "ValueError" in view.status.value
     assert "application/vnd.jupyter.widget-view+json" in view._repr_mimebundle_()
+    view.map_button.click()  # scale has no map: the reason shows where the map would be
+    assert "ValueError" in view.map_status.value and view.map_box.children == (view.map_status,)
+    view.kind.value = "ablate_zero"
+    view.map_button.click()
+    pm = ex.map
+    assert pm is not None and pm.site == ex.site and pm.mean.shape == ex.grid
+    assert "patch map" in view.map_status.value and ex.site in view.map_status.value
+    figure = view.map_box.children[-1]
+    assert [trace.type for trace in figure.data] == ["image", "heatmap"]

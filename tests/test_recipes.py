@@ -55,11 +55,20 @@ def check_layer_region_heatmap(out: Path) -> None:
     assert effects.values.shape == (4 * LM_LAYERS, 8) and effects.clean.mean() > 0  # the toy prefers its answer
 
 
+def check_patch_map(out: Path) -> None:
+    assert "plotly" in (out / "map.html").read_text()[:100_000]
+    cells = pd.read_csv(out / "cells.csv")
+    assert len(cells) == 100 and cells[["x0", "y0", "x1", "y1"]].max().tolist() == [72.0, 72.0, 80.0, 80.0]
+    effects = vl.Effects.load(out / "effects.json")
+    assert len(effects.labels) == 25 and effects.metric == "attribution:LogitDiff"
+
+
 CHECKS: dict[str, tuple[list[str], Callable[[Path], None]]] = {
     "ablate_background.py": (["--n", "16"], check_ablate_background),
     "strip_swap.py": ([], check_strip_swap),
     "amplify_direction.py": (["--n", "16", "--n-probe", "64"], check_amplify_direction),
     "layer_region_heatmap.py": (["--n", "8"], check_layer_region_heatmap),
+    "patch_map.py": (["--n", "4", "--block", "2", "--method", "attribution"], check_patch_map),
 }
 
 

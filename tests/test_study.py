@@ -49,6 +49,9 @@ COLUMNS = {
                                                 "ci_high", "n"],
                              "swaps": ["orientation", "shift", "region", "flip_rate", "ci_low", "ci_high", "accuracy",
                                        "n"]},
+    "patch_maps": {"cells": ["task", "row", "col", "region", "x0", "y0", "x1", "y1", "effect"],
+                   "boxes": ["task", "name", "x0", "y0", "x1", "y1"],
+                   "shares": ["task", "method", "block", "clean", "effect_share", "area_share"]},
 }
 #: columns that hold a rate or probability
 UNIT = {"accuracy", "ci_low", "ci_high", "chance", "prob", "mean", "flip_rate", "dev_accuracy", "test_accuracy",
@@ -177,6 +180,15 @@ def test_figures_redraw_from_the_saved_tables(report):
     for name, module in EXPERIMENTS.items():
         tables = {key: pd.read_csv(folder / name / f"{key}.csv") for key in report.results[name].tables}
         assert set(module.figures(tables)) == set(report.results[name].figures)
+
+
+def test_patch_maps_put_the_effect_on_the_entities_and_draw_it_over_the_image(report):
+    result = report.results["patch_maps"]
+    shares = result.tables["shares"]
+    assert "squares" in shares.task.tolist() and (shares.effect_share > 2 * shares.area_share).all(), shares
+    fig = result.figures["map_squares"]
+    assert [trace.type for trace in fig.data] == ["image", "heatmap"] and len(fig.layout.shapes) == 3
+    assert "Patch maps (mean ablation" in report.path.read_text()
 
 
 def test_criss_cross_swaps_write_the_counterfactuals_mirrored_tokens(model):

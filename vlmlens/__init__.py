@@ -28,11 +28,13 @@ from vlmlens.interventions import (
 from vlmlens.layout import Layout, RegionError
 from vlmlens.metrics import Accuracy, FlipRate, IndirectEffect, LogitDiff, Prob, StrictAccuracy, Top1Accuracy
 from vlmlens.models import VLM, load, supported_families
+from vlmlens.patch_map import PatchMap, patch_map
 from vlmlens.plan import Plan, plan
 from vlmlens.sites import UnknownSiteError
 
 __all__ = ["Ablate", "Accuracy", "attribute", "Batch", "Cache", "Compose", "directions", "Effects", "evaluate",
            "Evaluation", "explore", "FlipRate", "grid", "IndirectEffect", "Intervention", "Layout", "load",
-           "LogitDiff", "Patch", "Plan", "plan", "Prob", "probes", "random_directions", "RegionError",
+           "LogitDiff", "Patch", "PatchMap", "patch_map", "Plan", "plan", "Prob", "probes", "random_directions",
+           "RegionError",
            "Scale", "ScaleAttention", "scenes", "Steer", "StrictAccuracy", "supported_families",
            "SwapDirection", "sweep", "Top1Accuracy", "UnknownSiteError", "VLM", "where_correct"]

@@ -87,7 +87,8 @@ def _experiment(name: str) -> ModuleType:
 def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_token_patching, position_probes, "
                                                               "grid_probes, criss_cross, remove_vision_order, "
                                                               "backup_mechanism, global_amplification, "
-                                                              "coco_amplification or absolute_vs_relative"),
+                                                              "coco_amplification, absolute_vs_relative or "
+                                                              "patch_maps"),
                    model: str = typer.Option("toy", help="'toy', a Hugging Face id, or a local folder"),
                    n: int | None = typer.Option(None, min=1,
                                                 help="scenes (or pairs); default: the experiment's own"),

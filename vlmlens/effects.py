@@ -372,6 +372,12 @@ def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: str
         total.backward()
         if inputs is None:  # the clean run itself (steps=1)
             clean, acts = score(logits[:, -1].detach(), batch, model), {n: cache[n].detach() for n in names}
+        blind = [n for n in names if cache[n].grad is None]
+        if blind:
+            raise ValueError(f"attribute gets no gradient at {blind}: on this model the site is a per-example view of "
+                             "the tower's stack (tiles, or every image's patches on one axis), which the forward "
+                             "pass does not read on; attribute at an LM site (e.g. hook_embed), or run the exact "
+                             "sweep there")
         grads = {n: grads.get(n, 0) + cache[n].grad / len(paths) for n in names}
         model.hf.zero_grad(set_to_none=True)
     if paths[0] is not None:

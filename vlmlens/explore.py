@@ -1,7 +1,7 @@
 """Interactive patching: choose image tokens, a site, a layer and an edit; rerun; compare the answers.
 
 `Explorer` holds the state and has one handler per control (``select_region``, ``toggle_patch``,
-``set_site``, ``set_layer``, ``set_kind``, ``set_alpha``, ``run``) and no widget code, so it runs and
+``set_site``, ``set_layer``, ``set_kind``, ``set_alpha``, ``run``, ``patch_map``) and no widget code, so it runs and
 tests without a browser. `explore` draws it in a notebook with ipywidgets and a plotly ``FigureWidget``
 whose controls call those handlers (``pip install "vlmlens[notebook]"``).
 
@@ -14,6 +14,8 @@ Example:
     >>> ex.run().columns.tolist()
     ['candidate', 'before', 'after']
     >>> ex.toggle_patch(*cells[0]) == cells[1:]  # a click on a selected cell deselects it
+    True
+    >>> ex.patch_map().mean.shape == ex.grid  # the same edit on every patch in turn: one effect each
     True
 """
 
@@ -37,6 +39,7 @@ from vlmlens.metrics import candidate_probs
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
     from vlmlens.models.vlm import VLM
+    from vlmlens.patch_map import PatchMap
     from vlmlens.scenes import Scene
 
 Cell = tuple[int, int]
@@ -50,6 +53,8 @@ KINDS: dict[str, str] = {
     "none": "no edit",
 }
 LAYER = "{layer}"
+#: The kinds a patch map can apply to each patch in turn, as `vlmlens.patch_map.patch_map`'s ``how``.
+MAP_HOWS: dict[str, str] = {"ablate_zero": "zero", "ablate_mean": "mean", "patch": "patch"}
 
 
 def site_families(model: VLM) -> dict[str, list[int]]:
@@ -145,6 +150,7 @@ class Explorer:
         self.before = self.probabilities(None)
         self.after: dict[str, float] | None = None
         self.last: Intervention | None = None
+        self.map: PatchMap | None = None
 
     # -- what is selected ---------------------------------------------------------------------------
     @property
@@ -313,6 +319,21 @@ class Explorer:
         self._changed("run")
         return self.table()
 
+    def patch_map(self, block: int = 1) -> PatchMap:
+        """The causal patch map of the current site and edit on the scene: the edit applied to each patch (or
+        each ``block x block`` block) in turn, and its effect on the answer (`vlmlens.patch_map.patch_map`,
+        exact). The selection plays no part: the map covers every patch."""
+        from vlmlens.patch_map import patch_map
+        how = MAP_HOWS.get(self.kind)
+        if how is None:
+            raise ValueError(f"a patch map applies the edit to each patch in turn, for the edits "
+                             f"{[KINDS[k] for k in MAP_HOWS]}; the edit now is {KINDS[self.kind]!r}")
+        self.map = patch_map(self.model, self.batch, site=self.site, how=how,
+                             source=self.second if how == "patch" else None,
+                             reference=self.reference() if how == "mean" else None, block=block)
+        self._changed("map")
+        return self.map
+
     def table(self) -> pd.DataFrame:
         """Candidates with their probabilities before and (after a run) after the edit."""
         after = self.after or {}
@@ -422,8 +443,12 @@ class ExploreView:
         self.alpha = w.FloatSlider(value=ex.alpha, min=-4.0, max=16.0, step=0.5, description="alpha")
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.clear_button = w.Button(description="Clear selection")
+        self.map_button = w.Button(description="Map", icon="th")
         self.status = w.HTML()
         self.results = w.HTML()
+        self.map_status = w.HTML()
+        self.map_box = w.VBox([self.map_status])
+        self.map_box.add_class("vlmlens-map")
         self.region.observe(lambda c: c["new"] and self._call(ex.select_region, c["new"]), "value")
         self.site.observe(lambda c: self._call(ex.set_site, c["new"]), "value")
         self.layer.observe(lambda c: c["new"] is not None and self._call(ex.set_layer, c["new"]), "value")
@@ -431,6 +456,7 @@ class ExploreView:
         self.alpha.observe(lambda c: self._call(ex.set_alpha, c["new"]), "value")
         self.run_button.on_click(lambda _: self._call(ex.run))
         self.clear_button.on_click(lambda _: self._call(ex.clear))
+        self.map_button.on_click(lambda _: self._map())
         ex.listeners.append(self._refresh)
         pictures = [w.HTML(f"<b>scene</b>: {ex.scene.question} &rarr; <b>{ex.scene.answer}</b>")]
         if ex.second_scene is not None:
@@ -438,8 +464,8 @@ class ExploreView:
             pictures.append(w.HTML(f"<b>second scene</b> (patch source): answer <b>{ex.second_scene.answer}</b><br>"
                                    + image_html(second)))
         controls = w.VBox([self.region, self.site, self.layer, self.kind, self.alpha,
-                           w.HBox([self.run_button, self.clear_button]), self.status, *pictures])
-        self.widget = w.VBox([w.HBox([self.image, controls]), w.HBox([self.bars, self.results])])
+                           w.HBox([self.run_button, self.map_button, self.clear_button]), self.status, *pictures])
+        self.widget = w.VBox([w.HBox([self.image, controls]), w.HBox([self.bars, self.results]), self.map_box])
         self._refresh("all")
 
     def _mask(self) -> list[list[int]]:
@@ -451,16 +477,25 @@ class ExploreView:
         for x, y in zip(points.xs, points.ys, strict=False):
             self._call(self.explorer.toggle_patch, int(round(y)), int(round(x)))
 
-    def _call(self, handler: Callable[..., Any], *args: Any) -> None:
-        """Run a handler; show what went wrong in the status line rather than in a hidden log."""
+    def _map(self) -> None:
+        """Compute the patch map of the current site and edit, and draw it under the rest."""
+        self.map_status.value = f"computing the effect of each patch at <code>{self.explorer.site}</code>..."
+        if not self._call(self.explorer.patch_map):
+            self.map_status.value = self.status.value
+            self.map_box.children = [self.map_status]
+
+    def _call(self, handler: Callable[..., Any], *args: Any) -> bool:
+        """Run a handler; show what went wrong in the status line rather than in a hidden log. True if it ran."""
         if self._updating:  # a control changed because the view refreshed it, not because of the user
-            return
+            return False
         try:
             handler(*args)
         except Exception as err:  # noqa: BLE001  (any failure belongs in front of the user)
             import html
             message = html.escape(f"{type(err).__name__}: {err}")
             self.status.value = f'<span style="color:#c0392b">{message}</span>'
+            return False
+        return True
 
     def _refresh(self, what: str) -> None:
         self._updating = True
@@ -485,6 +520,18 @@ class ExploreView:
         self.status.value = (f"{n_cells} cell{'' if n_cells == 1 else 's'} selected, "
                              f"{n_tokens} token{'' if n_tokens == 1 else 's'} at "
                              f"<code>{html.escape(ex.site)}</code><br><code>{html.escape(text)}</code>")
+        if what == "map" and ex.map is not None:
+            import plotly.graph_objects as go
+            pm = ex.map
+            rows, cols = pm.mean.shape
+            top = int(pm.mean.abs().nan_to_num(0).argmax())
+            self.map_status.value = (
+                f"<b>patch map</b>: {html.escape(pm.effects.metric)} change when {pm.how}-editing each of the "
+                f"{rows}x{cols} patches at <code>{html.escape(pm.site)}</code>; largest "
+                f"{float(pm.mean.flatten()[top]):+.3f} at patch ({top // cols}, {top % cols})")
+            figure = pm.heatmap()
+            figure.update_layout(title_text="", width=520, height=460, margin=dict(l=10, r=10, t=10, b=10))
+            self.map_box.children = [self.map_status, go.FigureWidget(figure)]
         if what == "run" and ex.after is not None:
             self.bars.data[1].y = [ex.after[c] for c in ex.before]
             rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{ex.before[c]:.3f}</td><td>{ex.after[c]:.3f}</td></tr>"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from vlmlens.checks import closest, suggest
@@ -69,6 +69,38 @@ class BoxMap:
         return (float(x0 * self.scale_x - self.offset_x), float(y0 * self.scale_y - self.offset_y),
                 float(x1 * self.scale_x - self.offset_x), float(y1 * self.scale_y - self.offset_y))
 
+    def invert(self, rects: Float[Tensor, "n 4"]) -> Float[Tensor, "n 4"]:
+        """Rectangles ``(x0, y0, x1, y1)`` on the processed image back on the original image's pixels.
+
+        Example:
+            >>> BoxMap(scale_x=2.0, scale_y=2.0, offset_x=4.0, offset_y=0.0).invert(torch.tensor([[0., 0., 8., 10.]]))
+            tensor([[2., 0., 6., 5.]])
+        """
+        offset = torch.tensor([self.offset_x, self.offset_y] * 2)
+        scale = torch.tensor([self.scale_x, self.scale_y] * 2)
+        return (rects.float() + offset) / scale
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where one grid of image tokens lies on the original image: its cells' size (width, height) in
+    processed-image pixels and the `BoxMap` from original to processed pixels.
+
+    Example:
+        >>> half = Geometry(cell=(8.0, 8.0), box_map=BoxMap(scale_x=0.5, scale_y=0.5))  # processed at half size
+        >>> half.rects(rows=torch.tensor([1]), cols=torch.tensor([2]))
+        tensor([[32., 16., 48., 32.]])
+    """
+
+    cell: tuple[float, float]
+    box_map: BoxMap = BoxMap()
+
+    def rects(self, rows: Int[Tensor, " tok"], cols: Int[Tensor, " tok"]) -> Float[Tensor, "tok 4"]:
+        """Each cell's rectangle ``(x0, y0, x1, y1)`` in original-image pixels."""
+        cw, ch = self.cell
+        processed = torch.stack([cols * cw, rows * ch, (cols + 1) * cw, (rows + 1) * ch], -1).float()
+        return self.box_map.invert(processed)
+
 
 def resize_crop_map(image_size: tuple[int, int], size: Mapping[str, int] | None,
                     crop_size: Mapping[str, int] | None) -> tuple[BoxMap, tuple[int, int]]:
@@ -113,6 +145,9 @@ class Layout:
     a site picks one by name (`SiteSpec.index`). A vision-site region is the union of its tokens'
     patches, in token grid order, each token's patches in the order of its map.
     ``covers[name]`` marks the tokens whose cell overlaps that object's box with positive area.
+    ``geometry`` says where each grid's cells lie on the original image (one `Geometry` per grid, main grid
+    first), ``image_size`` is the original (width, height) and ``boxes`` the objects' boxes on it: `pixels`
+    reads them.
 
     Tiled models see one image at two resolutions (LLaVA-NeXT's base image and tiles, Idefics3's
     global image and crops). Their tokens lie on several grids: ``part[t]`` says which (0: ``grid``,
@@ -139,6 +174,9 @@ class Layout:
     vision_index: Mapping[str, Int[Tensor, "tok k"]] = field(default_factory=dict, compare=False)
     part: Int[Tensor, " tok"] | None = field(default=None, compare=False)
     grids: tuple[tuple[int, int], ...] = ()
+    geometry: tuple[Geometry, ...] = field(default=(), compare=False)
+    image_size: tuple[int, int] | None = field(default=None, compare=False)
+    boxes: Mapping[str, Box] = field(default_factory=dict, compare=False)
 
     def _parts(self) -> Int[Tensor, " tok"]:
         return torch.zeros_like(self.rows) if self.part is None else self.part
@@ -155,6 +193,31 @@ class Layout:
     @property
     def n_image_tokens(self) -> int:
         return int(self.rows.numel())
+
+    def pixels(self, clip: bool = True) -> Float[Tensor, "tok 4"]:
+        """Each image token's rectangle ``(x0, y0, x1, y1)`` on the original image, in pixels: its cell mapped
+        back through the processor's resize, crop, padding, merging and tiling (tiled models: a base-view
+        token and the tile tokens over the same place cover the same pixels). ``clip`` cuts the rectangles to
+        the image (a token of padding becomes an empty rectangle on the image's edge).
+
+        Example:
+            >>> lay = batch.layouts[0]  # the toy: 80x80 px scenes, 8 px patches
+            >>> lay.pixels()[[0, 11]].tolist()
+            [[0.0, 0.0, 8.0, 8.0], [8.0, 8.0, 16.0, 16.0]]
+        """
+        if not self.geometry:
+            raise ValueError(f"example {self.example}'s layout has no geometry (it was built without "
+                             "grid_layout); its tokens cannot be placed on the image")
+        part = self._parts()
+        out = torch.zeros(self.n_image_tokens, 4)
+        for p, geometry in enumerate(self.geometry):
+            mine = part == p
+            out[mine] = geometry.rects(self.rows[mine], self.cols[mine])
+        if clip and self.image_size is not None:
+            width, height = self.image_size
+            out = torch.stack([out[:, 0].clamp(0, width), out[:, 1].clamp(0, height),
+                               out[:, 2].clamp(0, width), out[:, 3].clamp(0, height)], -1)
+        return out
 
     def mask(self, region: str) -> Bool[Tensor, " tok"]:
         """Which image tokens belong to an image region (raises for text regions)."""
@@ -317,8 +380,11 @@ def overlap(box: Box, rows: Tensor, cols: Tensor, cell: tuple[float, float]) -> 
 
 def grid_layout(rows: int, cols: int, cell: tuple[float, float], boxes: Mapping[str, Box],
                 seq_positions: Iterable[int], seq_len: int, text_positions: Iterable[int] | None = None,
-                axis: Axis | None = None, example: int = 0) -> Layout:
+                axis: Axis | None = None, example: int = 0, box_map: BoxMap = BoxMap(),
+                image_size: tuple[int, int] | None = None, original_boxes: Mapping[str, Box] | None = None) -> Layout:
     """Layout of one row-major ``rows x cols`` grid of image tokens; boxes in processed-image pixels.
+    ``box_map`` maps the original image (``image_size``, with ``original_boxes`` on it) onto the processed
+    one, for `Layout.pixels` (default: the processed image is the original).
 
     Example:
         >>> grid_layout(1, 2, (8, 8), {}, [0, 1], seq_len=3).n_image_tokens
@@ -336,7 +402,9 @@ def grid_layout(rows: int, cols: int, cell: tuple[float, float], boxes: Mapping[
         text = torch.as_tensor(list(text_positions), dtype=torch.long)
     covers = {name: overlap(box, r, c, cell) for name, box in boxes.items()}
     return Layout(grid=(rows, cols), rows=r, cols=c, seq_pos=seq, vision_pos=flat, covers=covers,
-                  seq_len=seq_len, text_pos=text, axis=axis, example=example)
+                  seq_len=seq_len, text_pos=text, axis=axis, example=example,
+                  geometry=(Geometry((float(cell[0]), float(cell[1])), box_map),), image_size=image_size,
+                  boxes=dict(boxes if original_boxes is None else original_boxes))
 
 
 def axis_of(direction: str | None) -> Axis | None:
@@ -372,5 +440,5 @@ def stack_layouts(parts: Sequence[Layout]) -> Layout:
         covers={name: cat([p.covers[name] for p in parts]) for name in first.covers},
         vision_index={name: cat([p.vision_index[name] for p in parts]) for name in first.vision_index},
         part=torch.cat([torch.full_like(p.rows, i) for i, p in enumerate(parts)]),
-        grids=tuple(p.grid for p in parts[1:]))
+        grids=tuple(p.grid for p in parts[1:]), geometry=tuple(g for p in parts for g in p.geometry))
 

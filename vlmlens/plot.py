@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -221,4 +221,62 @@ def patch_grid(frame: pd.DataFrame, panel: str, value: str = "prob", boxes: pd.D
                          row=1, col=k + 1)
     fig.update_xaxes(constrain="domain")
     fig.update_layout(title=title)
+    return fig
+
+
+def patch_overlay(frame: pd.DataFrame, value: str = "mean", image: Any = None,
+                  boxes: Mapping[str, Sequence[float]] | pd.DataFrame | None = None,
+                  size: tuple[int, int] | None = None, title: str = "", opacity: float = 0.6,
+                  limit: float | None = None) -> go.Figure:
+    """Per-token values drawn on the image's pixels: the image (a PIL image; None: a blank canvas of ``size``)
+    under a translucent RdBu heatmap centred at 0 whose cells are the tokens' rectangles (``row, col, x0, y0, x1,
+    y1`` columns, original-image pixels, as `vlmlens.patch_map.PatchMap.to_pandas` gives), boxes
+    (``{name: (x0, y0, x1, y1)}`` or a table with ``name, x0, y0, x1, y1``) outlined.
+
+    Example:
+        >>> import pandas as pd
+        >>> cells = pd.DataFrame({"row": [0, 0, 1, 1], "col": [0, 1, 0, 1], "x0": [0, 5, 0, 5], "y0": [0, 0, 4, 4],
+        ...                       "x1": [5, 10, 5, 10], "y1": [4, 4, 8, 8], "mean": [0.0, -1.0, 0.5, 0.0]})
+        >>> fig = patch_overlay(cells, boxes={"cup": (5, 0, 10, 4)}, size=(10, 8))
+        >>> fig.data[-1].x, fig.data[-1].y, fig.layout.shapes[0].x0   # cell edges in pixels; the box
+        ((0.0, 5.0, 10.0), (0.0, 4.0, 8.0), 5)
+    """
+    import base64
+    import io
+    for column in ("row", "col", "x0", "y0", "x1", "y1", value):
+        if column not in frame.columns:
+            raise ValueError(f"patch_overlay needs a {column!r} column (a table like PatchMap.to_pandas()); the "
+                             f"table has {list(frame.columns)}")
+    grid = frame.pivot_table(index="row", columns="col", values=value, aggfunc="mean", dropna=False)
+    first_row, first_col = frame[frame.row == frame.row.min()], frame[frame.col == frame.col.min()]
+    x_edges = [*first_row.sort_values("col").x0.astype(float), float(first_row.x1.astype(float).max())]
+    y_edges = [*first_col.sort_values("row").y0.astype(float), float(first_col.y1.astype(float).max())]
+    z = grid.to_numpy(dtype=float)
+    if limit is None:
+        limit = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    hover = f"row %{{customdata[0]}}, col %{{customdata[1]}}<br>{value}=%{{z:.3g}}"
+    custom = np.stack(np.meshgrid(grid.index, grid.columns, indexing="ij"), -1).astype(object)
+    if "ci_low" in frame and "ci_high" in frame:
+        lows = frame.pivot_table(index="row", columns="col", values="ci_low", aggfunc="mean", dropna=False)
+        highs = frame.pivot_table(index="row", columns="col", values="ci_high", aggfunc="mean", dropna=False)
+        custom = np.concatenate([custom, np.stack([lows.to_numpy(), highs.to_numpy()], -1)], -1)
+        hover += "<br>95% CI [%{customdata[2]:.3g}, %{customdata[3]:.3g}]"
+    fig = go.Figure()
+    if image is not None:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="PNG")
+        size = size or image.size
+        fig.add_trace(go.Image(source="data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(),
+                               x0=0.5, y0=0.5, dx=1, dy=1, hoverinfo="skip"))
+    fig.add_trace(go.Heatmap(z=z, x=x_edges, y=y_edges, colorscale="RdBu", zmid=0, zmin=-(limit or 1.0),
+                             zmax=limit or 1.0, opacity=opacity, customdata=custom,
+                             hovertemplate=hover + "<extra></extra>", colorbar=dict(title=value)))
+    listed = list(boxes[["name", "x0", "y0", "x1", "y1"]].itertuples(index=False, name=None)) \
+        if isinstance(boxes, pd.DataFrame) else [(name, *box) for name, box in (boxes or {}).items()]
+    for name, x0, y0, x1, y1 in listed:
+        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line=dict(color="black", width=2), name=str(name))
+    width, height = size or (x_edges[-1], y_edges[-1])
+    fig.update_xaxes(range=[0, width], constrain="domain", showgrid=False, zeroline=False)
+    fig.update_yaxes(range=[height, 0], scaleanchor="x", constrain="domain", showgrid=False, zeroline=False)
+    fig.update_layout(title=title, plot_bgcolor="white")
     return fig

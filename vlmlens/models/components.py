@@ -205,7 +205,8 @@ class ExampleTokens:
         tokens sit at ``seq_pos`` (default: all the example's image tokens, in order)."""
         return grid_layout(rows, cols, cell, {name: box_map.map(box) for name, box in self.boxes.items()},
                            self.image_pos if seq_pos is None else seq_pos, seq_len=self.ids.shape[0],
-                           text_positions=self.text_pos, axis=self.axis, example=self.index)
+                           text_positions=self.text_pos, axis=self.axis, example=self.index, box_map=box_map,
+                           image_size=self.image.size, original_boxes=self.boxes)
 
 
 class GridAdapter(Adapter):

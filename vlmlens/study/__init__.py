@@ -11,6 +11,7 @@
 ``global_amplification``    scaling the probe-found spatial component over image tokens (fix rate)
 ``coco_amplification``      the same as the paper ran it: the official COCO pipeline (Table 2)
 ``absolute_vs_relative``    control: shifted triples; do probes and swaps follow relative order or the grid?
+``patch_maps``              the effect of mean-ablating each patch, over one image per task
 ==========================  ====================================================================
 
 Each module also has ``figures(tables)``, which redraws its figures from its tables (e.g. read back from
@@ -38,6 +39,7 @@ from vlmlens.study import (
     global_amplification,
     grid_probes,
     last_token_patching,
+    patch_maps,
     position_probes,
     remove_vision_order,
 )
@@ -48,9 +50,9 @@ from vlmlens.study.report import reproduce
 EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (behaviour, last_token_patching, position_probes, grid_probes,
                                                             criss_cross, remove_vision_order, backup_mechanism,
                                                             global_amplification, coco_amplification,
-                                                            absolute_relative)}
+                                                            absolute_relative, patch_maps)}
 
 
 __all__ = ["EXPERIMENTS", "StudyResult", "absolute_relative", "backup_mechanism", "behaviour", "coco_amplification",
-           "criss_cross", "global_amplification", "grid_probes", "last_token_patching", "position_probes",
+           "criss_cross", "global_amplification", "grid_probes", "last_token_patching", "patch_maps", "position_probes",
            "remove_vision_order", "reproduce"]
