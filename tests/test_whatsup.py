@@ -209,3 +209,13 @@ def test_criss_cross_without_whatsup_photos_says_what_it_needs(tmp_path, toy):
     for folder in (tmp_path / "missing", tmp_path):
         with pytest.raises(ValueError, match=r"\{object\}_left_of_\{middle\}.jpeg and \{object\}_right_of"):
             criss_cross.run(toy, n=2, tasks=[], whatsup=folder, only_correct=False)
+
+
+
+def test_reproduce_gives_criss_cross_the_folder(folder, toy, tmp_path, monkeypatch):
+    run = criss_cross.run  # the synthetic tasks left out: their exhaustive pools take minutes on the toy
+    monkeypatch.setattr(criss_cross, "run", lambda model, **kw: run(model, **kw, tasks=[], only_correct=False))
+    report = reproduce(model=toy, out=tmp_path, n=1, experiments=["criss_cross"], whatsup=folder)
+    table = report.results["criss_cross"].tables["flip_rates"]
+    assert set(table.task) == {"whatsup"} and (table.n == 2).all()
+    assert (tmp_path / "criss_cross" / "flip_rates.csv").exists()
