@@ -20,7 +20,7 @@ from vlmlens.checks import choice
 PROTOCOL_HELP = ("paper: as the authors' code ran it (prompts, top-1 over the vocabulary, centred layouts, strip "
                  "bands); vlmlens: vlmlens's own")
 WHATSUP_HELP = ("a folder of What'sUp Controlled_Images photos ({object}_left_of_{middle}.jpeg, ...): adds the study's "
-                "What'sUp composites to behaviour and the position probes")
+                "What'sUp composites to behaviour, the position probes and criss-cross")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Spatial-reasoning interpretability for VLMs.")
 #: what a user's mistake raises (a bad name, value, path or type): one line, not a traceback
 USER_ERRORS = (ValueError, TypeError, LookupError, OSError)
@@ -106,7 +106,7 @@ def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_t
     module = _experiment(experiment)
     choice("protocol", protocol, PROTOCOLS)
     if whatsup is not None and module.NAME not in WHATSUP:
-        raise ValueError(f"--whatsup goes with {' or '.join(WHATSUP)}, not {module.NAME}")
+        raise ValueError(f"--whatsup goes with {', '.join(WHATSUP[:-1])} or {WHATSUP[-1]}, not {module.NAME}")
     extra = {"whatsup": whatsup} if whatsup is not None else {}
     result = module.run(load(model, device=device, dtype=dtype), n=module.DEFAULT_N if n is None else n,
                         seed=seed, protocol=protocol, **extra)

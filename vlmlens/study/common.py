@@ -179,40 +179,43 @@ def pick_pairs(model: VLM, made: Sequence[tuple[Scene, Scene]], plan: Plan, n: i
 
     The paper's protocol (``plan.protocol.pairs_per_direction``) shuffles the pool per direction (``seed``)
     and takes pairs in order until ``n`` (default 50) per direction are kept; vlmlens's filters the first
-    ``n`` pairs of the pool. Raises `NoPairs` when none is kept.
+    ``n`` pairs of the pool. ``made`` may make its pairs when read (then ``made.directions`` lists their
+    directions, e.g. `WhatsUpPairs`): only the pairs drawn are made. Raises `NoPairs` when none is kept.
     """
     import numpy as np
     quota = n or plan.protocol.pairs_per_direction
     if plan.protocol.pairs_per_direction is None:
-        made = list(made)[:n]
-        queues = {"all": list(range(len(made)))}
-        quota = len(made)
+        queues = {"all": list(range(len(made)))[:n]}
+        quota = len(queues["all"])
     else:
         rng = np.random.default_rng(seed)
         queues = {}
-        for i, (clean, _) in enumerate(made):
-            queues.setdefault(clean.direction, []).append(i)
+        # a lazy pool (pairs made when read) says its directions without making them
+        for i, direction in enumerate(getattr(made, "directions", None) or [c.direction for c, _ in made]):
+            queues.setdefault(direction, []).append(i)
         queues = {d: [ids[j] for j in rng.permutation(len(ids))] for d, ids in queues.items()}
-    kept: list[int] = []
+    kept: list[tuple[Scene, Scene]] = []
     for ids in queues.values():
-        got, start = [], 0
+        got: list[tuple[Scene, Scene]] = []
+        start = 0
         while len(got) < quota and start < len(ids):
             take = ids[start:start + max(8, 2 * (quota - len(got)))]
             start += len(take)
+            pairs = [made[i] for i in take]
             if not only_correct:
-                got += take
+                got += pairs
                 continue
-            clean, cf = model.prepare([made[i][0] for i in take]), model.prepare([made[i][1] for i in take])
+            clean, cf = model.prepare([c for c, _ in pairs]), model.prepare([f for _, f in pairs])
             right = _right(model, clean, plan.metric) & _right(model, cf, plan.metric)
             if accept is not None:
                 right &= accept(clean, cf)
-            got += [i for i, ok in zip(take, right.tolist(), strict=True) if ok]
+            got += [pair for pair, ok in zip(pairs, right.tolist(), strict=True) if ok]
         kept += got[:quota]
     if not kept:
         raise NoPairs(f"none of the {len(made)} pairs drawn is answered right on both sides by {model.name}"
                       f"{' and under the extra condition' if accept is not None else ''} ({plan.metric!r} metric); "
                       "draw more pairs (n) or keep every pair (only_correct=False)")
-    return model.prepare([made[i][0] for i in kept]), model.prepare([made[i][1] for i in kept])
+    return model.prepare([c for c, _ in kept]), model.prepare([f for _, f in kept])
 
 
 def _right(model: VLM, batch: Batch, rule: str) -> Tensor:

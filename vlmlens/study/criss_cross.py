@@ -14,6 +14,10 @@ tokens and vice versa (two `Patch` edits composed with ``+``, ``source_region``)
 Horizontal (left/right) and vertical (above/below) pairs are reported apart: they behave differently.
 Every task runs on its own pairs (the paper's squares, shapes and objects; the first is the headline the
 report's claim reads); a task the model answers no pair of is skipped and named, with why, in the summary.
+With ``whatsup=`` (a folder of What'sUp Controlled_Images photos) the task ``whatsup`` joins them, as the
+official code runs it: stitched composites (t0, middle, t2) and their mirror, left/right only, on the
+official per-(model, middle) regions (`study.whatsup.criss_cross_pairs`; a scene's ``meta["strips"]``
+names its own strips); its summary lists the regions used and every deviation.
 
 The swapped-in tokens show the *same colours* as the clean ones at each slot; only where the tokens say
 they are differs. If the answer moves to the counterfactual's, the swapped tokens carried the order.
@@ -26,7 +30,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -50,6 +55,7 @@ from vlmlens.study.common import (
     stimuli,
 )
 from vlmlens.study.protocol import Plan, resolve
+from vlmlens.study.whatsup import criss_cross_pairs as whatsup_pairs
 
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
@@ -59,7 +65,7 @@ if TYPE_CHECKING:
 NAME = "criss_cross"
 DEFAULT_N = None  # the protocol's: 50 pairs per direction (paper), 128 pairs (vlmlens)
 KINDS = ("object", "strip")
-#: The paper's criss-cross tasks (its cf_pairs: squares, shapes, objects; What'sUp needs the photos).
+#: The paper's criss-cross tasks (its cf_pairs: squares, shapes, objects; What'sUp joins with ``whatsup=``).
 TASKS = ("squares", "shapes", "objects")
 Before = Callable[["Batch", tuple[str, ...]], list[Intervention]]
 COLUMNS = ["orientation", "site", "layer", "region", "flip_rate", "ci_low", "ci_high", "accuracy", "n"]
@@ -72,28 +78,39 @@ def sites_of(model: VLM, plan: Plan | None = None) -> list[str]:
     return ["hook_embed", *(f"blocks.{layer}.hook_resid_pre" for layer in model.lm_layers)]
 
 
-def region_of(kind: str, slot: str, slots: Sequence[str], plan: Plan | None) -> str:
-    """The region a swap edits: the entity's cells, or its strip (the plan's band, or ``strip:<slot>``)."""
-    if kind == "object" or plan is None:
+def region_of(kind: str, slot: str, slots: Sequence[str], plan: Plan | None,
+              strips: Mapping[str, str] | None = None) -> str:
+    """The region a swap edits: the entity's cells, or its strip (the scenes' own ``strips``, else the plan's
+    band, or ``strip:<slot>`` under vlmlens's protocol)."""
+    if kind == "object" or plan is None or plan.protocol.strips == "object":
         return f"{kind}:{slot}"
+    if strips and slot in strips:
+        return strips[slot]
     return plan.strip(slot, "column" if tuple(slots) == COLUMN else "row")
 
 
-def swap(site: str, kind: str, slots: Sequence[str], source, plan: Plan | None = None) -> Compose:
+def swap(site: str, kind: str, slots: Sequence[str], source, plan: Plan | None = None,
+         strips: Mapping[str, str] | None = None) -> Compose:
     """Clean first slot <- source's last slot, and clean last slot <- source's first slot, at ``site``.
 
     Example:
         >>> swap("hook_embed", "strip", ("left", "middle", "right"), source=batch)
         Patch('hook_embed', region='strip:left', source=<Batch n=16>, source_region='strip:right') + Patch(...)
     """
-    first, last = (region_of(kind, slot, slots, plan) for slot in (slots[0], slots[-1]))
+    first, last = (region_of(kind, slot, slots, plan, strips) for slot in (slots[0], slots[-1]))
     return (Patch(site, region=first, source=source, source_region=last)
             + Patch(site, region=last, source=source, source_region=first))
 
 
-def pool(model: VLM, plan: Plan, n: int | None, seed: int, task: str) -> list:
+def pool(model: VLM, plan: Plan, n: int | None, seed: int, task: str, whatsup: str | Path | None = None) -> Sequence:
     """Candidate criss-cross pairs: every item of the plan's pool (paper: seven colours, or the objects) or
-    ``n`` sampled scenes (vlmlens)."""
+    ``n`` sampled scenes (vlmlens); task ``whatsup``: the composites from the ``whatsup`` folder (made when
+    read), shuffled for a protocol that takes the first ``n``."""
+    if task == "whatsup":
+        if whatsup is None:
+            raise ValueError("task 'whatsup' needs whatsup= (a folder of What'sUp Controlled_Images photos)")
+        shuffle = seed if plan.protocol.pairs_per_direction is None else None
+        return whatsup_pairs(model, plan, whatsup, seed=shuffle)
     if plan.protocol.layout == "centred":
         return criss_cross_pairs(plan.scenes(task, colours=plan.pool(task)))
     return criss_cross_pairs(stimuli(model, n or 128, seed=seed, task=task))
@@ -106,14 +123,19 @@ def swap_scores(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds
     ``[(kind, site) for kind in kinds for site in sites]``; ``before(sub_batch, slots)`` gives edits applied
     first to both sides (e.g. removing the vision encoder's ordering signal), whose counterfactual run
     feeds the swaps. Each orientation runs as its own part, so region names mean one slot throughout."""
-    parts = by_orientation(clean.scenes or ())
-    slots_of = {i: slots for slots, ids in parts.items() for i in ids}
+    scenes = clean.scenes or ()
+    parts: dict[tuple, list[int]] = {}  # per orientation, and per set of the scenes' own strips (What'sUp)
+    for slots, ids in by_orientation(scenes).items():
+        for i in ids:
+            parts.setdefault((slots, tuple(sorted(scenes[i].meta.get("strips", {}).items()))), []).append(i)
+    key_of = {i: key for key, ids in parts.items() for i in ids}
 
     def build(ids: list[int], sub: Batch) -> list[list[Intervention]]:
-        slots = slots_of[ids[0]]
+        slots, strips = key_of[ids[0]]
         pre = before(sub, slots) if before else []
         source = engine.cache(model, cf[ids], sites, before(cf[ids], slots) if before else None)
-        return [pre] + [[*pre, swap(site, kind, slots, source, plan)] for kind in kinds for site in sites]
+        return [pre] + [[*pre, swap(site, kind, slots, source, plan, dict(strips))] for kind in kinds
+                        for site in sites]
 
     return answers_under(model, clean, build, parts=list(parts.values()), max_batch=max_batch, bar=bar)
 
@@ -141,11 +163,13 @@ def flip_table(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds:
 
 
 def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[str] = TASKS,
-        only_correct: bool = True, protocol: str = "paper", max_batch: int | None = None) -> StudyResult:
+        only_correct: bool = True, protocol: str = "paper", max_batch: int | None = None,
+        whatsup: str | Path | None = None) -> StudyResult:
     """Flip rate per task, orientation and layer for object-only vs strip swaps, on the pairs answered right
     on both sides (``only_correct=False``: on every pair); ``n``: pairs per direction (paper) or in all
-    (vlmlens), per task. A task with no such pair is skipped (``summary["skipped"]`` says why); with none in
-    any task, `NoPairs` is raised.
+    (vlmlens), per task. ``whatsup`` (a folder of What'sUp Controlled_Images photos) adds the task
+    ``whatsup`` after ``tasks`` (horizontal only; its summary adds ``regions``, ``deviations``). A task with
+    no such pair is skipped (``summary["skipped"]`` says why); with none in any task, `NoPairs` is raised.
 
     Table ``flip_rates``: task, orientation (horizontal / vertical / all), site, layer ("embed" = LM input,
     then block numbers; "none" = no swap), region (object / strip), flip_rate, ci_low, ci_high, accuracy
@@ -155,9 +179,10 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
     plan = resolve(model, protocol)
     sites = sites_of(model, plan)
     tables, summary, skipped = [], {}, {}
-    for task in tasks:
+    for task in [*tasks, *(["whatsup"] if whatsup is not None else [])]:
+        made = pool(model, plan, n, seed, task, whatsup)
         try:
-            clean, cf = pick_pairs(model, pool(model, plan, n, seed, task), plan, n, seed, only_correct)
+            clean, cf = pick_pairs(model, made, plan, n, seed, only_correct)
         except NoPairs as err:
             skipped[task] = str(err)
             continue
@@ -165,7 +190,7 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
         table = flip_table(model, clean, cf, sites, max_batch=max_batch, bar=bar, plan=plan)
         bar.close()
         tables.append(table.assign(task=task)[["task", *COLUMNS]])
-        summary[task] = summarise_flips(table, len(clean))
+        summary[task] = summarise_flips(table, len(clean)) | dict(getattr(made, "notes", {}))
     if not tables:
         raise NoPairs("; ".join(f"{task}: {why}" for task, why in skipped.items()))
     headline = next(iter(summary))

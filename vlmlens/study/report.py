@@ -41,7 +41,7 @@ NO_FLIPS = 0.2     # ... and "does not flip" when at most this share does, at ev
 DROP = 0.1         # removing the vision order "drops accuracy" by at least this much (CIs apart)
 BACKUP = FLIPPING  # under removal, object swaps "flip at intermediate layers" from this share up
 MIN_PAIRS = 5      # fewer filtered pairs than this: the claim cannot be assessed
-WHATSUP = ("behaviour", "position_probes")  # the experiments a What'sUp folder adds composites to
+WHATSUP = ("behaviour", "position_probes", "criss_cross")  # the experiments a What'sUp folder adds composites to
 
 
 @dataclass
@@ -61,7 +61,8 @@ def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | N
     """Run every experiment (each with its default n, or ``n``) and write ``out/report.html``, one CSV
     per table and ``out/summary.json``. ``model`` skips loading; ``experiments`` runs a subset;
     ``benchmarks`` (name -> scenes) are extra evaluation sets for global amplification; ``whatsup`` (a
-    folder of What'sUp Controlled_Images photos) adds the What'sUp composites to behaviour and the probes.
+    folder of What'sUp Controlled_Images photos) adds the What'sUp composites to behaviour, the probes and
+    criss-cross.
 
     Example:
         >>> report = reproduce(model=model, out="study_out", n=16, experiments=["behaviour"])
