@@ -849,6 +849,18 @@ def test_object_regions_are_the_tokens_covering_the_box(loaded):
         assert got == per_example, site
 
 
+def test_pixels_overlap_a_box_exactly_for_the_tokens_its_region_holds(loaded):
+    """`Layout.pixels` maps every token back onto the original image; its rectangle overlaps a box exactly when the
+    token is in the box's region (which maps the box forward), on every grid (base views and tiles alike)."""
+    family, model, batch, _ = loaded
+    for layout in batch.layouts:
+        rects = layout.pixels(clip=False)
+        for name, (x0, y0, x1, y1) in layout.boxes.items():
+            wide = torch.minimum(rects[:, 2], torch.tensor(x1)) - torch.maximum(rects[:, 0], torch.tensor(x0))
+            high = torch.minimum(rects[:, 3], torch.tensor(y1)) - torch.maximum(rects[:, 1], torch.tensor(y0))
+            assert torch.equal((wide > 1e-3) & (high > 1e-3), layout.covers[name]), (family.name, name)
+
+
 STAGES = ["vision", "projector", "lm"]
 
 

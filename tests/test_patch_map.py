@@ -113,6 +113,15 @@ def test_bad_arguments_fail_clearly(toy, squares):
         vl.patch_map(toy, squares, site="vision_projector.hook_outt")
 
 
+def test_one_example_is_mapped_against_a_reference_mean(toy, squares):
+    with pytest.raises(ValueError, match="needs at least 2 examples.*reference="):  # its own mean is itself
+        vl.patch_map(toy, squares[:1], block=5)
+    against = vl.patch_map(toy, squares[:1], block=5, reference=squares)
+    assert against.deltas.abs().max() > 0.1
+    with pytest.raises(ValueError, match="reference= gives exact mean ablations their mean"):
+        vl.patch_map(toy, squares[:1], reference=squares, method="attribution")
+
+
 def test_patching_from_a_source_moves_the_answer_where_the_source_differs(toy, squares):
     sources = vl.scenes.generate(4, seed=5, task="squares")
     pm = vl.patch_map(toy, squares[:2], how="patch", source=sources[:2], block=5, method="attribution")

@@ -76,8 +76,8 @@ class BoxMap:
             >>> BoxMap(scale_x=2.0, scale_y=2.0, offset_x=4.0, offset_y=0.0).invert(torch.tensor([[0., 0., 8., 10.]]))
             tensor([[2., 0., 6., 5.]])
         """
-        offset = torch.tensor([self.offset_x, self.offset_y] * 2)
-        scale = torch.tensor([self.scale_x, self.scale_y] * 2)
+        offset = torch.tensor([float(self.offset_x), float(self.offset_y)] * 2)
+        scale = torch.tensor([float(self.scale_x), float(self.scale_y)] * 2)
         return (rects.float() + offset) / scale
 
 

@@ -72,8 +72,9 @@ class PatchMap:
 
     Example:
         >>> pm = vl.patch_map(model, vl.scenes.generate(2, seed=0, task="squares"), block=5)
-        >>> pm.values().shape, pm.to_pandas().columns[:4].tolist()
-        (torch.Size([2, 10, 10]), ['row', 'col', 'region', 'x0'])
+        >>> pm, pm.values().shape, pm.to_pandas().columns[:4].tolist()
+        (PatchMap(method='exact', site='vision_projector.hook_out', how='mean', regions=4, examples=2, grid=(10, 10)),
+         torch.Size([2, 10, 10]), ['row', 'col', 'region', 'x0'])
     """
 
     effects: Effects
@@ -85,6 +86,10 @@ class PatchMap:
     method: str
     site: str
     how: str
+
+    def __repr__(self) -> str:
+        return (f"PatchMap(method={self.method!r}, site={self.site!r}, how={self.how!r}, "
+                f"regions={len(self.effects.labels)}, examples={len(self.layouts)}, grid={tuple(self.mean.shape)})")
 
     @property
     def deltas(self) -> Float[Tensor, "region example"]:
@@ -169,8 +174,8 @@ class PatchMap:
             frame[["x0", "y0", "x1", "y1"]] = _main_rects(layout, clip=False).numpy()
         what = (f"mean over {len(self.layouts)} examples (image and boxes of example 0)" if example is None
                 and len(self.layouts) > 1 else f"example {e}")
-        return patch_overlay(frame, image=image or self.images[e], boxes=layout.boxes, size=_image_size(layout),
-                             opacity=opacity,
+        return patch_overlay(frame, image=self.images[e] if image is None else image, boxes=layout.boxes,
+                             size=_image_size(layout), opacity=opacity,
                              title=title or f"{self.method} patch map: {self.effects.metric} change when "
                                             f"{self.how}-editing each region at {self.site}; {what}")
 
