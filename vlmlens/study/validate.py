@@ -89,7 +89,7 @@ def needed(name: str) -> list[str]:
 
     Example:
         >>> needed("toy-sequence")
-        ['behaviour', 'criss_cross', 'remove_vision_order', 'position_probes']
+        ['behaviour', 'position_probes', 'criss_cross', 'remove_vision_order']
     """
     from vlmlens.study import EXPERIMENTS
     wanted = {"behaviour"}
