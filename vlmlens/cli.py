@@ -102,7 +102,7 @@ def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_t
     """Run one experiment of the study, print its tables and write them (CSV, summary.json, HTML figures)."""
     from vlmlens.models import load
     from vlmlens.study.protocol import PROTOCOLS
-    from vlmlens.study.report import WHATSUP
+    from vlmlens.study.runs import WHATSUP
     module = _experiment(experiment)
     choice("protocol", protocol, PROTOCOLS)
     if whatsup is not None and module.NAME not in WHATSUP:
@@ -127,13 +127,24 @@ def reproduce(model: str = typer.Option("toy", help="'toy', a Hugging Face id, o
                   [], help="a scene folder (vl.scenes.save of a loaded benchmark, e.g. What'sUp) to evaluate global "
                            "amplification on as well; repeatable"),
               protocol: str = typer.Option("paper", help=PROTOCOL_HELP),
-              whatsup: Path | None = typer.Option(None, help=WHATSUP_HELP)) -> None:
-    """Run every experiment of the study and write one self-contained report.html (opens offline)."""
+              whatsup: Path | None = typer.Option(None, help=WHATSUP_HELP),
+              experiment: list[str] = typer.Option([], help="an experiment to run (repeatable; default: all)"),
+              workers: int | None = typer.Option(None, min=1, help="run the experiments on this many Ray workers, "
+                                                                   "one model replica each (needs Ray: the "
+                                                                   "'distributed' extra)"),
+              fresh: bool = typer.Option(False, help="recompute everything, forgetting the experiments an earlier "
+                                                     "run finished in --out")) -> None:
+    """Run every experiment of the study and write one self-contained report.html (opens offline).
+
+    Each finished experiment is kept in OUT/<experiment>/result.pkl: rerunning the same command after a kill
+    loads those and computes only the rest; a folder made with other settings is refused (another --out, or
+    --fresh)."""
     from vlmlens.scenes import load as load_scenes
     from vlmlens.study import reproduce as run
     benchmarks = {folder.name: load_scenes(folder) for folder in benchmark}
     report = run(model, out=out, n=n, device=device, dtype=dtype, seed=seed, benchmarks=benchmarks,
-                 protocol=protocol, whatsup=whatsup)
+                 protocol=protocol, whatsup=whatsup, experiments=[_experiment(e).NAME for e in experiment] or None,
+                 workers=workers, fresh=fresh)
     for claim in report.claims:
         typer.echo(claim["sentence"])
     typer.echo(f"{report.path} ({report.seconds['total']:.0f} s)")

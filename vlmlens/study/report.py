@@ -17,19 +17,22 @@ import html
 import json
 import platform
 import re
+import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from vlmlens.study.backup_mechanism import FLIPPING
 from vlmlens.study.common import StudyResult, headline, jsonable
 from vlmlens.study.official import official_html
 from vlmlens.study.protocol import resolve
+from vlmlens.study.runs import RunFolder, Settings
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
@@ -41,67 +44,80 @@ NO_FLIPS = 0.2     # ... and "does not flip" when at most this share does, at ev
 DROP = 0.1         # removing the vision order "drops accuracy" by at least this much (CIs apart)
 BACKUP = FLIPPING  # under removal, object swaps "flip at intermediate layers" from this share up
 MIN_PAIRS = 5      # fewer filtered pairs than this: the claim cannot be assessed
-WHATSUP = ("behaviour", "position_probes", "criss_cross")  # the experiments a What'sUp folder adds composites to
 
 
 @dataclass
 class Report:
-    """What `reproduce` made: each experiment's result, the three claims, timings, the page's path."""
+    """What `reproduce` made: each experiment's result, the three claims, timings, the page's path, and
+    which experiments were loaded from an earlier run."""
 
     results: dict[str, StudyResult]
     claims: list[dict[str, Any]]
     seconds: dict[str, float]
     path: Path
+    loaded: list[str] = field(default_factory=list)  # the experiments a rerun found finished, not recomputed
 
 
 def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | None = None, device: str | None = None,
               dtype: str | None = None, seed: int = 0, model: VLM | None = None,
               experiments: list[str] | None = None, benchmarks: Mapping[str, Sequence[Scene]] | None = None,
-              protocol: str = "paper", whatsup: str | Path | None = None) -> Report:
+              protocol: str = "paper", whatsup: str | Path | None = None, workers: int | None = None,
+              fresh: bool = False) -> Report:
     """Run every experiment (each with its default n, or ``n``) and write ``out/report.html``, one CSV
     per table and ``out/summary.json``. ``model`` skips loading; ``experiments`` runs a subset;
     ``benchmarks`` (name -> scenes) are extra evaluation sets for global amplification; ``whatsup`` (a
     folder of What'sUp Controlled_Images photos) adds the What'sUp composites to behaviour, the probes and
     criss-cross.
 
+    Each finished experiment is kept whole in ``out/<experiment>/result.pkl`` with the run's settings
+    (`vlmlens.study.runs`): a rerun into the same ``out`` loads those instead of recomputing them and
+    refuses a folder made with other settings (``fresh=True`` recomputes everything). ``workers`` runs
+    the experiments on that many Ray workers, one model replica each (`vlmlens.executors.Ray`), each
+    result kept as it comes back.
+
     Example:
         >>> report = reproduce(model=model, out="study_out", n=16, experiments=["behaviour"])
         >>> report.path.as_posix(), list(report.results), report.claims[0]["verdict"]
         ('study_out/report.html', ['behaviour'], 'cannot be assessed')
+        >>> reproduce(model=model, out="study_out", n=16, experiments=["behaviour"]).loaded
+        ['behaviour']
     """
+    from vlmlens.executors import Local, Ray
     from vlmlens.models import load
     from vlmlens.study import EXPERIMENTS
     started = time.time()
-    vlm = model or load(model_name, device=device, dtype=dtype)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    results: dict[str, StudyResult] = {}
-    seconds: dict[str, float] = {"load": time.time() - started}
-    for name in experiments or list(EXPERIMENTS):
+    names = experiments or list(EXPERIMENTS)
+    for name in names:
         if name not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {name!r}; choose from {list(EXPERIMENTS)}")
-        begun = time.time()
-        extra = {"benchmarks": benchmarks} if benchmarks and name in ("global_amplification", "coco_amplification") \
-            else {}
-        if whatsup is not None and name in WHATSUP:
-            extra["whatsup"] = whatsup
-        results[name] = EXPERIMENTS[name].run(vlm, **({"n": n} if n else {}), seed=seed, protocol=protocol, **extra)
-        seconds[name] = time.time() - begun
-        for key, table in results[name].tables.items():
-            (folder / name).mkdir(exist_ok=True)
-            table.to_csv(folder / name / f"{key}.csv", index=False)
+    vlm = model or load(model_name, device=device, dtype=dtype)
+    settings = Settings(n=n, seed=seed, protocol=protocol, whatsup=whatsup, benchmarks=benchmarks)
+    folder = RunFolder(out, settings.identity(vlm), fresh=fresh)
+    done = {name: folder.finished[name] for name in names if name in folder.finished}
+    for name in done:
+        tqdm.write(f"{name}: finished in an earlier run, loaded", file=sys.stderr)
+    seconds: dict[str, float] = {"load": time.time() - started}
+    todo = [name for name in names if name not in done]
+    executor = Local() if workers is None else Ray(workers=workers)
+    with tqdm(total=len(todo), desc="reproduce", unit="experiment", disable=not todo) as bar:
+        for name, (result, took) in executor.results(vlm, settings, todo, bar):
+            folder.save(name, result, took)
+            done[name] = (result, took)
+    results = {name: done[name][0] for name in names}
+    seconds |= {name: done[name][1] for name in names}
     claims = assess(results)
     seconds["total"] = time.time() - started
     meta = {"protocol": resolve(vlm, protocol).to_json(), "model": model_name if model is None else vlm.name,
             "whatsup": None if whatsup is None else str(whatsup),
             "repr": repr(vlm), "n": n, "seed": seed,
             "device": str(vlm.device), "dtype": str(vlm.hf.dtype), "torch_threads": torch.get_num_threads(),
-            "machine": platform.platform(), "seconds": seconds}
+            "machine": platform.platform(), "workers": workers, "loaded": [k for k in names if k not in todo],
+            "seconds": seconds}
     summary = {"meta": meta, "claims": claims, "experiments": {k: r.summary for k, r in results.items()}}
-    (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
-    path = folder / "report.html"
+    (Path(out) / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
+    path = Path(out) / "report.html"
     path.write_text(render(results, claims, meta))
-    return Report(results=results, claims=claims, seconds=seconds, path=path)
+    return Report(results=results, claims=claims, seconds=seconds, path=path, loaded=meta["loaded"])
 
 
 # -- the claims -----------------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""A reproduce run's folder: each finished experiment kept whole, with the settings that made it, so that a
+rerun loads what is done and computes only what is left.
+
+`Settings` is what every experiment of one run is given besides the model; its units of work are the
+experiments' names, so an executor (`vlmlens.executors`: this process, or Ray workers with one model
+replica each) runs them. `RunFolder` keeps ``out/<experiment>/result.pkl``: the experiment's whole
+`StudyResult` (tables, figures, summary), its time, and the run's identity (the model with a digest of its
+weights, n, seed, protocol, What'sUp folder, benchmarks). It is written after the experiment's CSVs, under
+a temporary name and renamed into place, so a killed run leaves whole experiments only; a folder holding
+results made with other settings is refused with an error naming each differing setting.
+
+Example:
+    >>> from vlmlens.executors import Local
+    >>> settings = Settings(n=4)
+    >>> folder = RunFolder("study_out", settings.identity(model))
+    >>> for name, (result, seconds) in Local().results(model, settings, ["behaviour"]):
+    ...     folder.save(name, result, seconds)
+    >>> list(RunFolder("study_out", settings.identity(model)).finished)
+    ['behaviour']
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from vlmlens import fingerprint
+from vlmlens.store import atomic, check_same
+from vlmlens.study.common import StudyResult
+
+if TYPE_CHECKING:
+    from vlmlens.models.vlm import VLM
+    from vlmlens.scenes import Scene
+
+RESULT = "result.pkl"
+FORMAT, VERSION = "vlmlens-study-result", 1
+#: the experiments a What'sUp folder adds composites to
+WHATSUP = ("behaviour", "position_probes", "criss_cross")
+#: the experiments extra benchmarks are evaluated in
+BENCHMARKED = ("global_amplification", "coco_amplification")
+#: what a finished experiment must agree on with a rerun, in the order an error names them, with what to do
+IDENTITY = {
+    "model": "load the model the folder was made with",
+    "weights": "load the checkpoint the folder was made with (its weights differ)",
+    "n": "give the same --n",
+    "seed": "give the same --seed",
+    "protocol": "give the same --protocol",
+    "whatsup": "give the same --whatsup folder",
+    "benchmarks": "give the same --benchmark folders",
+}
+REMEDY = "use another folder (--out), or recompute everything in this one (--fresh; fresh=True in Python)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What each experiment of a reproduce run is given besides the model: a unit of work (`Work`) is an
+    experiment's name, its result ``(StudyResult, seconds)``.
+
+    Example:
+        >>> result, seconds = Settings(n=4).run(model, "behaviour")
+        >>> result.name, list(result.tables)
+        ('behaviour', ['accuracy', 'table1'])
+    """
+
+    n: int | None = None
+    seed: int = 0
+    protocol: str = "paper"
+    whatsup: str | Path | None = None
+    benchmarks: Mapping[str, Sequence[Scene]] | None = None
+
+    def run(self, model: VLM, unit: str, bar: tqdm | None = None) -> tuple[StudyResult, float]:
+        from vlmlens.study import EXPERIMENTS
+        begun = time.time()
+        extra: dict[str, Any] = {"benchmarks": self.benchmarks} if self.benchmarks and unit in BENCHMARKED else {}
+        if self.whatsup is not None and unit in WHATSUP:
+            extra["whatsup"] = self.whatsup
+        result = EXPERIMENTS[unit].run(model, **({"n": self.n} if self.n else {}), seed=self.seed,
+                                       protocol=self.protocol, **extra)
+        if bar is not None:
+            bar.update(self.rows(unit))
+        return result, time.time() - begun
+
+    def rows(self, unit: str) -> int:
+        """One step of the progress bar per experiment."""
+        return 1
+
+    def identity(self, model: VLM) -> dict[str, Any]:
+        """What a finished experiment records of its run (see `IDENTITY`)."""
+        return {"model": fingerprint.of_model(model), "weights": fingerprint.of_weights(model), "n": self.n,
+                "seed": self.seed, "protocol": self.protocol,
+                "whatsup": None if self.whatsup is None else str(Path(self.whatsup).resolve()),
+                "benchmarks": None if not self.benchmarks else {name: fingerprint.digest(list(scenes))
+                                                                for name, scenes in self.benchmarks.items()}}
+
+
+class RunFolder:
+    """A reproduce folder opened for a run of ``identity``: `finished` holds the experiments found done
+    (name -> ``(StudyResult, seconds)``); a folder with results of other settings is refused, or with
+    ``fresh`` has them deleted."""
+
+    def __init__(self, out: str | Path, identity: dict[str, Any], fresh: bool = False):
+        self.folder, self.identity = Path(out), identity
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.finished: dict[str, tuple[StudyResult, float]] = {}
+        for path in sorted(self.folder.glob(f"*/{RESULT}")):
+            if fresh:
+                path.unlink()
+                continue
+            name = path.parent.name
+            record = self._read(path)
+            check_same(record["identity"], identity, str(self.folder / name),
+                       "this run", fields=IDENTITY, what="run", remedy=REMEDY)
+            self.finished[name] = (record["result"], record["seconds"])
+
+    def save(self, name: str, result: StudyResult, seconds: float) -> None:
+        """Write the experiment's CSVs, then its whole result (the mark that it is finished)."""
+        place = self.folder / name
+        place.mkdir(parents=True, exist_ok=True)
+        for key, table in result.tables.items():
+            table.to_csv(place / f"{key}.csv", index=False)
+        record = {"format": FORMAT, "version": VERSION, "experiment": name, "identity": self.identity,
+                  "result": result, "seconds": seconds}
+        atomic(place / RESULT, lambda tmp: Path(tmp).write_bytes(pickle.dumps(record)))
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any]:
+        record = pickle.loads(path.read_bytes())
+        if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("version") != VERSION:
+            raise ValueError(f"{path} is not a version-{VERSION} vlmlens study result; {REMEDY}")
+        if record["experiment"] != path.parent.name:
+            raise ValueError(f"{path} holds the result of {record['experiment']!r}, not of {path.parent.name!r} "
+                             f"(was the folder renamed?); {REMEDY}")
+        return record
+
+
+__all__ = ["RunFolder", "Settings"]
