@@ -47,7 +47,7 @@ BENCHMARKED = ("global_amplification", "coco_amplification")
 #: what a finished experiment must agree on with a rerun, in the order an error names them, with what to do
 IDENTITY = {
     "model": "load the model the folder was made with",
-    "weights": "load the checkpoint the folder was made with (its weights differ)",
+    "weights": "load the checkpoint the folder was made with: the weights differ",
     "n": "give the same --n",
     "seed": "give the same --seed",
     "protocol": "give the same --protocol",

@@ -1,0 +1,157 @@
+"""`vlmlens reproduce` resumes a killed run in the same ``--out`` to the CSVs of an uninterrupted run, without
+recomputing the experiments it had finished; a folder made with other settings is refused; Ray workers (a
+local cluster of 2 CPU workers, bound to 127.0.0.1) give the single-process tables."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import vlmlens as vl
+from vlmlens.study import reproduce
+from vlmlens.study.runs import RESULT
+
+ROOT = Path(__file__).resolve().parents[1]
+# behaviour finishes in under a second; last_token_patching takes a few: the kill lands while it runs
+EXPERIMENTS = ["behaviour", "last_token_patching", "position_probes"]
+
+
+def command(out: Path, *extra: str, experiments: list[str] = EXPERIMENTS) -> list[str]:
+    return [sys.executable, "-m", "vlmlens.cli", "reproduce", "--model", "toy", "--device", "cpu", "--n", "4",
+            "--out", str(out), *(a for e in experiments for a in ("--experiment", e)), *extra]
+
+
+#: the same environment (one torch thread) for every run, so the CSVs can be compared byte for byte
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+       "OMP_NUM_THREADS": "1"}
+
+
+def cli(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(command(out, *extra), env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def csvs(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.glob("*/*.csv"))}
+
+
+def stamps(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread, as in the subprocesses (`ENV`), so that this process's numbers are theirs bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_killed_reproduce_resumes_to_the_uninterrupted_csvs(toy, one_thread, tmp_path):
+    whole, out = tmp_path / "whole", tmp_path / "resumed"
+    reproduce(model=toy, out=whole, n=4, experiments=EXPERIMENTS)
+    first = out / EXPERIMENTS[0] / RESULT
+    job = subprocess.Popen(command(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not first.exists() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        job.kill()
+    finally:
+        _, err = job.communicate(timeout=60)
+    assert first.exists(), err.decode()[-3000:]
+    assert not (out / EXPERIMENTS[-1] / RESULT).exists()  # killed before the last experiment finished
+    assert not (out / "summary.json").exists()
+    kept = stamps(out / EXPERIMENTS[0])
+
+    resumed = cli(out)
+    assert f"{EXPERIMENTS[0]}: finished in an earlier run, loaded" in resumed.stderr
+    assert f"{EXPERIMENTS[-1]}: finished in an earlier run" not in resumed.stderr
+    assert stamps(out / EXPERIMENTS[0]) == kept  # neither recomputed nor rewritten
+    assert set(csvs(whole)) == {f"{e}/{t}.csv" for e in EXPERIMENTS for t in
+                                {"behaviour": ["accuracy", "table1"], "last_token_patching":
+                                 ["probabilities", "raw_pairs"], "position_probes": ["accuracy", "heatmap",
+                                                                                     "boxes"]}[e]}
+    assert csvs(out) == csvs(whole)
+    assert not list(out.glob("*/.*.tmp"))  # no temporary file left where the kill landed
+
+
+def retrained() -> vl.VLM:
+    """The toy under its own name with one weight changed, as if retrained in place."""
+    model = vl.load("toy", device="cpu")
+    with torch.no_grad():
+        next(model.hf.parameters()).view(-1)[0] += 1
+    return model
+
+
+@pytest.mark.parametrize("change, field", [(lambda toy: {"model": toy, "n": 8}, "n"),
+                                           (lambda toy: {"model": toy, "seed": 1}, "seed"),
+                                           (lambda toy: {"model_name": "toy-content"}, "model"),
+                                           (lambda toy: {"model": retrained()}, "weights")],
+                         ids=["n", "seed", "model", "weights"])
+def test_a_folder_made_with_other_settings_is_refused_naming_the_setting(toy, tmp_path, change, field):
+    out = tmp_path / "run"
+    reproduce(model=toy, out=out, n=4, experiments=["behaviour"])
+    written = stamps(out / "behaviour")
+    settings = {"n": 4, **change(toy)}
+    with pytest.raises(ValueError, match=rf"\n  {field}: {re.escape(str(out / 'behaviour'))} has [\s\S]*--fresh"):
+        reproduce(out=out, experiments=["position_probes"], **settings)
+    assert not (out / "position_probes").exists() and stamps(out / "behaviour") == written
+    again = reproduce(out=out, experiments=["behaviour"], fresh=True, **settings)  # --fresh recomputes
+    assert again.loaded == [] and stamps(out / "behaviour") != written
+
+
+def test_the_cli_refuses_a_mismatched_folder_in_one_line(toy, tmp_path):
+    reproduce(model=toy, out=tmp_path, n=4, experiments=["behaviour"])
+    refused = subprocess.run(command(tmp_path, "--seed", "1", experiments=["behaviour"]), env=ENV,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "\nError: " in refused.stderr, refused.stderr[-3000:]
+    assert "seed: " in refused.stderr and "--fresh" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vlmlens[distributed]')")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=200 * 2**20,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def time_limit():
+    """Fail (and so shut the cluster down) a test that runs past 10 minutes."""
+    def expire(*_):
+        raise TimeoutError("the Ray reproduce ran past 10 minutes")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(600)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_ray_workers_give_the_single_process_study(toy, ray_cluster, time_limit, tmp_path):
+    names = ["behaviour", "position_probes"]
+    alone = reproduce(model=toy, out=tmp_path / "alone", n=4, experiments=names)
+    spread = reproduce(model=toy, out=tmp_path / "ray", n=4, experiments=names, workers=2)
+    assert list(spread.results) == names and spread.loaded == []
+    for name in names:
+        for key, table in alone.results[name].tables.items():
+            # workers run one thread each, this process maybe more: equal up to float summation order
+            pd.testing.assert_frame_equal(spread.results[name].tables[key], table, check_exact=False, atol=1e-5)
+            pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ray" / name / f"{key}.csv"),
+                                          pd.read_csv(tmp_path / "alone" / name / f"{key}.csv"),
+                                          check_exact=False, atol=1e-5)
+    resumed = reproduce(model=toy, out=tmp_path / "ray", n=4, experiments=names, workers=2)
+    assert resumed.loaded == names  # the results the workers sent back were kept as they came
