@@ -21,6 +21,7 @@ PROTOCOL_HELP = ("paper: as the authors' code ran it (prompts, top-1 over the vo
                  "bands); vlmlens: vlmlens's own")
 WHATSUP_HELP = ("a folder of What'sUp Controlled_Images photos ({object}_left_of_{middle}.jpeg, ...): adds the study's "
                 "What'sUp composites to behaviour, the position probes and criss-cross")
+FRESH_HELP = "recompute everything, forgetting the experiments an earlier run finished in --out"
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Spatial-reasoning interpretability for VLMs.")
 #: what a user's mistake raises (a bad name, value, path or type): one line, not a traceback
 USER_ERRORS = (ValueError, TypeError, LookupError, OSError)
@@ -132,8 +133,7 @@ def reproduce(model: str = typer.Option("toy", help="'toy', a Hugging Face id, o
               workers: int | None = typer.Option(None, min=1, help="run the experiments on this many Ray workers, "
                                                                    "one model replica each (needs Ray: the "
                                                                    "'distributed' extra)"),
-              fresh: bool = typer.Option(False, help="recompute everything, forgetting the experiments an earlier "
-                                                     "run finished in --out")) -> None:
+              fresh: bool = typer.Option(False, help=FRESH_HELP)) -> None:
     """Run every experiment of the study and write one self-contained report.html (opens offline).
 
     Each finished experiment is kept in OUT/<experiment>/result.pkl: rerunning the same command after a kill
@@ -175,10 +175,12 @@ def validate_organisms(out: Path = typer.Option(Path("validation"), help="folder
                        strict: bool = typer.Option(False, help="exit with status 1 if any planted outcome is "
                                                                "contradicted"),
                        everything: bool = typer.Option(False, help="run every experiment on each organism, not only "
-                                                                   "those its expectations read")) -> None:
+                                                                   "those its expectations read"),
+                       fresh: bool = typer.Option(False, help=FRESH_HELP)) -> None:
     """Run the study on every model organism and grade what it recovers against what training planted."""
     from vlmlens.study.validate import validate
-    result = validate(out=out, n=n, seed=seed, organisms=organism or None, protocol=protocol, everything=everything)
+    result = validate(out=out, n=n, seed=seed, organisms=organism or None, protocol=protocol, everything=everything,
+                      fresh=fresh)
     typer.echo(result.table.to_string(index=False))
     typer.echo(str(result.path))
     if strict and len(result.contradicted):

@@ -168,11 +168,12 @@ class Validation:
 
 def validate(out: str | Path = "validation", n: int | None = None, seed: int = 0,
              organisms: Sequence[str] | None = None, protocol: str = "paper", device: str | None = None,
-             everything: bool = False) -> Validation:
+             everything: bool = False, fresh: bool = False) -> Validation:
     """Run `reproduce` on each organism (default: every one with expectations) into ``out/<name>``, grade its
     expectations, and write ``out/validation.html`` (the graded table above the runs side by side) and
     ``out/validation.json``. Each run holds the experiments its expectations read (`needed`), or all of them
-    with ``everything``.
+    with ``everything``. A rerun into the same ``out`` loads the experiments an earlier one finished (see
+    `reproduce`); ``fresh`` recomputes them.
 
     Example:
         >>> validate(out="validation", n=16, organisms=["toy-nope"])
@@ -189,7 +190,7 @@ def validate(out: str | Path = "validation", n: int | None = None, seed: int = 0
     tables = []
     for name in names:
         reproduce(name, out=folder / name, n=n, device=device, seed=seed, protocol=protocol,
-                  experiments=None if everything else needed(name))
+                  experiments=None if everything else needed(name), fresh=fresh)
         tables.append(check(name, load_run(folder / name)))
     table = pd.concat(tables, ignore_index=True)
     counts = table.status.value_counts()
