@@ -4,6 +4,7 @@ local cluster of 2 CPU workers, bound to 127.0.0.1) give the single-process tabl
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -84,6 +85,8 @@ def test_a_killed_reproduce_resumes_to_the_uninterrupted_csvs(toy, one_thread, t
                                  ["probabilities", "raw_pairs"], "position_probes": ["accuracy", "heatmap",
                                                                                      "boxes"]}[e]}
     assert csvs(out) == csvs(whole)
+    assert json.loads((out / "summary.json").read_text())["meta"]["loaded"] == EXPERIMENTS[:1]
+    assert f"finished in an earlier run, loaded: {EXPERIMENTS[0]}." in (out / "report.html").read_text()
     assert not list(out.glob("*/.*.tmp"))  # no temporary file left where the kill landed
 
 

@@ -312,7 +312,9 @@ def render(results: dict[str, StudyResult], claims: list[dict[str, Any]], meta: 
              f"<p>{html.escape(meta['repr'])}; seed {meta['seed']}; n {meta['n'] or 'per-experiment default'}; "
              f"{meta['device']}, {meta['dtype']}, {meta['torch_threads']} torch threads; "
              f"total {meta['seconds']['total']:.0f} s ("
-             + ", ".join(f"{k} {v:.0f} s" for k, v in meta["seconds"].items() if k != "total") + ").</p>",
+             + ", ".join(f"{k} {v:.0f} s" for k, v in meta["seconds"].items() if k != "total") + ")"
+             + (f"; finished in an earlier run, loaded: {', '.join(meta['loaded'])}" if meta.get("loaded") else "")
+             + ".</p>",
              "<h2>The paper's claims on this model</h2>"]
     for claim in claims:
         css = claim["verdict"].split()[0].replace("cannot", "not")
