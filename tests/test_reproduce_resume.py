@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -121,27 +120,6 @@ def test_the_cli_refuses_a_mismatched_folder_in_one_line(toy, tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "\nError: " in refused.stderr, refused.stderr[-3000:]
     assert "seed: " in refused.stderr and "--fresh" in refused.stderr and "Traceback" not in refused.stderr
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vlmlens[distributed]')")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=200 * 2**20,
-             log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture
-def time_limit():
-    """Fail (and so shut the cluster down) a test that runs past 10 minutes."""
-    def expire(*_):
-        raise TimeoutError("the Ray reproduce ran past 10 minutes")
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(600)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 def test_ray_workers_give_the_single_process_study(toy, ray_cluster, time_limit, tmp_path):
