@@ -124,7 +124,8 @@ def _planted(expected: Expected) -> str:
 
 
 def check(name: str, run: Run) -> pd.DataFrame:
-    """One row per expectation of organism ``name`` and orientation: planted, recovered, status.
+    """One row per expectation of organism ``name`` and orientation: planted, recovered, status, and the
+    expectation's note on how protocols measure it.
 
     Example:
         >>> claim = {"claim": 1, "title": "vision", "verdict": "supported"}
@@ -138,19 +139,21 @@ def check(name: str, run: Run) -> pd.DataFrame:
             verdict = next((c["verdict"] for c in run.claims if c["claim"] == number), "not run")
             rows.append({"organism": name, "measure": expected.measure, "orientation": "both",
                          "planted": expected.verdict, "recovered": verdict,
-                         "status": "recovered" if verdict == expected.verdict else "contradicted"})
+                         "status": "recovered" if verdict == expected.verdict else "contradicted",
+                         "note": expected.note})
             continue
         reading = MEASURES[expected.measure](run)
         for orientation in ORIENTATIONS:
             if orientation not in reading:
                 rows.append({"organism": name, "measure": expected.measure, "orientation": orientation,
-                             "planted": _planted(expected), "recovered": "not run", "status": "contradicted"})
+                             "planted": _planted(expected), "recovered": "not run", "status": "contradicted",
+                             "note": expected.note})
                 continue
             estimate, low, high = reading[orientation]
             rows.append({"organism": name, "measure": expected.measure, "orientation": orientation,
                          "planted": _planted(expected), "recovered": f"{estimate:.2f} [{low:.2f}, {high:.2f}]",
-                         "status": grade(expected, estimate, low, high)})
-    return pd.DataFrame(rows, columns=["organism", "measure", "orientation", "planted", "recovered", "status"])
+                         "status": grade(expected, estimate, low, high), "note": expected.note})
+    return pd.DataFrame(rows, columns=["organism", "measure", "orientation", "planted", "recovered", "status", "note"])
 
 
 @dataclass
