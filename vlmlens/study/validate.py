@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlmlens.models.toy.organisms import ORGANISMS, Expected
-from vlmlens.study.common import headline
+from vlmlens.study.common import at_lm_input, headline
 from vlmlens.study.compare import ORIENTATIONS, Run, compare, load_run
 from vlmlens.study.report import _table_html, reproduce
 
@@ -37,14 +37,14 @@ STATUSES = ("recovered", "consistent", "inconsistent", "contradicted")
 
 
 def _flips(run: Run, region: str, peak: bool) -> Reading:
-    """Criss-cross flip rate of ``region`` swaps at the LM input (layer ``embed``), or at the layer where it peaks."""
+    """Criss-cross flip rate of ``region`` swaps at the LM input, or at the layer where it peaks."""
     table = run.table("criss_cross", "flip_rates")
     table = None if table is None else headline(table)
     out: Reading = {}
     for orientation in ORIENTATIONS:
         rows = table[(table.orientation == orientation) & (table.region == region)] if table is not None else []
         if len(rows):
-            row = rows.loc[rows.flip_rate.idxmax()] if peak else rows[rows.layer == "embed"].iloc[0]
+            row = rows.loc[rows.flip_rate.idxmax()] if peak else at_lm_input(rows).iloc[0]
             out[orientation] = (float(row.flip_rate), float(row.ci_low), float(row.ci_high))
     return out
 
