@@ -85,6 +85,14 @@ _OFFICIAL_PROBE = (
     "row band: its vertical middle strip falls below chance while a standardised, regularised probe on the same "
     "activations (vlmlens's) is well above it")
 
+#: Every organism's word on the study's claims 2 and 3, which none plants.
+_CLAIMS_2_3 = (
+    " Claims 2 and 3 are not planted: no training term asks the LM to write an entity's order onto its object "
+    "tokens (the backup mechanism `vlmlens.study.backup_mechanism` looks for), and no weakened vision signal "
+    "leaves failures that amplifying the spatial component (`global_amplification`, `coco_amplification`) could "
+    "repair, since each organism answers its trained sets almost perfectly: their verdicts on an organism say "
+    "nothing about those experiments' sensitivity.")
+
 _CRISS_CROSS = "criss-cross (`vlmlens.study.criss_cross`, squares, swaps at `hook_embed`, per orientation)"
 _REMOVAL = "removing the vision order (`vlmlens.study.remove_vision_order`, reference-image substitution)"
 
@@ -123,7 +131,7 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
                 "- Claim 1 (`vlmlens reproduce`): not supported (neither swaps nor removal change the answers)."),
             "Not planted": (
                 "How the LM turns sequence positions into left/right/above/below (which layers, which heads); "
-                "naturalistic scenes are not trained on."),
+                "naturalistic scenes are not trained on." + _CLAIMS_2_3),
         }),
     Organism(
         "toy-content", "position from the tokens' own content", shuffle=True, steps=300,
@@ -150,7 +158,7 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
                 "flip: the position lives in the objects' own tokens, not over the background)."),
             "Not planted": (
                 "Whether background tokens also carry the layout (nothing stops the vision tower from writing it "
-                "there, nothing asks it to); naturalistic scenes are not trained on."),
+                "there, nothing asks it to); naturalistic scenes are not trained on." + _CLAIMS_2_3),
         }),
     Organism(
         "toy-background", "position from the background tokens (the study's mechanism)", shuffle=True,
@@ -193,8 +201,8 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
                 "spot of that probe, which `vlmlens validate` reports as contradicted, with this note.\n"
                 "- Claim 1 (`vlmlens reproduce`): supported."),
             "Not planted": (
-                "How far beyond its strip a background token knows the layout; the LM's own backup mechanism "
-                "(study experiment 6); naturalistic scenes are not trained on."),
+                "How far beyond its strip a background token knows the layout; naturalistic scenes are not trained "
+                "on." + _CLAIMS_2_3),
         }),
 )}
 
