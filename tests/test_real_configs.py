@@ -86,11 +86,7 @@ CHECKPOINTS = [
 IDS = [c.name.split("--")[1] for c in CHECKPOINTS]
 
 # What the adapters get wrong under the real settings (see the report of issue 18); strict: a fix shows up here.
-ADAPTER_PROBLEMS = {
-    ("layout", "HuggingFaceM4--Idefics3-8B-Llama3"):
-        "the adapter counts crops from <row_i_col_j> tokens, which a tokenizer of the published vocabulary size "
-        "(Llama 3's 128256 + 3 added tokens) cannot hold as single tokens: every split image is refused",
-}
+ADAPTER_PROBLEMS: dict[tuple[str, str], str] = {}
 
 
 def known_problem(request: pytest.FixtureRequest, kind: str, name: str) -> None:
