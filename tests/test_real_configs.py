@@ -35,8 +35,8 @@ class Checkpoint:
     layers, vision layers, d_model, d_vision); and the geometry its processor settings give a ``size`` px square
     test image: the LM token grid, one token's ``cell`` in px of the processed image, ``scale`` (processed px per
     original px), the grid ``kind`` (``grid``; ``tiles``: LLaVA-NeXT's unpadded tile grid with a newline per row,
-    after a base grid of the same size; ``crops``: Idefics3's 13x13-token crops, then the global image) and the
-    number of LM image tokens the processor writes."""
+    after a base grid of the same size; ``crops``: Idefics3's crops of ``side x side`` tokens, then the global image
+    of as many) and the number of LM image tokens the processor writes."""
 
     name: str
     prompt: str
@@ -47,6 +47,7 @@ class Checkpoint:
     n_image_tokens: int
     scale: float = 1.0
     kind: str = "grid"
+    side: int = 0
 
 
 CHECKPOINTS = [
@@ -78,7 +79,15 @@ CHECKPOINTS = [
                scale=0.5),
     # Idefics3 upsizes the longest edge to 4 * 364 px: 4x4 crops of 13x13 tokens (28 px) + the global image
     Checkpoint("HuggingFaceM4--Idefics3-8B-Llama3", "<|begin_of_text|>User:<image>{q}<end_of_utterance>\nAssistant:",
-               (32, 27, 4096, 1152), 364, (52, 52), 28, 17 * 169, scale=4.0, kind="crops"),
+               (32, 27, 4096, 1152), 364, (52, 52), 28, 17 * 169, scale=4.0, kind="crops", side=13),
+    # SmolVLM-256M (Idefics3) upsizes the longest edge to 2048 px: 4x4 crops of 512 px, 32x32 patches of 16 px
+    # shuffled 4x4 -> 8x8 tokens (64 px) a crop, + the global image (the published worked example: 1088 tokens)
+    Checkpoint("HuggingFaceTB--SmolVLM-256M-Instruct", "<|im_start|>User:<image>{q}<end_of_utterance>\nAssistant:",
+               (30, 12, 576, 768), 512, (32, 32), 64, 17 * 64, scale=4.0, kind="crops", side=8),
+    # GLM-4.1V: smart_resize keeps 336 (a multiple of 14 * 2) -> 24x24 patches, 2x2 merge -> 12x12 tokens
+    Checkpoint("zai-org--GLM-4.1V-9B-Thinking",
+               "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>{q}<|assistant|>\n",
+               (40, 24, 4096, 1536), 336, (12, 12), 28, 144),
     # InternVL3: a square image is one 448 px tile (no thumbnail), 14 px patches pixel-shuffled 2x2 -> 16x16
     Checkpoint("OpenGVLab--InternVL3-1B-hf", "<|im_start|>user\n<IMG_CONTEXT>\n{q}<|im_end|>\n<|im_start|>assistant\n",
                (24, 24, 896, 1024), 448, (16, 16), 28, 256),
@@ -135,7 +144,7 @@ def test_image_tokens_and_grid_are_what_the_real_processor_settings_give(loaded,
     assert len(image_positions(model, batch)) == checkpoint.n_image_tokens
     layout = batch.layouts[0]
     assert layout.grid == checkpoint.grid
-    second = {"grid": 0, "tiles": rows * cols, "crops": 13 * 13}[checkpoint.kind]  # the base / global image
+    second = {"grid": 0, "tiles": rows * cols, "crops": checkpoint.side ** 2}[checkpoint.kind]  # base / global image
     assert layout.n_image_tokens == rows * cols + second
 
 
@@ -166,8 +175,8 @@ def test_regions_land_on_the_tokens_covering_the_box(loaded, request):
     if checkpoint.kind == "tiles":  # the base grid first, then the tile grid row by row, a newline after each row
         base, tiles = image[:rows * cols], image[rows * cols:].view(rows, cols + 1)[:, :cols].flatten()
         expected = tiles[hits].tolist() + base[hits].tolist()
-    elif checkpoint.kind == "crops":  # 13x13 tokens a crop, crop by crop, then the global image (the original size)
-        side, per_row = 13, cols // 13
+    elif checkpoint.kind == "crops":  # side x side tokens a crop, crop by crop, then the global image (original size)
+        side, per_row = checkpoint.side, cols // checkpoint.side
         crop_token = [(r // side * per_row + c // side) * side * side + (r % side) * side + c % side
                       for r, c in (divmod(h, cols) for h in hits)]
         global_hits = overlapping(box, side, side, checkpoint.size / side, checkpoint.size / side)
