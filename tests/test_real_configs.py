@@ -21,6 +21,7 @@ from real_checkpoints import checkpoint_dir, special_tokens
 
 import vlmlens as vl
 from vlmlens.dims import sized_shape
+from vlmlens.layout import RegionError
 from vlmlens.models.weightless import NoWeightsError
 
 Q = "where is the red square relative to the blue circle ?"
@@ -36,7 +37,8 @@ class Checkpoint:
     test image: the LM token grid, one token's ``cell`` in px of the processed image, ``scale`` (processed px per
     original px), the grid ``kind`` (``grid``; ``tiles``: LLaVA-NeXT's unpadded tile grid with a newline per row,
     after a base grid of the same size; ``crops``: Idefics3's crops of ``side x side`` tokens, then the global image
-    of as many) and the number of LM image tokens the processor writes."""
+    of as many; ``cross``: Llama 3.2 Vision's patch grid, which the LM reads by cross-attention) and the number of LM
+    image tokens the processor writes."""
 
     name: str
     prompt: str
@@ -84,13 +86,19 @@ CHECKPOINTS = [
     # shuffled 4x4 -> 8x8 tokens (64 px) a crop, + the global image (the published worked example: 1088 tokens)
     Checkpoint("HuggingFaceTB--SmolVLM-256M-Instruct", "<|im_start|>User:<image>{q}<end_of_utterance>\nAssistant:",
                (30, 12, 576, 768), 512, (32, 32), 64, 17 * 64, scale=4.0, kind="crops", side=8),
+    # InternVL3: a square image is one 448 px tile (no thumbnail), 14 px patches pixel-shuffled 2x2 -> 16x16
+    Checkpoint("OpenGVLab--InternVL3-1B-hf", "<|im_start|>user\n<IMG_CONTEXT>\n{q}<|im_end|>\n<|im_start|>assistant\n",
+               (24, 24, 896, 1024), 448, (16, 16), 28, 256),
     # GLM-4.1V: smart_resize keeps 336 (a multiple of 14 * 2) -> 24x24 patches, 2x2 merge -> 12x12 tokens
     Checkpoint("zai-org--GLM-4.1V-9B-Thinking",
                "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>{q}<|assistant|>\n",
                (40, 24, 4096, 1536), 336, (12, 12), 28, 144),
-    # InternVL3: a square image is one 448 px tile (no thumbnail), 14 px patches pixel-shuffled 2x2 -> 16x16
-    Checkpoint("OpenGVLab--InternVL3-1B-hf", "<|im_start|>user\n<IMG_CONTEXT>\n{q}<|im_end|>\n<|im_start|>assistant\n",
-               (24, 24, 896, 1024), 448, (16, 16), 28, 256),
+    # Llama 3.2 Vision: a 560 px square fits one 560 px tile (the least upscaling, then the smallest canvas) ->
+    # 40x40 patches of 14 px; the prompt holds a single <|image|>, the LM cross-attends to the patches
+    Checkpoint("meta-llama--Llama-3.2-11B-Vision-Instruct",
+               "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>{q}<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\n", (40, 40, 4096, 1280), 560, (40, 40), 14, 1,
+               kind="cross"),
 ]
 IDS = [c.name.split("--")[1] for c in CHECKPOINTS]
 
@@ -144,7 +152,7 @@ def test_image_tokens_and_grid_are_what_the_real_processor_settings_give(loaded,
     assert len(image_positions(model, batch)) == checkpoint.n_image_tokens
     layout = batch.layouts[0]
     assert layout.grid == checkpoint.grid
-    second = {"grid": 0, "tiles": rows * cols, "crops": checkpoint.side ** 2}[checkpoint.kind]  # base / global image
+    second = {"tiles": rows * cols, "crops": checkpoint.side ** 2}.get(checkpoint.kind, 0)  # the base / global image
     assert layout.n_image_tokens == rows * cols + second
 
 
@@ -171,7 +179,7 @@ def test_regions_land_on_the_tokens_covering_the_box(loaded, request):
     rows, cols = checkpoint.grid
     scaled = tuple(v * checkpoint.scale for v in box)
     hits = overlapping(scaled, rows, cols, checkpoint.cell, checkpoint.cell)
-    image = image_positions(model, batch)
+    image, space = image_positions(model, batch), "lm"
     if checkpoint.kind == "tiles":  # the base grid first, then the tile grid row by row, a newline after each row
         base, tiles = image[:rows * cols], image[rows * cols:].view(rows, cols + 1)[:, :cols].flatten()
         expected = tiles[hits].tolist() + base[hits].tolist()
@@ -182,10 +190,14 @@ def test_regions_land_on_the_tokens_covering_the_box(loaded, request):
         global_hits = overlapping(box, side, side, checkpoint.size / side, checkpoint.size / side)
         global_start = per_row * per_row * side * side
         expected = image[crop_token].tolist() + image[[global_start + h for h in global_hits]].tolist()
+    elif checkpoint.kind == "cross":  # no image tokens in the LM: the tower's patches of the one tile, after its CLS
+        with pytest.raises(RegionError, match="cross-attention"):
+            batch.layouts[0].positions("object:cup", "lm")
+        space, expected = "vision", [1 + h for h in hits]
     else:
         expected = image[hits].tolist()
     assert hits, "the test box must cover some tokens"
-    assert batch.layouts[0].positions("object:cup", "lm").tolist() == expected
+    assert batch.layouts[0].positions("object:cup", space).tolist() == expected
 
 
 def test_every_site_resolves_on_the_meta_model_with_its_real_width(loaded):
@@ -200,6 +212,8 @@ def test_every_site_resolves_on_the_meta_model_with_its_real_width(loaded):
         spec = model.site(name)
         module = model.hf.get_submodule(spec.module)  # the module path exists at full size
         widths = {int(w) for w in sized_shape(model, name).split()[1:] if w.isdigit()}
+        if "d_features" in spec.shape:  # Llama 3.2's tower concatenates layers: the width its projector reads
+            module = model.hf.get_submodule(model.site("vision_projector.hook_in").module)
         dims = {d for p in module.parameters() for d in p.shape}
         if dims and spec.io == "output" and spec.space != "none":  # the documented width is the module's own size
             assert widths & dims, (name, widths, sorted(dims))
