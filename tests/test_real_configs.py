@@ -99,6 +99,11 @@ CHECKPOINTS = [
                "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>{q}<|eot_id|>"
                "<|start_header_id|>assistant<|end_header_id|>\n\n", (40, 40, 4096, 1280), 560, (40, 40), 14, 1,
                kind="cross"),
+    # Llama 4 Scout: a 336 px square is one 336 px tile (no global tile for a single one), 24x24 patches of 14 px
+    # pixel-shuffled 2x2 -> 12x12 <|patch|> tokens after <|image_start|><|image|>
+    Checkpoint("meta-llama--Llama-4-Scout-17B-16E",
+               "<|begin_of_text|><|header_start|>user<|header_end|>\n\n<|image|>{q}<|eot|>"
+               "<|header_start|>assistant<|header_end|>\n\n", (48, 34, 5120, 1408), 336, (12, 12), 28, 144),
 ]
 IDS = [c.name.split("--")[1] for c in CHECKPOINTS]
 
