@@ -104,6 +104,11 @@ CHECKPOINTS = [
     Checkpoint("meta-llama--Llama-4-Scout-17B-16E",
                "<|begin_of_text|><|header_start|>user<|header_end|>\n\n<|image|>{q}<|eot|>"
                "<|header_start|>assistant<|header_end|>\n\n", (48, 34, 5120, 1408), 336, (12, 12), 28, 144),
+    # Qwen3-VL: 16 px patches merged 2x2, so smart_resize rounds to 32 px: 336 / 32 = 10.5 rounds (half to even) to
+    # 10 -> 320 px (within min/max pixels), 20x20 patches, 10x10 tokens; no default system turn
+    Checkpoint("Qwen--Qwen3-VL-4B-Instruct",
+               "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{q}<|im_end|>\n<|im_start|>assistant\n",
+               (36, 24, 2560, 1024), 336, (10, 10), 32, 100, scale=320 / 336),
 ]
 IDS = [c.name.split("--")[1] for c in CHECKPOINTS]
 
