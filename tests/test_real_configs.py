@@ -182,6 +182,20 @@ def test_pixtral_rows_end_with_img_break_and_the_image_with_img_end(checkpoint, 
     assert ids[first:first + len(expected)] == expected
 
 
+@pytest.mark.parametrize("name, size, grid, n_tokens", [
+    # the published worked example: 100x80 px -> 2048x1638 -> 2048x2048 px, 4x4 crops of 8x8 tokens + the global one
+    ("HuggingFaceTB--SmolVLM-256M-Instruct", (100, 80), (32, 32), 17 * 64),
+    # 2:1 -> longest edge 1456 px: 1456x728 px, 2 rows of 4 crops of 13x13 tokens + the global one
+    ("HuggingFaceM4--Idefics3-8B-Llama3", (728, 364), (26, 52), 9 * 169),
+], ids=["SmolVLM-256M-100x80", "Idefics3-8B-2:1"])
+def test_idefics3_crops_follow_the_aspect_ratio_without_row_col_tokens(name, size, grid, n_tokens, tmp_path):
+    """Rows and columns of crops are the image processor's: Idefics3-8B's tokenizer has no <row_i_col_j> tokens."""
+    model = vl.load(checkpoint_dir(name, tmp_path), device="meta")
+    batch = model.prepare(([Image.new("RGB", size)], [Q]))
+    assert batch.layouts[0].grid == grid
+    assert len(image_positions(model, batch)) == n_tokens
+
+
 def test_regions_land_on_the_tokens_covering_the_box(loaded, request):
     checkpoint, model = loaded
     known_problem(request, "layout", checkpoint.name)
