@@ -135,7 +135,8 @@ def swap_scores(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds
     def build(ids: list[int], sub: Batch) -> list[list[Intervention]]:
         slots, strips = key_of[ids[0]]
         pre = before(sub, slots) if before else []
-        source = engine.cache(model, cf[ids], sites, before(cf[ids], slots) if before else None)
+        source = engine.cache(model, cf[ids], engine.source_sites(model, sites),
+                              before(cf[ids], slots) if before else None)
         return [pre] + [[*pre, swap(site, kind, slots, source, plan, dict(strips))] for kind in kinds
                         for site in sites]
 
