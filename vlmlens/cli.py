@@ -181,7 +181,10 @@ def validate_organisms(out: Path = typer.Option(Path("validation"), help="folder
     from vlmlens.study.validate import validate
     result = validate(out=out, n=n, seed=seed, organisms=organism or None, protocol=protocol, everything=everything,
                       fresh=fresh)
-    typer.echo(result.table.to_string(index=False))
+    typer.echo(result.table.drop(columns="note").to_string(index=False))
+    missed = result.table[(result.table.status != "recovered") & (result.table.note != "")]
+    for row in missed.drop_duplicates(["organism", "measure"]).itertuples():
+        typer.echo(f"note on {row.organism} {row.measure}: {row.note}")
     typer.echo(str(result.path))
     if strict and len(result.contradicted):
         raise typer.Exit(1)

@@ -102,8 +102,10 @@ def sizes(model: VLM, site: str) -> dict[str, int]:
     heads, d_head = (vision.n_heads, vision.d_vision // vision.n_heads) if on_tower else (text.n_heads, text.d_head)
     ratio = _first(config, "downsample_ratio")  # InternVL's pixel shuffle: (1/ratio)^2 patches per token
     shuffle = round(1 / float(ratio)) ** 2 if ratio else int(_first(config, "scale_factor") or 1) ** 2
+    features = _first(config.vision_config, "vision_output_dim")  # Llama 3.2 / 4: the tower's output width
     return {"d_model": text.d_model, "d_vocab": text.d_vocab, "d_vision": vision.d_vision, "head": heads,
-            "d_head": d_head, "d_shuffled": vision.d_vision * shuffle}
+            "d_head": d_head, "d_shuffled": vision.d_vision * shuffle, "d_kv": text.n_kv_heads * text.d_head,
+            **({"d_features": int(features)} if features else {})}
 
 
 def sized_shape(model: VLM, site: str) -> str:

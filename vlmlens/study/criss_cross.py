@@ -48,7 +48,9 @@ from vlmlens.study.common import (
     NoPairs,
     StudyResult,
     answers_under,
+    at_lm_input,
     by_orientation,
+    first_task,
     pick_pairs,
     site_label,
     split,
@@ -133,7 +135,8 @@ def swap_scores(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds
     def build(ids: list[int], sub: Batch) -> list[list[Intervention]]:
         slots, strips = key_of[ids[0]]
         pre = before(sub, slots) if before else []
-        source = engine.cache(model, cf[ids], sites, before(cf[ids], slots) if before else None)
+        source = engine.cache(model, cf[ids], engine.source_sites(model, sites),
+                              before(cf[ids], slots) if before else None)
         return [pre] + [[*pre, swap(site, kind, slots, source, plan, dict(strips))] for kind in kinds
                         for site in sites]
 
@@ -193,8 +196,8 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
         summary[task] = summarise_flips(table, len(clean)) | dict(getattr(made, "notes", {}))
     if not tables:
         raise NoPairs("; ".join(f"{task}: {why}" for task, why in skipped.items()))
-    headline = next(iter(summary))
     result = {"flip_rates": pd.concat(tables, ignore_index=True)}
+    headline = first_task(result["flip_rates"])
     summary |= {"headline": headline, "n_kept": summary[headline]["n_kept"], "skipped": skipped,
                 "only_correct": only_correct, "protocol": plan.to_json()}
     return StudyResult(result, figures(result), summary, name=NAME)
@@ -207,7 +210,7 @@ def summarise_flips(table: pd.DataFrame, kept: int) -> dict:
     for (orientation, kind), part in table[table.region != "none"].groupby(["orientation", "region"], sort=False):
         part = part.reset_index(drop=True)
         peak = part.flip_rate.idxmax() if part.flip_rate.notna().any() else None
-        out.setdefault(orientation, {})[kind] = {"embed": float(part.flip_rate.iloc[0]),
+        out.setdefault(orientation, {})[kind] = {"embed": float(at_lm_input(part).flip_rate.iloc[0]),
                      "peak": None if peak is None else {"layer": part.layer[peak],
                                                         "flip_rate": float(part.flip_rate[peak]),
                                                         "ci": [float(part.ci_low[peak]), float(part.ci_high[peak])]},

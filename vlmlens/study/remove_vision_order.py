@@ -48,15 +48,15 @@ def reference_caches(model: VLM, batch: Batch, slots: Sequence[str], site: str =
     out = {}
     for key in ("white", *slots):
         ref = model.prepare([r[key] for r in refs])
-        cache = engine.cache(model, ref, [site])
+        cache = engine.cache(model, ref, engine.source_sites(model, [site]))
         # a sub-batch keeps its parent batch's padding: shift the references' sequences to match
         target, own = batch.inputs["input_ids"], ref.inputs["input_ids"]
         shift = target.shape[1] - own.shape[1]
         if shift < 0 or not torch.equal(target[:, shift:], own):
             raise ValueError("reference prompts do not line up with the scenes' (they must share questions)")
-        if shift and model.site(site).space == "lm":
-            name = model.site(site).name
-            cache[name] = torch.nn.functional.pad(cache[name], (0, 0, shift, 0))
+        for name in cache if shift else ():
+            if model.site(name).space == "lm":
+                cache[name] = torch.nn.functional.pad(cache[name], (0, 0, shift, 0))
         out[key] = cache
     return out
 

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vlmlens.study.backup_mechanism import FLIPPING
-from vlmlens.study.common import StudyResult, headline, jsonable
+from vlmlens.study.common import LM_INPUT, StudyResult, at_lm_input, first_task, headline, jsonable
 from vlmlens.study.official import official_html
 from vlmlens.study.protocol import resolve
 from vlmlens.study.runs import RunFolder, Settings
@@ -155,19 +155,20 @@ def _claim_vision(results: dict[str, StudyResult]) -> dict[str, Any]:
         removal = rv.summary.get(task, {}).get(orientation)
         if len(objects) == 0 or removal is None:
             continue
-        object_peak, strip_embed = float(objects.flip_rate.max()), float(strips.flip_rate.iloc[0])
+        object_embed, object_peak = float(at_lm_input(objects).flip_rate.iloc[0]), float(objects.flip_rate.max())
+        strip_embed = float(at_lm_input(strips).flip_rate.iloc[0])
         swaps_ok = strip_embed >= FLIPS and object_peak <= NO_FLIPS
         before, after, ci = removal["before"], removal["after"], removal["after_ci"]
         drop_ok = before - after >= DROP and ci[1] < before
         scores.append(int(swaps_ok) + int(drop_ok))
         parts.append(f"{orientation} ({int(objects.n.iloc[0])} pairs): strip swaps at the LM input flip "
-                     f"{_f(strip_embed)}, object-only swaps flip {_f(float(objects.flip_rate.iloc[0]))} at the input "
+                     f"{_f(strip_embed)}, object-only swaps flip {_f(object_embed)} at the input "
                      f"and at most {_f(object_peak)} at any layer ({'as' if swaps_ok else 'not as'} predicted); "
                      "removal "
                      f"takes {task} accuracy from {_f(before)} to {_f(after)} (95% CI {_f(ci[0])}-{_f(ci[1])}; "
                      f"{'a' if drop_ok else 'not a'} clear drop)")
-        numbers[orientation] = {"strip_flip_at_input": strip_embed, "object_flip_at_input":
-                                float(objects.flip_rate.iloc[0]), "object_flip_peak": object_peak,
+        numbers[orientation] = {"strip_flip_at_input": strip_embed, "object_flip_at_input": object_embed,
+                                "object_flip_peak": object_peak,
                                 "accuracy_before": before, "accuracy_after": after}
     if not scores:
         return _claim(1, title, "cannot be assessed", "Claim 1 cannot be assessed: no orientation has both "
@@ -186,13 +187,12 @@ def _claim_vision(results: dict[str, StudyResult]) -> dict[str, Any]:
 def _other_tasks(cc: StudyResult) -> str:
     """A sentence on the criss-cross tasks beyond the headline: strip and object flips at the LM input per
     orientation, and the tasks skipped with why."""
-    table, first = cc.tables["flip_rates"], cc.summary["headline"]
+    table = cc.tables["flip_rates"]
     out = ""
-    for task, part in (table[table.task != first].groupby("task", sort=False) if "task" in table else ()):
-        at_input = part[part.layer == part[part.region != "none"].layer.iloc[0]]
+    for task, part in (table[table.task != first_task(table)].groupby("task", sort=False) if "task" in table else ()):
         flips = [f"{o} strip {_f(float(rows[rows.region == 'strip'].flip_rate.iloc[0]))} / object "
                  f"{_f(float(rows[rows.region == 'object'].flip_rate.iloc[0]))} ({int(rows.n.iloc[0])} pairs)"
-                 for o, rows in at_input.groupby("orientation", sort=False) if o != "all"]
+                 for o, rows in at_lm_input(part).groupby("orientation", sort=False) if o != "all"]
         out += f" Criss-cross on {task}, at the LM input: " + ", ".join(flips) + "."
     for task, why in cc.summary.get("skipped", {}).items():
         out += f" Criss-cross on {task} has nothing to measure: {why}."
@@ -213,7 +213,7 @@ def _claim_backup(results: dict[str, StudyResult]) -> dict[str, Any]:
     parts, numbers, levels = [], {}, []
     for orientation in ("horizontal", "vertical"):
         rows = table[(table.orientation == orientation) & (table.region == "object")]
-        removed = rows[(rows.condition == "removed") & ~rows.layer.isin(["embed", "0"])]
+        removed = rows[(rows.condition == "removed") & ~rows.layer.isin([LM_INPUT, "0"])]
         if not len(removed):
             continue
         intact = rows[rows.condition == "intact"].set_index("layer")

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlmlens.models.toy.organisms import ORGANISMS, Expected
-from vlmlens.study.common import headline
+from vlmlens.study.common import at_lm_input, headline
 from vlmlens.study.compare import ORIENTATIONS, Run, compare, load_run
 from vlmlens.study.report import _table_html, reproduce
 
@@ -37,14 +37,14 @@ STATUSES = ("recovered", "consistent", "inconsistent", "contradicted")
 
 
 def _flips(run: Run, region: str, peak: bool) -> Reading:
-    """Criss-cross flip rate of ``region`` swaps at the LM input (layer ``embed``), or at the layer where it peaks."""
+    """Criss-cross flip rate of ``region`` swaps at the LM input, or at the layer where it peaks."""
     table = run.table("criss_cross", "flip_rates")
     table = None if table is None else headline(table)
     out: Reading = {}
     for orientation in ORIENTATIONS:
         rows = table[(table.orientation == orientation) & (table.region == region)] if table is not None else []
         if len(rows):
-            row = rows.loc[rows.flip_rate.idxmax()] if peak else rows[rows.layer == "embed"].iloc[0]
+            row = rows.loc[rows.flip_rate.idxmax()] if peak else at_lm_input(rows).iloc[0]
             out[orientation] = (float(row.flip_rate), float(row.ci_low), float(row.ci_high))
     return out
 
@@ -124,7 +124,8 @@ def _planted(expected: Expected) -> str:
 
 
 def check(name: str, run: Run) -> pd.DataFrame:
-    """One row per expectation of organism ``name`` and orientation: planted, recovered, status.
+    """One row per expectation of organism ``name`` and orientation: planted, recovered, status, and the
+    expectation's note on how protocols measure it.
 
     Example:
         >>> claim = {"claim": 1, "title": "vision", "verdict": "supported"}
@@ -138,19 +139,21 @@ def check(name: str, run: Run) -> pd.DataFrame:
             verdict = next((c["verdict"] for c in run.claims if c["claim"] == number), "not run")
             rows.append({"organism": name, "measure": expected.measure, "orientation": "both",
                          "planted": expected.verdict, "recovered": verdict,
-                         "status": "recovered" if verdict == expected.verdict else "contradicted"})
+                         "status": "recovered" if verdict == expected.verdict else "contradicted",
+                         "note": expected.note})
             continue
         reading = MEASURES[expected.measure](run)
         for orientation in ORIENTATIONS:
             if orientation not in reading:
                 rows.append({"organism": name, "measure": expected.measure, "orientation": orientation,
-                             "planted": _planted(expected), "recovered": "not run", "status": "contradicted"})
+                             "planted": _planted(expected), "recovered": "not run", "status": "contradicted",
+                             "note": expected.note})
                 continue
             estimate, low, high = reading[orientation]
             rows.append({"organism": name, "measure": expected.measure, "orientation": orientation,
                          "planted": _planted(expected), "recovered": f"{estimate:.2f} [{low:.2f}, {high:.2f}]",
-                         "status": grade(expected, estimate, low, high)})
-    return pd.DataFrame(rows, columns=["organism", "measure", "orientation", "planted", "recovered", "status"])
+                         "status": grade(expected, estimate, low, high), "note": expected.note})
+    return pd.DataFrame(rows, columns=["organism", "measure", "orientation", "planted", "recovered", "status", "note"])
 
 
 @dataclass
