@@ -114,6 +114,14 @@ def test_a_folder_made_with_other_settings_is_refused_naming_the_setting(toy, tm
     assert again.loaded == [] and stamps(out / "behaviour") != written
 
 
+def test_a_result_file_that_is_not_one_is_refused(toy, tmp_path):
+    (tmp_path / "behaviour").mkdir()
+    (tmp_path / "behaviour" / RESULT).write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match=r"behaviour/result.pkl cannot be read back .*--fresh"):
+        reproduce(model=toy, out=tmp_path, n=4, experiments=["position_probes"])
+    assert reproduce(model=toy, out=tmp_path, n=4, experiments=["behaviour"], fresh=True).loaded == []
+
+
 def test_the_cli_refuses_a_mismatched_folder_in_one_line(toy, tmp_path):
     reproduce(model=toy, out=tmp_path, n=4, experiments=["behaviour"])
     refused = subprocess.run(command(tmp_path, "--seed", "1", experiments=["behaviour"]), env=ENV,

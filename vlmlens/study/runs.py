@@ -130,7 +130,10 @@ class RunFolder:
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any]:
-        record = pickle.loads(path.read_bytes())
+        try:
+            record = pickle.loads(path.read_bytes())
+        except Exception as err:  # a file from elsewhere, or from a version whose classes moved
+            raise ValueError(f"{path} cannot be read back ({type(err).__name__}: {err}); {REMEDY}") from err
         if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("version") != VERSION:
             raise ValueError(f"{path} is not a version-{VERSION} vlmlens study result; {REMEDY}")
         if record["experiment"] != path.parent.name:
