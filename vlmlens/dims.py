@@ -17,13 +17,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
+
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
 
 
+def _field(config: Any, name: str) -> Any:
+    """A config field, or for one that differs across layers (Gemma 4's global-attention layers have their own
+    head size and KV heads) its largest value, so sizes bound shapes and memory from above."""
+    try:
+        return getattr(config, name, None)
+    except AmbiguousGlobalPerLayerAttributeError:
+        layers = config.per_layer_config
+        return max(getattr(layers[i], name) for i in range(len(layers)))
+
+
 def _first(config: Any, *names: str) -> Any:
     for name in names:
-        value = getattr(config, name, None)
+        value = _field(config, name)
         if value is not None:
             return value
     return None
