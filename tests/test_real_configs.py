@@ -32,7 +32,8 @@ Box = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One published checkpoint: the prompt its template renders for one image and a question; its sizes (LM
+    """One published checkpoint: the prompt its template renders for one image and a question (None where the
+    fixture has no template); its sizes (LM
     layers, vision layers, d_model, d_vision); and the geometry its processor settings give a ``size`` px square
     test image: the LM token grid, one token's ``cell`` in px of the processed image, ``scale`` (processed px per
     original px), the grid ``kind`` (``grid``; ``tiles``: LLaVA-NeXT's unpadded tile grid with a newline per row,
@@ -41,7 +42,7 @@ class Checkpoint:
     image tokens the processor writes."""
 
     name: str
-    prompt: str
+    prompt: str | None
     sizes: tuple[int, int, int, int]
     size: int
     grid: tuple[int, int]
@@ -121,6 +122,9 @@ CHECKPOINTS = [
     # Gemma 4 keeps the aspect ratio within 280 soft tokens (2520 patches of 16 px, sides multiples of 48 px): a
     # square is resized to 768 px (sqrt(2520) * 16 = 803 px, rounded down), 48x48 patches pooled 3x3 -> 16x16 tokens;
     # thinking off, the template opens the model turn with an empty thought channel
+    # the MoE checkpoint's chat template was not found (prompt None: its prompt test is skipped, the layout uses the
+    # processor's image token without a template); processor settings and geometry as Qwen3.5-0.8B's
+    Checkpoint("Qwen--Qwen3.5-35B-A3B", None, (40, 27, 2048, 1152), 336, (10, 10), 32, 100, scale=320 / 336),
     Checkpoint("google--gemma-4-31B-it",
                "<bos><|turn>user\n<|image|>{q}<turn|>\n<|turn>model\n<|channel>thought\n<channel|>",
                (60, 27, 5376, 1152), 336, (16, 16), 48, 256, scale=768 / 336),
@@ -165,6 +169,8 @@ def image_positions(model, batch) -> torch.Tensor:
 
 def test_prompt_is_the_real_templates_rendering(loaded, request):
     checkpoint, model = loaded
+    if checkpoint.prompt is None:
+        pytest.skip(f"{checkpoint.name}: its published chat template was not found (see SOURCES.md)")
     known_problem(request, "prompt", checkpoint.name)
     assert model.adapter.prompt(Q) == checkpoint.prompt.format(q=Q)
 
@@ -181,7 +187,7 @@ def test_image_tokens_and_grid_are_what_the_real_processor_settings_give(loaded,
     assert layout.n_image_tokens == rows * cols + second
 
 
-PIXTRAL = [c for c in CHECKPOINTS if c.prompt.startswith("<s>[INST]")]
+PIXTRAL = [c for c in CHECKPOINTS if (c.prompt or "").startswith("<s>[INST]")]
 
 
 @pytest.mark.parametrize("checkpoint", PIXTRAL, ids=[c.name.split("--")[1] for c in PIXTRAL])
