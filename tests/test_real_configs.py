@@ -293,6 +293,14 @@ def test_qwen2_vl_settings_give_smart_resize_grids_at_other_sizes(tmp_path):
     assert [lay.grid for lay in batch.layouts] == [(11, 18), (2, 3)]
 
 
+def test_memory_plan_runs_gemma4_tower_on_its_padded_patch_budget(tmp_path):
+    """Gemma 4's processor cuts the patches itself and pads each image's to the budget, 280 soft tokens x 3 x 3 =
+    2520 patches, whatever the image's size; the tower runs on all of them."""
+    model = vl.load(checkpoint_dir("google--gemma-4-31B-it", tmp_path), device="meta")
+    for size in ((336, 336), (672, 336)):
+        assert vl.plan(model, model.prepare(([Image.new("RGB", size)], [Q]))).vision_tokens == 2520
+
+
 def test_cli_lists_the_real_qwen2_vl_sites_with_real_widths(tmp_path):
     from typer.testing import CliRunner
 
