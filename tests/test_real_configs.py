@@ -128,6 +128,9 @@ CHECKPOINTS = [
     Checkpoint("google--gemma-4-31B-it",
                "<bos><|turn>user\n<|image|>{q}<turn|>\n<|turn>model\n<|channel>thought\n<channel|>",
                (60, 27, 5376, 1152), 336, (16, 16), 48, 256, scale=768 / 336),
+    # the on-device E4B (per-layer embeddings, KV shared by its last 18 layers): the 31B's processor settings; its
+    # chat template was not found
+    Checkpoint("google--gemma-4-E4B-it", None, (42, 16, 2560, 768), 336, (16, 16), 48, 256, scale=768 / 336),
 ]
 IDS = [c.name.split("--")[1] for c in CHECKPOINTS]
 
