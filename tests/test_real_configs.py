@@ -33,8 +33,8 @@ Box = tuple[float, float, float, float]
 @dataclass(frozen=True)
 class Checkpoint:
     """One published checkpoint: the prompt its template renders for one image and a question (None where the
-    fixture has no template); its sizes (LM
-    layers, vision layers, d_model, d_vision); and the geometry its processor settings give a ``size`` px square
+    fixture has no template); its sizes (LM layers, vision layers, d_model, d_vision); and the geometry its
+    processor settings give a ``size`` px square
     test image: the LM token grid, one token's ``cell`` in px of the processed image, ``scale`` (processed px per
     original px), the grid ``kind`` (``grid``; ``tiles``: LLaVA-NeXT's unpadded tile grid with a newline per row,
     after a base grid of the same size; ``crops``: Idefics3's crops of ``side x side`` tokens, then the global image
@@ -119,12 +119,12 @@ CHECKPOINTS = [
     Checkpoint("Qwen--Qwen3.5-0.8B",
                "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{q}<|im_end|>\n<|im_start|>assistant\n"
                "<think>\n\n</think>\n\n", (24, 12, 1024, 768), 336, (10, 10), 32, 100, scale=320 / 336),
-    # Gemma 4 keeps the aspect ratio within 280 soft tokens (2520 patches of 16 px, sides multiples of 48 px): a
-    # square is resized to 768 px (sqrt(2520) * 16 = 803 px, rounded down), 48x48 patches pooled 3x3 -> 16x16 tokens;
-    # thinking off, the template opens the model turn with an empty thought channel
     # the MoE checkpoint's chat template was not found (prompt None: its prompt test is skipped, the layout uses the
     # processor's image token without a template); processor settings and geometry as Qwen3.5-0.8B's
     Checkpoint("Qwen--Qwen3.5-35B-A3B", None, (40, 27, 2048, 1152), 336, (10, 10), 32, 100, scale=320 / 336),
+    # Gemma 4 keeps the aspect ratio within 280 soft tokens (2520 patches of 16 px, sides multiples of 48 px): a
+    # square is resized to 768 px (sqrt(2520) * 16 = 803 px, rounded down), 48x48 patches pooled 3x3 -> 16x16 tokens;
+    # thinking off, the template opens the model turn with an empty thought channel
     Checkpoint("google--gemma-4-31B-it",
                "<bos><|turn>user\n<|image|>{q}<turn|>\n<|turn>model\n<|channel>thought\n<channel|>",
                (60, 27, 5376, 1152), 336, (16, 16), 48, 256, scale=768 / 336),
