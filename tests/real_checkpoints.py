@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tiny_models import CHAT_WORDS, WORDS, llama4_image_processor, pixtral_processor, without_video
+from tiny_models import CHAT_WORDS, WORDS, gemma4_processor, llama4_image_processor, pixtral_processor, without_video
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -62,8 +62,9 @@ def _shim(key: str, processor_class: str) -> str:
     import transformers
     if key == "image_processor_type":  # transformers ships Llama 4's only with a torchvision backend
         return llama4_image_processor().__name__ if processor_class.startswith("Llama4") else processor_class
-    if processor_class == "PixtralProcessor":
-        return pixtral_processor().__name__
+    stand_ins = {"PixtralProcessor": pixtral_processor, "Gemma4Processor": gemma4_processor}  # no torchvision / audio
+    if processor_class in stand_ins:
+        return stand_ins[processor_class]().__name__
     cls = getattr(transformers, processor_class)
     if "video_processor" in getattr(cls, "get_attributes", lambda: [])():
         return without_video(cls).__name__
