@@ -144,3 +144,47 @@ def test_ray_workers_give_the_single_process_study(toy, ray_cluster, time_limit,
                                           check_exact=False, atol=1e-5)
     resumed = reproduce(model=toy, out=tmp_path / "ray", n=4, experiments=names, workers=2)
     assert resumed.loaded == names  # the results the workers sent back were kept as they came
+
+
+def test_a_killed_experiment_resumes_from_its_finished_tasks(toy, one_thread, tmp_path, monkeypatch):
+    from vlmlens.study import criss_cross
+    from vlmlens.study.runs import CHUNKS
+    whole, out = tmp_path / "whole", tmp_path / "resumed"
+    reproduce(model=toy, out=whole, n=4, experiments=["criss_cross"])
+    measured, flip_table = [], criss_cross.flip_table
+
+    def counted(model, clean, *args, **kwargs):
+        measured.append(clean.scenes[0].task)
+        if kill and len(measured) == 2:
+            raise KeyboardInterrupt  # killed while the second task runs
+        return flip_table(model, clean, *args, **kwargs)
+
+    monkeypatch.setattr(criss_cross, "flip_table", counted)
+    kill = True
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(model=toy, out=out, n=4, experiments=["criss_cross"])
+    first, second = measured
+    chunks = out / "criss_cross" / CHUNKS
+    assert sorted(p.name for p in chunks.iterdir()) == [f"{first}.pkl"] and not (out / "criss_cross" / RESULT).exists()
+
+    with pytest.raises(ValueError, match=rf"\n  seed: {re.escape(str(chunks / first))}.pkl has 0, this run has 1"):
+        reproduce(model=toy, out=out, n=4, seed=1, experiments=["criss_cross"])  # refused, nothing computed
+    assert len(measured) == 2
+
+    kill, measured[:] = False, []
+    resumed = reproduce(model=toy, out=out, n=4, experiments=["criss_cross"])
+    assert measured == [second]  # the first task was loaded, the second computed; objects has no pair (skipped)
+    assert resumed.loaded == [] and csvs(out) == csvs(whole) and csvs(out)
+    experiments = [json.dumps(json.loads((o / "summary.json").read_text())["experiments"]) for o in (out, whole)]
+    assert experiments[0] == experiments[1]
+    assert not chunks.exists()  # a finished experiment keeps no chunks
+
+
+def test_fresh_deletes_the_kept_chunks(toy, tmp_path):
+    from vlmlens.study.runs import CHUNKS, RunFolder, chunk, experiment
+    identity = {"n": 4}
+    with RunFolder(tmp_path, identity).running(), experiment("criss_cross"):
+        assert chunk("squares", lambda: 1) == 1
+    assert RunFolder(tmp_path, identity).chunks == {("criss_cross", "squares"): 1}
+    assert RunFolder(tmp_path, identity, fresh=True).chunks == {}
+    assert not list((tmp_path / "criss_cross" / CHUNKS).iterdir())

@@ -71,7 +71,9 @@ def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | N
 
     Each finished experiment is kept whole in ``out/<experiment>/result.pkl`` with the run's settings
     (`vlmlens.study.runs`): a rerun into the same ``out`` loads those instead of recomputing them and
-    refuses a folder made with other settings (``fresh=True`` recomputes everything). ``workers`` runs
+    refuses a folder made with other settings (``fresh=True`` recomputes everything); an experiment killed
+    part-way resumes from the parts it kept (`vlmlens.study.runs.chunk`: criss-cross's and the removal's
+    tasks), in this process only. ``workers`` runs
     the experiments on that many Ray workers, one model replica each (`vlmlens.executors.Ray`), each
     result kept as it comes back.
 
@@ -99,7 +101,7 @@ def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | N
     seconds: dict[str, float] = {"load": time.time() - started}
     todo = [name for name in names if name not in done]
     executor = Local() if workers is None else Ray(workers=workers)
-    with tqdm(total=len(todo), desc="reproduce", unit="experiment", disable=not todo) as bar:
+    with tqdm(total=len(todo), desc="reproduce", unit="experiment", disable=not todo) as bar, folder.running():
         for name, (result, took) in executor.results(vlm, settings, todo, bar):
             folder.save(name, result, took)
             done[name] = (result, took)
