@@ -188,3 +188,24 @@ def test_fresh_deletes_the_kept_chunks(toy, tmp_path):
     assert RunFolder(tmp_path, identity).chunks == {("criss_cross", "squares"): 1}
     assert RunFolder(tmp_path, identity, fresh=True).chunks == {}
     assert not list((tmp_path / "criss_cross" / CHUNKS).iterdir())
+
+
+def test_the_removal_keeps_each_task_and_gives_the_same_tables_from_them(toy, tmp_path, monkeypatch):
+    from vlmlens.study import remove_vision_order as rvo
+    from vlmlens.study.runs import RunFolder, experiment
+    tasks, identity = ["squares", "shapes"], {"n": 8}
+    alone = rvo.run(toy, n=8, tasks=tasks)  # outside a run: nothing kept
+    assert not list(tmp_path.iterdir())
+    with RunFolder(tmp_path, identity).running(), experiment(rvo.NAME):
+        rvo.run(toy, n=8, tasks=tasks)
+    assert sorted(p.name for p in (tmp_path / rvo.NAME / "chunks").iterdir()) == ["shapes.pkl", "squares.pkl"]
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("a kept task was recomputed")
+
+    monkeypatch.setattr(rvo, "_rows", recompute)
+    with RunFolder(tmp_path, identity).running(), experiment(rvo.NAME):
+        loaded = rvo.run(toy, n=8, tasks=tasks)
+    for key, table in alone.tables.items():
+        pd.testing.assert_frame_equal(loaded.tables[key], table)
+    assert loaded.summary["sentence"] == alone.summary["sentence"]
