@@ -309,3 +309,8 @@ def test_grid_probes_have_k_classes_over_k_squared_cells(report):
     assert (table.accuracy > 0.9).all()  # the toy's vision tokens carry where a cell sits, on both axes
     assert result.summary["sentence"].startswith("Grid probes") and result.summary["sentence"] in \
         report.path.read_text().replace("&#x27;", "'")
+
+
+def test_removal_with_too_few_scenes_for_its_mean_ablations_names_the_task_and_the_fix(model):
+    with pytest.raises(ValueError, match=r"objects task drew 1 (horizontal|vertical) scene \(n=4\).*use a larger n"):
+        EXPERIMENTS["remove_vision_order"].run(model, n=4, tasks=["objects"])

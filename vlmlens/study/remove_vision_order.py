@@ -29,7 +29,7 @@ from vlmlens.plot import bars
 from vlmlens.scenes import reference_images
 from vlmlens.stats import mean_ci
 from vlmlens.study import runs
-from vlmlens.study.common import StudyResult, answers_under, by_orientation, split, stimuli
+from vlmlens.study.common import ROW, StudyResult, answers_under, by_orientation, split, stimuli
 from vlmlens.study.protocol import Plan, resolve
 
 if TYPE_CHECKING:
@@ -143,6 +143,10 @@ def _rows(model: VLM, plan: Plan, task: str, n: int | None, seed: int, site: str
     bar = tqdm(total=len(scenes) * (len(CONDITIONS) + 4), desc=f"{NAME} ({task})", unit="row")
     batch = model.prepare(scenes)
     parts = by_orientation(scenes)
+    for slots, ids in parts.items():
+        if len(ids) < 2:  # the mean ablations average an orientation's own scenes
+            raise ValueError(f"{NAME}: the {task} task drew {len(ids)} {'horizontal' if slots == ROW else 'vertical'} "
+                             f"scene (n={n}), but its mean ablations need at least 2 per orientation; use a larger n")
     slots_of = {i: slots for slots, ids in parts.items() for i in ids}
 
     def build(ids: list[int], sub: Batch) -> list[list[Intervention]]:
