@@ -105,7 +105,7 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
             "sequence order, or any mix. Use the organisms (`toy-sequence`, `toy-content`, `toy-background`) to "
             "check that an experiment tells those apart.")}),
     Organism(
-        "toy-sequence", "position from sequence order only", vision_positions=False, steps=2000,
+        "toy-sequence", "position from sequence order only", vision_positions=False, steps=3500,
         mixture=({"squares": 4, "shapes": 4, "relation": 24},) * 2,
         expected=(Expected("criss_cross.object_at_input", high=0.05),
                   Expected("criss_cross.strip_at_input", high=0.05),
@@ -131,7 +131,10 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
                 "- Claim 1 (`vlmlens reproduce`): not supported (neither swaps nor removal change the answers)."),
             "Not planted": (
                 "How the LM turns sequence positions into left/right/above/below (which layers, which heads); "
-                "naturalistic scenes are not trained on." + _CLAIMS_2_3),
+                "naturalistic scenes are not trained on." + _CLAIMS_2_3 + " Observed, not planted: after block 1 "
+                "the LM has written a little order onto the object tokens itself: object-only swaps there flip "
+                "0.11 of horizontal pairs (0.14 with the vision order removed; 0.00 vertical; paper protocol, "
+                "seed 0), where the 2000-step checkpoint flipped up to 0.44."),
         }),
     Organism(
         "toy-content", "position from the tokens' own content", shuffle=True, steps=300,
