@@ -85,3 +85,12 @@ def test_prefix_reuse_equals_full_recomputation_on_every_family(loaded, monkeypa
     got = engine.run(model, batch, groups, logits_of)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
     assert (max(seen) > 0) == model.adapter.prefix_reuse  # families that opt out run every position
+
+
+def test_a_scored_source_batch_gives_what_its_own_run_gives_on_every_family(loaded):
+    model, batch = loaded
+    source = batch[list(reversed(range(len(batch))))]
+    groups = [[], [vl.Patch(f"blocks.{model.lm_layers[-1]}.hook_resid_pre", region="last", source=source)]]
+    got = engine.run(model, batch, groups, logits_of, score=source)
+    assert torch.allclose(got[:-1], engine.run(model, batch, groups, logits_of), atol=1e-5)
+    assert torch.allclose(got[-1], engine.run(model, source, [[]], logits_of)[0], atol=1e-5)

@@ -235,13 +235,13 @@ def sweep(model: VLM, batch: Batch, interventions: Sequence[Intervention | Label
 
 def _whole(model: VLM, job: Job, family: list[Labelled], progress: bool) -> Effects:
     """The whole family in one engine run: the passes packed over all of it."""
-    groups = [[], *job.groups] + ([flatten(job.baseline)] if isinstance(job.baseline, Intervention) else [])
-    bar = tqdm(total=len(groups) * len(job.batch), desc="sweep", unit="row", disable=not progress)
-    read = job.reader(model)
-    values = engine.run(model, job.batch, groups, read, max_batch=job.max_batch, bar=bar)
-    corrupt = values[-1] if isinstance(job.baseline, Intervention) else None
-    if isinstance(job.baseline, Batch):
-        corrupt = engine.run(model, job.baseline, [[]], read, max_batch=job.max_batch, bar=bar)[0]
+    groups = [[], *job.groups, *job.corrupting()]
+    bar = tqdm(total=job.rows(None) + len(job.groups) * len(job.batch), desc="sweep", unit="row",
+               disable=not progress)
+    # a baseline batch is scored by the engine with the pass that gives the family its sources from it
+    values = engine.run(model, job.batch, groups, job.reader(model), max_batch=job.max_batch, bar=bar,
+                        score=job.scored())
+    corrupt = values[-1] if job.baseline is not None else None
     bar.close()
     return _effects(job, family, values[1:1 + len(family)], {"clean": values[0], "corrupt": corrupt})
 

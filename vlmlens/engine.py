@@ -3,7 +3,9 @@
 Given a batch and groups of interventions (a group is the edits of one run of the batch), `run`
 
 - splits the examples into parts (examples that share region names) and chunks of at most ``max_batch``,
-- computes every source once: paired sources sliced per chunk, references whole, `BATCH` per part,
+- computes every source once: paired sources sliced per chunk, references whole, `BATCH` per part; a
+  source pass stops at the last site its edits read, unless its batch is also scored (``score``: a sweep's
+  corrupt baseline), when the one pass gives the sources and the answers,
 - runs the vision tower once per chunk when every edit sits at a language-model site,
 - runs the unedited pass once per chunk and starts each group at the first LM layer it edits and, where the
   LM is causal (``adapter.prefix_reuse``) and the edits local in position, at the first sequence position
@@ -80,14 +82,16 @@ def checked_max_batch(model: VLM, max_batch: int | None) -> int:
 
 def run(model: VLM, batch: Batch, groups: Sequence[Group] | Build, read: Read,
         parts: Sequence[Sequence[int]] | None = None, max_batch: int | None = None,
-        bar: tqdm | None = None) -> Tensor:
+        bar: tqdm | None = None, score: Batch | None = None) -> Tensor:
     """``read``'s output for every group of interventions on every example: ``(group, example, ...)``, as
     float32 on the CPU.
 
     ``groups`` is a list of groups (each a list of interventions, or one, or ``[]`` for the unedited run),
     or ``build(ids, sub_batch)`` returning them per chunk, for sources made per chunk (a `Cache` of the
     same sub-batch). ``parts`` splits the examples into sets that share region names (each example in
-    one part); chunks never mix parts.
+    one part); chunks never mix parts. ``score``, a batch paired with ``batch`` by index (a sweep's corrupt
+    baseline), adds one last group: ``read`` of its unedited answers; where edits take sources from it, the
+    pass that computes them gives these answers too, so the batch runs once.
 
     Example:
         >>> from vlmlens import engine
@@ -99,7 +103,11 @@ def run(model: VLM, batch: Batch, groups: Sequence[Group] | Build, read: Read,
     max_batch = checked_max_batch(model, max_batch)
     parts = _checked_parts(parts, len(batch))
     static = None if callable(groups) else [flatten(g) for g in groups]
-    store = _SourceStore(model, batch, max_batch)
+    if score is not None:
+        checks.kind("score", score, Batch, "a Batch from model.prepare(scenes), paired with the batch by index")
+        if len(score) != len(batch):
+            raise ValueError(f"score has {len(score)} examples but the batch has {len(batch)}; it pairs up by index")
+    store = _SourceStore(model, batch, max_batch, score)
     out: Tensor | None = None
     for p, part in enumerate(parts):
         for start in range(0, len(part), max_batch):
@@ -108,22 +116,28 @@ def run(model: VLM, batch: Batch, groups: Sequence[Group] | Build, read: Read,
             edits = static if static is not None else [flatten(g) for g in groups(chunk, sub)]  # type: ignore[operator]
             sources = store.for_chunk(edits, chunk, sub, p, part, list(range(start, start + len(chunk))))
             values = _run_chunk(model, sub, edits, sources, read, max_batch, bar).float()
+            if score is not None:
+                answers = store.answers(chunk)
+                values = torch.cat([values, torch.as_tensor(read(answers, score[chunk], answers)).cpu().float()[None]])
+                if bar is not None:
+                    bar.update(len(chunk))
             if out is None:
-                out = torch.full((len(edits), len(batch), *values.shape[2:]), float("nan"))
+                out = torch.full((values.shape[0], len(batch), *values.shape[2:]), float("nan"))
             if values.shape[0] != out.shape[0]:
                 raise ValueError(f"build() gave {values.shape[0]} groups for examples {chunk[:3]}..., but "
                                  f"{out.shape[0]} for earlier ones; every chunk needs the same groups")
             out[:, chunk] = values
     if out is None:
-        n_groups = 0 if static is None else len(static)
+        n_groups = 0 if static is None else len(static) + (score is not None)
         return torch.zeros((n_groups, 0))
     return out
 
 
 def forward(model: VLM, batch: Batch, interventions: Intervention | Iterable[Intervention] | None = None,
             sites: str | Iterable[str] = (), grad: bool = False, stop: bool = False,
-            inputs: dict[str, Any] | None = None) -> tuple[Tensor | None, Cache]:
-    """One pass over the whole batch with its sources computed: what ``model.run_with_cache`` does.
+            inputs: dict[str, Any] | None = None, last_only: bool = False) -> tuple[Tensor | None, Cache]:
+    """One pass over the whole batch with its sources computed: what ``model.run_with_cache`` does
+    (``last_only``: logits at the last position only).
 
     Example:
         >>> from vlmlens import engine
@@ -136,7 +150,8 @@ def forward(model: VLM, batch: Batch, interventions: Intervention | Iterable[Int
     store = _SourceStore(model, batch, max(len(batch), 1))
     ids = list(range(len(batch)))
     sources = store.for_chunk([edits], ids, batch, 0, ids, ids)
-    return model.trace_pass(batch, [edits], sites, grad=grad, stop=stop, inputs=inputs, sources=sources)
+    return model.trace_pass(batch, [edits], sites, grad=grad, stop=stop, inputs=inputs, sources=sources,
+                            last_only=last_only)
 
 
 def cache(model: VLM, batch: Batch, sites: str | Iterable[str],
@@ -149,19 +164,23 @@ def cache(model: VLM, batch: Batch, sites: str | Iterable[str],
         >>> engine.cache(model, batch, ["hook_embed"], max_batch=3)["hook_embed"].shape[0] == len(batch)
         True
     """
-    size = checked_max_batch(model, max_batch)
-    edits = flatten(interventions)
-    if len(batch) <= size:
-        return forward(model, batch, edits, sites, stop=True)[1]
-    if any(e.sources() for e in edits):
+    return _chunked(model, batch, sites, flatten(interventions), checked_max_batch(model, max_batch))[0]
+
+
+def _chunked(model: VLM, batch: Batch, sites: str | Iterable[str], edits: list[Intervention], size: int,
+             answers: bool = False) -> tuple[Cache, AnswerLogits | None]:
+    """A `Cache` of ``sites`` after ``edits``, in passes of at most ``size`` examples that stop at the last
+    site, or with ``answers`` run to the end for the answer-position logits too."""
+    if len(batch) > size and any(e.sources() for e in edits):
         raise ValueError("a cache after paired-source edits is computed in one pass: give max_batch >= the batch "
                          f"({len(batch)})")
-    pieces = [forward(model, batch[list(range(i, min(i + size, len(batch))))], edits, sites, stop=True)[1]
-              for i in range(0, len(batch), size)]
+    pieces = [forward(model, batch[list(range(i, min(i + size, len(batch))))] if len(batch) > size else batch,
+                      edits, sites, stop=not answers, last_only=answers)
+              for i in range(0, max(len(batch), 1), size)]
     out = Cache()
-    for name in pieces[0]:
-        out[name] = torch.cat([piece[name] for piece in pieces])
-    return out
+    for name in pieces[0][1]:
+        out[name] = torch.cat([piece[name] for _, piece in pieces])
+    return out, torch.cat([logits[:, -1] for logits, _ in pieces]) if answers else None
 
 
 def _n_examples(source: Batch | Cache) -> int:
@@ -292,9 +311,17 @@ class _SourceStore:
     """Source activations for one engine call, each computed once: a source batch runs once for all
     chunks (in chunks itself) and all the sites its edits read, `BATCH` once per part."""
 
-    def __init__(self, model: VLM, batch: Batch, max_batch: int):
-        self.model, self.batch, self.max_batch = model, batch, max_batch
+    def __init__(self, model: VLM, batch: Batch, max_batch: int, score: Batch | None = None):
+        self.model, self.batch, self.max_batch, self.score = model, batch, max_batch, score
         self.full: dict[tuple[Any, ...], Tensor] = {}
+        self.scored: AnswerLogits | None = None  # the unedited answers of ``score``, once run
+
+    def answers(self, chunk: list[int]) -> AnswerLogits:
+        """``score``'s unedited answer logits on ``chunk``: from its source pass, or its own where no edit
+        reads it."""
+        if self.scored is None:
+            self.scored = _chunked(self.model, self.score, (), [], self.max_batch, answers=True)[1]  # type: ignore[arg-type]
+        return self.scored[torch.as_tensor(chunk, device=self.scored.device)]  # type: ignore[index]
 
     def for_chunk(self, groups: Sequence[Sequence[Intervention]], chunk: list[int], sub: Batch, part_id: int,
                   part: list[int], rows: list[int]) -> Sources:
@@ -331,8 +358,11 @@ class _SourceStore:
                 if (*key, site) not in self.full:
                     wanted.setdefault(key, (batch, set()))[1].add(site)
         for key, (batch, sites) in wanted.items():
-            computed = cache(self.model, batch, sorted(sites), max_batch=self.max_batch)
+            scored = batch is self.score
+            computed, answers = _chunked(self.model, batch, sorted(sites), [], self.max_batch, answers=scored)
             self.full.update({(*key, site): computed[site] for site in sites})
+            if scored:
+                self.scored = answers
 
     def _paired(self, out: Sources, source: Batch | Cache, site: str, chunk: list[int]) -> None:
         size = _n_examples(source)
