@@ -173,4 +173,4 @@ def test_a_sweep_scores_its_baseline_batch_with_the_source_pass(toy, batch, sour
     effects = vl.sweep(toy, batch, family, vl.LogitDiff(), baseline=source, progress=False)
     assert torch.allclose(effects.corrupt, corrupt, atol=1e-5)
     assert not any(seen)  # no pass stopped early: the source pass gave the corrupt scores
-    assert len(seen) == 2 + len(toy.lm_layers)  # source, clean, one pass per first edited layer
+    assert len(seen) == 3  # source, clean, and one short pass for every layer's last-position patch

@@ -10,7 +10,8 @@ Given a batch and groups of interventions (a group is the edits of one run of th
 - runs the unedited pass once per chunk and starts each group at the first LM layer it edits and, where the
   LM is causal (``adapter.prefix_reuse``) and the edits local in position, at the first sequence position
   they touch: earlier positions keep the clean run's keys and values, so they are never recomputed,
-- packs groups into passes of at most ``max_batch`` rows (the chunk repeated once per group),
+- packs groups into passes of at most ``max_batch`` rows (the chunk repeated once per group), the packing a
+  cost model of layers times positions finds cheapest (`plan_passes`),
 - hands each pass's answer-position logits to ``read``, which keeps only what its caller needs.
 
 `forward` is one pass over a whole batch (``model.run`` and ``model.run_with_cache``), `cache` a chunked
@@ -246,7 +247,9 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], sources
         results[i] = read(unedited, sub, unedited)  # type: ignore[arg-type]
     if bar is not None and len(edited) < len(groups):
         bar.update(len(sub) * (len(groups) - len(edited)))
-    for layer, start, members in plan_passes(first, starts, edited, max(1, max_batch // len(sub))):
+    length = (sub.inputs["input_ids"] if "input_ids" in sub.inputs else sub.inputs["inputs_embeds"]).shape[1]
+    for layer, start, members in plan_passes(first, starts, edited, max(1, max_batch // len(sub)),
+                                             len(model.lm_layers), length):
         resume = (layer, resid[f"blocks.{layer - 1}.hook_resid_post"]) if layer > 0 else None
         past = _prefix_past(resid.past, start, len(members)) if start > 0 else None
         logits, _ = model.trace_pass(sub, [groups[i] for i in members], (), inputs=inputs, last_only=True,
@@ -259,23 +262,46 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], sources
     return torch.stack([torch.as_tensor(r).cpu() for r in results])  # type: ignore[misc]
 
 
-def plan_passes(first: Sequence[int], starts: Sequence[int], edited: Sequence[int],
-                per_pass: int) -> list[tuple[int, int, list[int]]]:
-    """``(layer, start, groups)`` per pass: groups sharing their first edited layer, sorted by the first
-    position they edit and packed ``per_pass`` at a time; a pass starts at its earliest member's position.
+def plan_passes(first: Sequence[int], starts: Sequence[int], edited: Sequence[int], per_pass: int,
+                layers: int, length: int) -> list[tuple[int, int, list[int]]]:
+    """``(layer, start, groups)`` per pass: the groups packed at most ``per_pass`` to a pass, each pass starting
+    at its members' first edited layer and position, the packing that costs least where a pass of ``k`` groups
+    from layer ``l`` and position ``p`` costs ``k (layers - l)(length - p)``, plus ``length`` for the pass itself.
+
+    Two packings compete, each split into runs of consecutive starts at the best places (`_split`): groups
+    sharing their first edited layer, or all groups together sorted by start (the layers before a member's own
+    first edit recompute its clean values at the pass's positions: one short pass for every layer's last-position
+    patch).
 
     Example:
         >>> from vlmlens.engine import plan_passes
-        >>> plan_passes(first=[0, 2, 2, 2], starts=[0, 9, 3, 5], edited=[1, 2, 3], per_pass=2)
+        >>> plan_passes(first=[0, 2, 2, 2], starts=[0, 9, 3, 5], edited=[1, 2, 3], per_pass=2, layers=4, length=12)
         [(2, 3, [2, 3]), (2, 9, [1])]
+        >>> plan_passes(first=[0, 1, 2, 3], starts=[99] * 4, edited=[0, 1, 2, 3], per_pass=4, layers=4, length=100)
+        [(0, 99, [0, 1, 2, 3])]
     """
-    out = []
-    for layer in sorted({first[i] for i in edited}):
-        same = sorted((i for i in edited if first[i] == layer), key=lambda i: (starts[i], i))
-        for k in range(0, len(same), per_pass):
-            members = same[k:k + per_pass]
-            out.append((layer, min(starts[i] for i in members), members))
-    return out
+    def split(members: list[int]) -> tuple[float, list[list[int]]]:
+        return _split(sorted(members, key=lambda i: (starts[i], first[i], i)), first, starts, per_pass, layers, length)
+    per_layer = [split([i for i in edited if first[i] == layer]) for layer in sorted({first[i] for i in edited})]
+    together = split(list(edited))
+    runs = together[1] if together[0] < sum(cost for cost, _ in per_layer) else [r for _, rs in per_layer for r in rs]
+    return [(min(first[i] for i in run), min(starts[i] for i in run), run) for run in runs]
+
+
+def _split(members: list[int], first: Sequence[int], starts: Sequence[int], per_pass: int, layers: int,
+           length: int) -> tuple[float, list[list[int]]]:
+    """The cheapest split of ``members`` (in this order) into runs of at most ``per_pass`` (dynamic programming
+    over where runs end), with `plan_passes`'s cost: its cost and its runs."""
+    best: list[tuple[float, list[list[int]]]] = [(0.0, [])]
+    for end in range(1, len(members) + 1):
+        options, layer, position = [], layers, length
+        for begin in range(end - 1, max(0, end - per_pass) - 1, -1):
+            layer, position = min(layer, first[members[begin]]), min(position, starts[members[begin]])
+            cost = best[begin][0] + (end - begin) * (layers - layer) * (length - position) + length
+            options.append((cost, begin))
+        cost, begin = min(options)
+        best.append((cost, [*best[begin][1], members[begin:end]]))
+    return best[-1]
 
 
 def first_position(model: VLM, edits: Sequence[Intervention], batch: Batch) -> int:
