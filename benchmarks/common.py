@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,6 +36,35 @@ def report(rows: list[tuple[str, ...]], header: tuple[str, ...], figures: Mappin
     """Print a readable table, then one JSON object of the figures as the last line."""
     table(rows, header)
     print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_bytes(workload: Callable[[], object], device_type: str) -> float:
+    """Bytes of peak memory ``workload`` adds: `max_memory_allocated` on a GPU; on a CPU the peak resident memory
+    above the level before it, sampled every millisecond (run it in a fresh process for a clean reading)."""
+    import torch
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        workload()
+        return float(torch.cuda.max_memory_allocated() - start)
+    start, peak, done = resident_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], resident_bytes())
+            time.sleep(0.001)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    workload()
+    done.set()
+    sampler.join()
+    return float(max(peak[0], resident_bytes()) - start)
 
 
 def widened_toy(path: Path, width: int = 4, seed: int = 0) -> Path:

@@ -30,18 +30,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from common import interleaved_times, llava15_scenes, llava15_shaped, report, table, widened_toy
+from common import interleaved_times, llava15_scenes, llava15_shaped, peak_bytes, report, table, widened_toy
 from scipy.stats import spearmanr
 
 import vlmlens as vl
@@ -97,15 +95,15 @@ def transformerlens_patching(model_path: str, model: vl.VLM, clean: vl.Batch, cf
     return run
 
 
-def compute_floor(model: vl.VLM, clean: vl.Batch, cf: vl.Batch, family):
+def compute_floor(model: vl.VLM, clean: vl.Batch, cf: vl.Batch, family, max_batch: int = MAX_BATCH):
     """Plain forwards of what the family needs: the clean and counterfactual batches through the whole model,
     then, per first edited layer, the LM from that layer on for as many copies of the batch as edits start
-    there (in passes of at most MAX_BATCH rows), fed the clean residual stream; logits at the last position."""
+    there (in passes of at most ``max_batch`` rows), fed the clean residual stream; logits at the last position."""
     lm, head = model.hf.model.language_model, model.hf.lm_head
     layers = lm.layers
     first = [engine.first_lm_layer(model, flatten(item.intervention)) for item in family]
     _, cache = model.run_with_cache(clean, sites=[f"blocks.{layer}.hook_resid_pre" for layer in sorted(set(first))])
-    per_pass = max(1, MAX_BATCH // len(clean))
+    per_pass = max(1, max_batch // len(clean))
     passes = []
     for layer in sorted(set(first)):
         count = first.count(layer)
@@ -244,11 +242,6 @@ def prefix_reuse(model_path: str, label: str, n: int, repeats: int, device: str 
     return out
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def peak_memory(model_path: str, n: int, device: str | None, what: str) -> float:
     """Run in a fresh process: bytes of peak memory added by one workload after loading and preparing."""
     model, clean, cf, family = setup(model_path, n, device)
@@ -259,24 +252,7 @@ def peak_memory(model_path: str, n: int, device: str | None, what: str) -> float
             model.hf(**rows, logits_to_keep=1)
     workload = forward if what == "forward" else (
         lambda: vl.sweep(model, clean, family, vl.LogitDiff(), max_batch=MAX_BATCH, progress=False))
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        workload()
-        return float(torch.cuda.max_memory_allocated() - start)
-    start, peak, done = resident_bytes(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], resident_bytes())
-            time.sleep(0.001)
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    workload()
-    done.set()
-    sampler.join()
-    return float(max(peak[0], resident_bytes()) - start)
+    return peak_bytes(workload, model.device.type)
 
 
 def memory_ratio(model_path: str, n: int, device: str | None) -> float:

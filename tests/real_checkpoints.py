@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tiny_models import CHAT_WORDS, WORDS, pixtral_processor, without_video
+from tiny_models import CHAT_WORDS, WORDS, gemma4_processor, llama4_image_processor, pixtral_processor, without_video
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -56,11 +56,15 @@ def small_tokenizer(name: str) -> PreTrainedTokenizerFast:
                                    extra_special_tokens=spec.get("extra_special_tokens", {}))
 
 
-def _shim(processor_class: str) -> str:
-    """The name of a torchvision-free stand-in for a processor class (tests/tiny_models.py registers it)."""
+def _shim(key: str, processor_class: str) -> str:
+    """The name of a torchvision-free stand-in for a processor class or (``key`` ``image_processor_type``) an image
+    processor class (tests/tiny_models.py registers it)."""
     import transformers
-    if processor_class == "PixtralProcessor":
-        return pixtral_processor().__name__
+    if key == "image_processor_type":  # transformers ships Llama 4's only with a torchvision backend
+        return llama4_image_processor().__name__ if processor_class.startswith("Llama4") else processor_class
+    stand_ins = {"PixtralProcessor": pixtral_processor, "Gemma4Processor": gemma4_processor}  # no torchvision / audio
+    if processor_class in stand_ins:
+        return stand_ins[processor_class]().__name__
     cls = getattr(transformers, processor_class)
     if "video_processor" in getattr(cls, "get_attributes", lambda: [])():
         return without_video(cls).__name__
@@ -69,7 +73,8 @@ def _shim(processor_class: str) -> str:
 
 def checkpoint_dir(name: str, out: Path) -> Path:
     """A loadable copy of fixture ``name`` in ``out``: the published files, the small tokenizer, and the processor
-    class swapped for its torchvision-free stand-in where transformers would need torchvision."""
+    and image processor classes swapped for their torchvision-free stand-ins where transformers would need
+    torchvision."""
     out.mkdir(parents=True, exist_ok=True)
     for file in PUBLISHED:
         if (fixture(name) / file).exists():
@@ -79,7 +84,8 @@ def checkpoint_dir(name: str, out: Path) -> Path:
         path = out / file
         if path.exists():
             data = json.loads(path.read_text())
-            if "processor_class" in data:
-                data["processor_class"] = _shim(data["processor_class"])
-                path.write_text(json.dumps(data, indent=2))
+            for key in ("processor_class", "image_processor_type"):
+                if key in data:
+                    data[key] = _shim(key, data[key])
+            path.write_text(json.dumps(data, indent=2))
     return out

@@ -105,6 +105,9 @@ def test_check_reads_each_measure_and_grades_it_per_orientation(tmp_path: Path) 
     assert peak == "0.05 [0.00, 0.10]"  # the layer where object swaps flip most, not the input
     weakest = table[table.measure == "position_probes.background_weakest"].recovered.iloc[0]
     assert weakest == "0.70 [0.65, 0.75]"
+    probe_rows = table.measure == "position_probes.background_weakest"
+    assert (table[probe_rows].note.str.contains("paper protocol's probe")).all()  # carried, grade untouched
+    assert (table[~probe_rows].note == "").all()
     absent = load_run(_fake_run(tmp_path / "bad", strip=0.2, objects=0.9, after=0.95, claim="partly supported"))
     graded = check("toy-background", absent).set_index(["measure", "orientation"]).status
     assert graded["criss_cross.strip_at_input", "vertical"] == "contradicted"

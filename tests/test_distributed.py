@@ -3,8 +3,6 @@ to 127.0.0.1) give the single-process numbers."""
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 import torch
 
@@ -72,27 +70,6 @@ def test_a_packed_job_rebinds_its_batches_to_the_receiving_model(toy, batch, fam
     assert torch.equal(back.batch.inputs["pixel_values"], batch.inputs["pixel_values"])
     assert back.groups[-1][0].source is back.groups[-2][0].source  # one source batch stays one
     assert torch.equal(back.run(toy, (4, 6)), job.run(toy, (4, 6)))
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vlmlens[distributed]')")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=200 * 2**20,
-             log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture
-def time_limit():
-    """Fail (and so shut the cluster down) a test that runs past 10 minutes."""
-    def expire(*_):
-        raise TimeoutError("the Ray sweep ran past 10 minutes")
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(600)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 def test_ray_workers_give_the_single_process_sweep(toy, batch, family, whole, ray_cluster, time_limit, tmp_path):

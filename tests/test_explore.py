@@ -231,3 +231,5 @@ def test_the_widgets_call_the_handlers(model, scenes):
     assert "patch map" in view.map_status.value and ex.site in view.map_status.value
     figure = view.map_box.children[-1]
     assert [trace.type for trace in figure.data] == ["image", "heatmap"]
+    view.layer.value = next(layer for layer in ex.layers() if layer != ex.layer)  # another site: the map is stale
+    assert ex.map is None and view.map_box.children == (view.map_status,) and "press Map" in view.map_status.value

@@ -37,6 +37,7 @@ from tiny_models import (
 )
 
 import vlmlens as vl
+from vlmlens import engine
 
 Box = tuple[float, float, float, float]
 QUESTIONS = ["where is the red square ?", "where is the red square relative to the blue circle ?"]
@@ -890,6 +891,15 @@ def test_object_ablation_zeroes_exactly_the_object_tokens(loaded, clean, stage):
         assert torch.nonzero(changed).flatten().tolist() == sorted(expected["lm"][b])
 
 
+def test_where_the_image_re_enters_every_pass_runs_the_vision_tower(loaded, clean):
+    """The engine plans a pass on the edits as given and edits their re-entries (vision sites) in that pass: a family
+    whose image re-enters the LM must have no LM-only inputs (which skip the tower) and no prefix reuse."""
+    _, model, batch, _ = loaded
+    if model.adapter.image_reentries("hook_embed"):
+        embeds = model.run_with_cache(batch, sites=["hook_embed"], stop=True)[1]["hook_embed"]
+        assert model.adapter.lm_inputs(batch.inputs, embeds) is None and not model.adapter.prefix_reuse
+
+
 def test_sub_batches_reproduce_the_full_run(loaded, clean):
     _, model, batch, _ = loaded
     assert torch.allclose(model.run(batch[1])[0], clean.logits[1], atol=1e-5)
@@ -1034,7 +1044,8 @@ def test_two_grid_layouts_resolve_regions_per_grid():
 
 @pytest.fixture(scope="module")
 def deepstack(tmp_path_factory):
-    model = vl.load(save_tiny_qwen3(tmp_path_factory.mktemp("qwen3_vl")), device="cpu")
+    # three LM layers: the last one reads both injections (after layers 0 and 1) into the answer
+    model = vl.load(save_tiny_qwen3(tmp_path_factory.mktemp("qwen3_vl"), lm_layers=3), device="cpu")
     images = [Image.effect_noise((64, 48), 60).convert("RGB"), Image.new("RGB", (64, 48), (200, 10, 10))]
     return model, model.prepare((images, QUESTIONS), boxes=BOXES), model.prepare((images[::-1], QUESTIONS))
 
@@ -1058,34 +1069,83 @@ def test_qwen3_vl_deepstack_features_enter_the_residual_stream_between_layers(de
 
 
 def everywhere(model, region: str) -> vl.Intervention:
-    """An ablation at the LM input plus one at every DeepStack injection: the image enters nowhere."""
-    return sum((vl.Ablate(site, region=region) for site in model.adapter.image_reentries("hook_embed")),
-               vl.Ablate("hook_embed", region=region))
+    """An ablation at the LM input plus one at every DeepStack injection, each of the named site only."""
+    return sum((vl.Ablate(site, region=region, reentries=False)
+                for site in model.adapter.image_reentries("hook_embed")),
+               vl.Ablate("hook_embed", region=region, reentries=False))
 
 
-def test_qwen3_vl_an_image_ablated_at_every_entry_no_longer_reaches_the_answer(deepstack):
-    """Ablating the image at hook_embed alone leaves DeepStack's copies: the answer still depends on the image.
-    Ablating it at hook_embed and every injection too removes it: two different images give the same logits."""
-    model, batch, swapped = deepstack
-    only_embed = vl.Ablate("hook_embed", region="image")
-    assert not torch.allclose(model.run(batch, only_embed)[:, -1], model.run(swapped, only_embed)[:, -1], atol=1e-4)
-    iv = everywhere(model, "image")
-    assert torch.allclose(model.run(batch, iv)[:, -1], model.run(swapped, iv)[:, -1], atol=1e-6)
-    # the object alone: its tokens are zero at the LM input and at every injection
-    _, cache = model.run_with_cache(batch, sites=["hook_embed", *model.adapter.image_reentries("hook_embed")],
-                                    interventions=everywhere(model, "object"))
-    for name, value in cache.items():
-        spec = model.site(name)
-        for b, positions in enumerate(batch.positions("object", spec)):
-            assert positions.numel() and value[b, positions].abs().sum() == 0, name
-
-
-@pytest.mark.xfail(strict=True, reason="engine: an image-region Ablate/Patch at an LM site must also apply at "
-                                       "model.adapter.image_reentries(site) unless told otherwise")
 def test_qwen3_vl_an_lm_input_ablation_removes_the_image_wherever_it_enters_by_default(deepstack):
+    """Ablating the image at hook_embed only (reentries=False) leaves DeepStack's copies: the answer still depends on
+    the image. By default the ablation also applies at every injection: two different images give the same logits,
+    the same as the edits written out site by site."""
     model, batch, swapped = deepstack
+    only_embed = vl.Ablate("hook_embed", region="image", reentries=False)
+    assert not torch.allclose(model.run(batch, only_embed)[:, -1], model.run(swapped, only_embed)[:, -1], atol=1e-4)
     iv = vl.Ablate("hook_embed", region="image")
     assert torch.allclose(model.run(batch, iv)[:, -1], model.run(swapped, iv)[:, -1], atol=1e-6)
+    assert torch.equal(model.run(batch, iv), model.run(batch, everywhere(model, "image")))
+    # the object alone: its tokens are zero at the LM input and at every injection, the background's are not
+    _, cache = model.run_with_cache(batch, sites=["hook_embed", *model.adapter.image_reentries("hook_embed")],
+                                    interventions=vl.Ablate("hook_embed", region="object"))
+    for name, value in cache.items():
+        spec = model.site(name)
+        for b, (objects, background) in enumerate(zip(batch.positions("object", spec),
+                                                      batch.positions("background", spec))):
+            assert objects.numel() and value[b, objects].abs().sum() == 0, name
+            assert value[b, background].abs().sum() > 0, name
+
+
+def test_qwen3_vl_a_mean_ablation_at_a_block_reaches_the_later_injections_only(deepstack):
+    """Mean-ablating the image at block 1 also mean-ablates injection 1 (the batch's two images, either order, give
+    one mean), not injection 0, which entered before; reentries=False edits block 1 alone."""
+    model, batch, swapped = deepstack
+    default = vl.Ablate("blocks.1.hook_resid_pre", region="image", how="mean")
+    written = default + vl.Ablate("vision_encoder.deepstack_mergers.1.hook_out", region="image", how="mean",
+                                  reentries=False)
+    alone = vl.Ablate("blocks.1.hook_resid_pre", region="image", how="mean", reentries=False)
+    _, cache = model.run_with_cache(batch, sites=model.adapter.image_reentries("hook_embed"), interventions=default)
+    _, clean = model.run_with_cache(batch, sites=model.adapter.image_reentries("hook_embed"))
+    first, second = model.adapter.image_reentries("hook_embed")
+    assert torch.equal(cache[first], clean[first])
+    assert torch.allclose(cache[second], clean[second].mean(0, keepdim=True).expand_as(clean[second]), atol=1e-6)
+    assert torch.equal(model.run(batch, default), model.run(batch, written))
+    assert not torch.allclose(model.run(batch, default)[:, -1], model.run(batch, alone)[:, -1], atol=1e-4)
+
+
+def test_qwen3_vl_a_patch_at_the_lm_input_patches_every_injection_from_the_source(deepstack):
+    """Patching the image at hook_embed from another image patches each injection from that image's too: the run is
+    the other image's own run (same questions); with reentries=False the first image's injections remain."""
+    model, batch, swapped = deepstack
+    target = model.run(swapped)[:, -1]
+    patched = model.run(batch, vl.Patch("hook_embed", source=swapped))[:, -1]
+    assert torch.allclose(patched, target, atol=1e-5)
+    alone = model.run(batch, vl.Patch("hook_embed", source=swapped, reentries=False))[:, -1]
+    assert not torch.allclose(alone, target, atol=1e-4)
+    # a cache source must hold the injections too; engine.source_sites names what to cache
+    with pytest.raises(KeyError, match="deepstack_mergers.0.hook_out.*reentries=False"):
+        model.run(batch, vl.Patch("hook_embed", source=model.run_with_cache(swapped, sites=["hook_embed"])[1]))
+    _, source = model.run_with_cache(swapped, sites=engine.source_sites(model, ["hook_embed"]))
+    assert torch.allclose(model.run(batch, vl.Patch("hook_embed", source=source))[:, -1], target, atol=1e-5)
+
+
+def test_qwen3_vl_sweeps_starting_at_later_layers_keep_the_injections_edits(deepstack):
+    """The engine starts a pass at the first LM layer its edits touch (1 for two of the edits), with the vision tower
+    still run: a sweep's numbers are single runs' (which run every layer), and each differs from its edit without
+    re-entries (the injections after layers 0 and 1 are edited in the passes that skip layer 0)."""
+    model, batch, swapped = deepstack
+    read = lambda logits, sub, unedited: logits  # noqa: E731
+    for reentries in (True, False):
+        groups = [[vl.Ablate(f"blocks.{layer}.hook_resid_post", region="object", reentries=reentries)]
+                  for layer in (0, 1)] + \
+                 [[vl.Patch("blocks.1.hook_resid_pre", region="image", source=swapped, reentries=reentries)]]
+        swept = engine.run(model, batch, groups, read)
+        single = torch.stack([model.run(batch, g)[:, -1] for g in groups])
+        assert torch.allclose(swept, single, atol=1e-5)
+        if reentries:
+            default = swept
+    for with_them, without in zip(default, swept):
+        assert not torch.allclose(with_them, without, atol=1e-4)
 
 
 # -- Qwen3.5: hybrid linear / full attention ---------------------------------------------------------

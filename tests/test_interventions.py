@@ -162,6 +162,41 @@ def test_sweep_matches_one_run_per_intervention(model, batch, other):
     assert (frame.ci_low <= frame["mean"] + 1e-6).all() and (frame["mean"] <= frame.ci_high + 1e-6).all()
 
 
+def test_reentries_change_nothing_where_the_image_enters_once(model, batch, other):
+    """LLaVA's image enters at the LM input only: edits give the same numbers with and without reentries, in single
+    runs and in the engine's planned passes."""
+    assert model.adapter.image_reentries("hook_embed") == model.adapter.image_reentries("blocks.1.mlp.hook_out") == []
+    edits = [vl.Ablate("hook_embed", region="object"), vl.Ablate("blocks.1.hook_resid_post", how="mean"),
+             vl.Patch("blocks.0.hook_resid_pre", source=other),
+             vl.SwapDirection("hook_embed", direction=torch.ones(32), source=other, region="object:cup")]
+    off = [dataclasses.replace(edit, reentries=False) for edit in edits]
+    for on_, off_ in zip(edits, off):
+        assert torch.equal(model.run(batch, on_), model.run(batch, off_))
+    read = lambda logits, sub, unedited: logits  # noqa: E731
+    assert torch.equal(vl.engine.run(model, batch, [[e] for e in edits], read),
+                       vl.engine.run(model, batch, [[e] for e in off], read))
+
+
+def test_only_replacing_edits_of_image_regions_re_enter():
+    """Ablate, Patch and SwapDirection re-enter by default (on their own region; the copies do not re-enter again);
+    additive edits and sequence regions never do; the switch is a checked field that round-trips."""
+    sites = ["vision_encoder.deepstack_mergers.0.hook_out", "vision_encoder.deepstack_mergers.1.hook_out"]
+    source = vl.Cache()
+    copies = vl.Patch("hook_embed", region="object", source=source, source_region="background").reentering(sites)
+    assert [(c.site, c.region, c.source_region, c.source is source, c.reentries) for c in copies] == \
+        [(site, "object", "background", True, False) for site in sites]
+    assert len(vl.SwapDirection("hook_embed", direction=torch.ones(32), source=source).reentering(sites)) == 2
+    assert vl.Scale("hook_embed", direction=torch.ones(32), alpha=2.0).reentering(sites) == []
+    assert vl.Steer("hook_embed", vector=torch.ones(32)).reentering(sites) == []
+    assert vl.Ablate("hook_embed", region="last").reentering(sites) == []
+    assert vl.Ablate("hook_embed", reentries=False).reentering(sites) == []
+    off = vl.Ablate("hook_embed", region="object", reentries=False)
+    assert repr(off) == "Ablate('hook_embed', region='object', reentries=False)"
+    assert repr(vl.Intervention.from_dict(off.to_dict())) == repr(off)
+    with pytest.raises(TypeError, match="reentries is True .* or False"):
+        vl.Patch("hook_embed", source=source, reentries="no")
+
+
 def test_effects_save_load_and_heatmap(model, batch, tmp_path):
     family = vl.grid(vl.Ablate, site="blocks.{layer}.hook_resid_post", layer=[0, 1], region=["object", "background"])
     effects = vl.sweep(model, batch, family, diff, progress=False)

@@ -281,7 +281,8 @@ def test_reproduce_runs_criss_cross_on_every_paper_task_and_names_the_skipped(re
 
 
 def test_objects_task_goes_through_the_patching_experiments(model):
-    with pytest.raises(ValueError, match="only_correct=False"):  # the toy names no object: no pair survives
+    # the toy names no object: no pair survives, and the pool is refused before the model runs
+    with pytest.raises(ValueError, match=r"vocabulary lacks their answer words \(apple, .*only_correct=False"):
         EXPERIMENTS["criss_cross"].run(model, n=2, tasks=["objects"])
     flips = EXPERIMENTS["criss_cross"].run(model, n=2, tasks=["objects"], only_correct=False).tables["flip_rates"]
     assert set(flips.region) == {"none", "object", "strip"} and set(flips.n) == {4, 8}  # 2 pairs x 4 directions

@@ -142,6 +142,15 @@ def test_train_toy_writes_a_loadable_checkpoint_with_card_where_its_command_says
     assert vl.load(name, device="cpu").name == name
 
 
+@pytest.mark.parametrize("name", list(organisms.ORGANISMS))
+def test_each_shipped_card_states_its_organisms_planting_as_the_code_does(name: str) -> None:
+    """A card edited in organisms.py after training must reach the shipped README too."""
+    toy_ = organisms.ORGANISMS[name]
+    card = (toy_.checkpoint / "README.md").read_text()
+    for title, body in toy_.sections.items():
+        assert f"## {title}\n\n{body}\n\n" in card, f"{name}: the card's section {title!r} differs from organisms.py"
+
+
 def test_unknown_toy_names_the_toys() -> None:
     with pytest.raises(ValueError, match="toy, toy-sequence, toy-content, toy-background"):
         vl.load("toy-nope")

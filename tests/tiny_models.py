@@ -541,8 +541,9 @@ def save_tiny_glm4v(path: Path, *, patch: int = 8, seed: int = 0) -> Path:
     return path
 
 
-def save_tiny_qwen3(path: Path, *, family: str = "qwen3_vl", patch: int = 8, seed: int = 0) -> Path:
-    """A 2-block Qwen3-VL-style tower (learned positions, 2x2 merger) and a 2-layer Qwen3 LM, as ``family``:
+def save_tiny_qwen3(path: Path, *, family: str = "qwen3_vl", patch: int = 8, seed: int = 0,
+                    lm_layers: int = 2) -> Path:
+    """A 2-block Qwen3-VL-style tower (learned positions, 2x2 merger) and an ``lm_layers``-layer Qwen3 LM as ``family``:
     ``qwen3_vl`` / ``qwen3_vl_moe`` (DeepStack mergers after both blocks, injected after LM layers 0 and 1) or
     ``qwen3_5`` / ``qwen3_5_moe`` (hybrid LM: layer 0 linear attention, layer 1 full attention); ``*_moe``: 4
     experts, 2 per token. The processor is Qwen2-VL's (multiples of ``2 * patch`` px)."""
@@ -554,7 +555,7 @@ def save_tiny_qwen3(path: Path, *, family: str = "qwen3_vl", patch: int = 8, see
                                  named={"video_token": "<|video_pad|>"})
     ids = {s: tokenizer.convert_tokens_to_ids(s) for s in specials}
     hybrid, moe = family.startswith("qwen3_5"), family.endswith("_moe")
-    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=lm_layers,
                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
                 rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0,
                                  "partial_rotary_factor": 1.0},

@@ -21,6 +21,7 @@ PROTOCOL_HELP = ("paper: as the authors' code ran it (prompts, top-1 over the vo
                  "bands); vlmlens: vlmlens's own")
 WHATSUP_HELP = ("a folder of What'sUp Controlled_Images photos ({object}_left_of_{middle}.jpeg, ...): adds the study's "
                 "What'sUp composites to behaviour, the position probes and criss-cross")
+FRESH_HELP = "recompute everything, forgetting the experiments an earlier run finished in --out"
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Spatial-reasoning interpretability for VLMs.")
 #: what a user's mistake raises (a bad name, value, path or type): one line, not a traceback
 USER_ERRORS = (ValueError, TypeError, LookupError, OSError)
@@ -102,7 +103,7 @@ def run_experiment(experiment: str = typer.Argument(..., help="behaviour, last_t
     """Run one experiment of the study, print its tables and write them (CSV, summary.json, HTML figures)."""
     from vlmlens.models import load
     from vlmlens.study.protocol import PROTOCOLS
-    from vlmlens.study.report import WHATSUP
+    from vlmlens.study.runs import WHATSUP
     module = _experiment(experiment)
     choice("protocol", protocol, PROTOCOLS)
     if whatsup is not None and module.NAME not in WHATSUP:
@@ -127,13 +128,23 @@ def reproduce(model: str = typer.Option("toy", help="'toy', a Hugging Face id, o
                   [], help="a scene folder (vl.scenes.save of a loaded benchmark, e.g. What'sUp) to evaluate global "
                            "amplification on as well; repeatable"),
               protocol: str = typer.Option("paper", help=PROTOCOL_HELP),
-              whatsup: Path | None = typer.Option(None, help=WHATSUP_HELP)) -> None:
-    """Run every experiment of the study and write one self-contained report.html (opens offline)."""
+              whatsup: Path | None = typer.Option(None, help=WHATSUP_HELP),
+              experiment: list[str] = typer.Option([], help="an experiment to run (repeatable; default: all)"),
+              workers: int | None = typer.Option(None, min=1, help="run the experiments on this many Ray workers, "
+                                                                   "one model replica each (needs Ray: the "
+                                                                   "'distributed' extra)"),
+              fresh: bool = typer.Option(False, help=FRESH_HELP)) -> None:
+    """Run every experiment of the study and write one self-contained report.html (opens offline).
+
+    Each finished experiment is kept in OUT/<experiment>/result.pkl: rerunning the same command after a kill
+    loads those and computes only the rest; a folder made with other settings is refused (another --out, or
+    --fresh)."""
     from vlmlens.scenes import load as load_scenes
     from vlmlens.study import reproduce as run
     benchmarks = {folder.name: load_scenes(folder) for folder in benchmark}
     report = run(model, out=out, n=n, device=device, dtype=dtype, seed=seed, benchmarks=benchmarks,
-                 protocol=protocol, whatsup=whatsup)
+                 protocol=protocol, whatsup=whatsup, experiments=[_experiment(e).NAME for e in experiment] or None,
+                 workers=workers, fresh=fresh)
     for claim in report.claims:
         typer.echo(claim["sentence"])
     typer.echo(f"{report.path} ({report.seconds['total']:.0f} s)")
@@ -164,11 +175,16 @@ def validate_organisms(out: Path = typer.Option(Path("validation"), help="folder
                        strict: bool = typer.Option(False, help="exit with status 1 if any planted outcome is "
                                                                "contradicted"),
                        everything: bool = typer.Option(False, help="run every experiment on each organism, not only "
-                                                                   "those its expectations read")) -> None:
+                                                                   "those its expectations read"),
+                       fresh: bool = typer.Option(False, help=FRESH_HELP)) -> None:
     """Run the study on every model organism and grade what it recovers against what training planted."""
     from vlmlens.study.validate import validate
-    result = validate(out=out, n=n, seed=seed, organisms=organism or None, protocol=protocol, everything=everything)
-    typer.echo(result.table.to_string(index=False))
+    result = validate(out=out, n=n, seed=seed, organisms=organism or None, protocol=protocol, everything=everything,
+                      fresh=fresh)
+    typer.echo(result.table.drop(columns="note").to_string(index=False))
+    missed = result.table[(result.table.status != "recovered") & (result.table.note != "")]
+    for row in missed.drop_duplicates(["organism", "measure"]).itertuples():
+        typer.echo(f"note on {row.organism} {row.measure}: {row.note}")
     typer.echo(str(result.path))
     if strict and len(result.contradicted):
         raise typer.Exit(1)

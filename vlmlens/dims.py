@@ -17,13 +17,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
+
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
 
 
+def _field(config: Any, name: str) -> Any:
+    """A config field, or for one that differs across layers (Gemma 4's global-attention layers have their own
+    head size and KV heads) its largest value, so sizes bound shapes and memory from above."""
+    try:
+        return getattr(config, name, None)
+    except AmbiguousGlobalPerLayerAttributeError:
+        layers = config.per_layer_config
+        return max(getattr(layers[i], name) for i in range(len(layers)))
+
+
 def _first(config: Any, *names: str) -> Any:
     for name in names:
-        value = getattr(config, name, None)
+        value = _field(config, name)
         if value is not None:
             return value
     return None
@@ -58,6 +70,16 @@ class VisionDims:
     patch: int
 
 
+def _mlp_width(text: Any) -> int:
+    """The MLP width a token passes through: the dense MLP's or, in a mixture of experts that has none (Qwen3.5's
+    MoE), its routed experts' together with the shared expert's."""
+    dense = _first(text, "intermediate_size")
+    if dense is not None:
+        return int(dense)
+    shared = _first(text, "shared_expert_intermediate_size") or 0
+    return int(text.num_experts_per_tok * text.moe_intermediate_size + shared)
+
+
 def text_dims(config: Any) -> TextDims:
     """The language model's sizes from a (vision-language) config.
 
@@ -69,7 +91,7 @@ def text_dims(config: Any) -> TextDims:
     d_model, heads = int(text.hidden_size), int(text.num_attention_heads)
     return TextDims(d_model=d_model, n_layers=int(text.num_hidden_layers), n_heads=heads,
                     n_kv_heads=int(_first(text, "num_key_value_heads") or heads),
-                    d_head=int(_first(text, "head_dim") or d_model // heads), d_mlp=int(text.intermediate_size),
+                    d_head=int(_first(text, "head_dim") or d_model // heads), d_mlp=_mlp_width(text),
                     d_vocab=int(text.vocab_size))
 
 
@@ -102,8 +124,10 @@ def sizes(model: VLM, site: str) -> dict[str, int]:
     heads, d_head = (vision.n_heads, vision.d_vision // vision.n_heads) if on_tower else (text.n_heads, text.d_head)
     ratio = _first(config, "downsample_ratio")  # InternVL's pixel shuffle: (1/ratio)^2 patches per token
     shuffle = round(1 / float(ratio)) ** 2 if ratio else int(_first(config, "scale_factor") or 1) ** 2
+    features = _first(config.vision_config, "vision_output_dim")  # Llama 3.2 / 4: the tower's output width
     return {"d_model": text.d_model, "d_vocab": text.d_vocab, "d_vision": vision.d_vision, "head": heads,
-            "d_head": d_head, "d_shuffled": vision.d_vision * shuffle}
+            "d_head": d_head, "d_shuffled": vision.d_vision * shuffle, "d_kv": text.n_kv_heads * text.d_head,
+            **({"d_features": int(features)} if features else {})}
 
 
 def sized_shape(model: VLM, site: str) -> str:

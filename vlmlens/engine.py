@@ -3,6 +3,7 @@
 Given a batch and groups of interventions (a group is the edits of one run of the batch), `run`
 
 - splits the examples into parts (examples that share region names) and chunks of at most ``max_batch``,
+- adds to each edit its copies wherever the image re-enters the LM after its site (`with_reentries`),
 - computes every source once: paired sources sliced per chunk, references whole, `BATCH` per part; a
   source pass stops at the last site its edits read, unless its batch is also scored (``score``: a sweep's
   corrupt baseline), when the one pass gives the sources and the answers,
@@ -115,8 +116,9 @@ def run(model: VLM, batch: Batch, groups: Sequence[Group] | Build, read: Read,
             chunk = part[start:start + max_batch]
             sub = batch[chunk]
             edits = static if static is not None else [flatten(g) for g in groups(chunk, sub)]  # type: ignore[operator]
-            sources = store.for_chunk(edits, chunk, sub, p, part, list(range(start, start + len(chunk))))
-            values = _run_chunk(model, sub, edits, sources, read, max_batch, bar).float()
+            traced = [with_reentries(model, g) for g in edits]
+            sources = store.for_chunk(traced, chunk, sub, p, part, list(range(start, start + len(chunk))))
+            values = _run_chunk(model, sub, edits, traced, sources, read, max_batch, bar).float()
             if score is not None:
                 answers = store.answers(chunk)
                 values = torch.cat([values, torch.as_tensor(read(answers, score[chunk], answers)).cpu().float()[None]])
@@ -147,7 +149,7 @@ def forward(model: VLM, batch: Batch, interventions: Intervention | Iterable[Int
         True
     """
     checks.kind("batch", batch, Batch, "a Batch from model.prepare(scenes)")
-    edits = flatten(interventions)
+    edits = with_reentries(model, flatten(interventions))
     store = _SourceStore(model, batch, max(len(batch), 1))
     ids = list(range(len(batch)))
     sources = store.for_chunk([edits], ids, batch, 0, ids, ids)
@@ -182,6 +184,32 @@ def _chunked(model: VLM, batch: Batch, sites: str | Iterable[str], edits: list[I
     for name in pieces[0][1]:
         out[name] = torch.cat([piece[name] for _, piece in pieces])
     return out, torch.cat([logits[:, -1] for logits, _ in pieces]) if answers else None
+
+
+def with_reentries(model: VLM, edits: Sequence[Intervention]) -> list[Intervention]:
+    """``edits``, each followed by its copies wherever its region's image information enters the LM again after
+    its site (`Intervention.reentering` at the model's ``adapter.image_reentries``): what every run traces.
+
+    Example:
+        >>> from vlmlens.engine import with_reentries
+        >>> with_reentries(model, [vl.Ablate("hook_embed", region="object")])  # the toy's image enters once
+        [Ablate('hook_embed', region='object')]
+    """
+    return [copy for edit in edits
+            for copy in (edit, *edit.reentering(model.adapter.image_reentries(model.site(edit.site).name)))]
+
+
+def source_sites(model: VLM, sites: str | Iterable[str]) -> list[str]:
+    """``sites`` (patterns expand), each followed by where the image re-enters the LM after it: what a `Cache`
+    source or reference of edits at ``sites`` must hold (`with_reentries` reads it there too).
+
+    Example:
+        >>> from vlmlens.engine import source_sites
+        >>> source_sites(model, ["hook_embed", "blocks.1.*_post"])  # the toy's image enters once
+        ['hook_embed', 'blocks.1.hook_resid_post']
+    """
+    names = [spec.name for spec in model.site_table.expand(sites)]
+    return list(dict.fromkeys(n for name in names for n in (name, *model.adapter.image_reentries(name))))
 
 
 def _n_examples(source: Batch | Cache) -> int:
@@ -220,10 +248,15 @@ def _checked_parts(parts: Sequence[Sequence[int]] | None, n: int) -> list[list[i
     return out
 
 
-def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], sources: Sources, read: Read,
-               max_batch: int, bar: tqdm | None) -> Tensor:
+def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], traced: list[list[Intervention]],
+               sources: Sources, read: Read, max_batch: int, bar: tqdm | None) -> Tensor:
     """Every group on one chunk: the unedited pass once, then passes grouped by the first LM layer and the
-    first sequence position their edits touch (`plan_passes`)."""
+    first sequence position their edits touch (`plan_passes`).
+
+    Passes are planned on the edits as given and run ``traced``, the same with their re-entries
+    (`with_reentries`): those sit at vision sites but act on the LM after their edit's own site, and a family
+    with re-entries has no LM-only inputs and no prefix reuse, so every pass runs the vision tower that
+    computes them and edits them there."""
     lm_only = _is_lm_only(model, groups)
     first = [first_lm_layer(model, g) if lm_only else 0 for g in groups]
     starts = [first_position(model, g, sub) if lm_only else 0 for g in groups]
@@ -252,7 +285,7 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], sources
                                              len(model.lm_layers), length):
         resume = (layer, resid[f"blocks.{layer - 1}.hook_resid_post"]) if layer > 0 else None
         past = _prefix_past(resid.past, start, len(members)) if start > 0 else None
-        logits, _ = model.trace_pass(sub, [groups[i] for i in members], (), inputs=inputs, last_only=True,
+        logits, _ = model.trace_pass(sub, [traced[i] for i in members], (), inputs=inputs, last_only=True,
                                      resume=resume, sources=sources, start=start, past=past)
         per_group = rearrange(logits[:, -1], "(group example) vocab -> group example vocab", group=len(members))
         for i, group_logits in zip(members, per_group):
@@ -397,9 +430,7 @@ class _SourceStore:
                              "sources pair up with the batch by index")
         whole = size == len(self.batch) and size != len(chunk)
         if isinstance(source, Cache):
-            if site not in source:
-                raise KeyError(f"source cache lacks site {site}; it has {sorted(source)}")
-            values = source[site]
+            values = _cached(source, site, "source")
         else:
             values = self.full[(id(source), site)]
             out.layouts[id(source)] = source[chunk] if whole else source
@@ -410,9 +441,16 @@ class _SourceStore:
             out.values[(id(BATCH), site)] = self.full[(id(BATCH), part_id, site)]
             out.layouts[id(BATCH)] = self._members(part)
         elif isinstance(reference, Cache):
-            if site not in reference:
-                raise KeyError(f"reference cache lacks site {site}; it has {sorted(reference)}")
-            out.values[(id(reference), site)] = reference[site]
+            out.values[(id(reference), site)] = _cached(reference, site, "reference")
         else:
             out.values[(id(reference), site)] = self.full[(id(reference), site)]
             out.layouts[id(reference)] = reference
+
+
+def _cached(cache: Cache, site: str, what: str) -> Tensor:
+    """A source or reference cache's activations at ``site``, or an error saying what to cache."""
+    if site not in cache:
+        raise KeyError(f"{what} cache lacks site {site}; it has {sorted(cache)}. Cache what the edits read: "
+                       "engine.source_sites(model, sites) adds where the image re-enters the LM, which edits at "
+                       "LM sites also edit unless given reentries=False")
+    return cache[site]

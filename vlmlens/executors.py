@@ -1,9 +1,11 @@
 """Executors: where the blocks of a sweep run, in this process (`Local`) or on a Ray cluster (`Ray`).
 
-A `Job` is what a sweep computes, without the model: the batch, the family's interventions, the metric,
-the baseline. A unit of work is one block of the family, ``(start, stop)``, or ``None``, the baselines
-(the clean scores and, with a baseline, the corrupt ones). An executor runs units and yields each result
-as it finishes, so `vl.sweep` can write it to its store at once.
+An executor runs the units of some `Work` (anything with ``run(model, unit, bar)`` and ``rows(unit)``)
+and yields each result as it finishes, so the caller can write it to its store at once. A `Job` is what a
+sweep computes, without the model: the batch, the family's interventions, the metric, the baseline; its
+units are the family's blocks, ``(start, stop)``, and ``None``, the baselines (the clean scores and, with a
+baseline, the corrupt ones). The study's `reproduce` gives whole experiments as units
+(`vlmlens.study.runs.Settings`).
 
 `Ray` (``pip install "vlmlens[distributed]"``) starts one worker per GPU of the cluster (or per CPU where
 it has none), each loading its own replica of the model from ``model.name`` in the model's dtype, and
@@ -26,9 +28,9 @@ import dataclasses
 import functools
 import io
 import pickle
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -41,10 +43,19 @@ from vlmlens.metrics import as_metric
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
 
-#: a block of the family, ``(start, stop)``, or None: the baselines
-Unit = tuple[int, int] | None
-#: each unit with its result (a block's values, or the baselines), as it finishes
+#: a unit of work: for a sweep a block of the family, ``(start, stop)``, or None (the baselines)
+Unit = Hashable
+#: each unit with its result (e.g. a block's values, or the baselines), as it finishes
 Results = Iterator[tuple[Unit, Any]]
+
+
+class Work(Protocol):
+    """What an executor runs: ``run`` computes one unit on a model (advancing ``bar``), ``rows`` is how much
+    a unit advances the progress bar. Packed (`pack`) for a worker, so it holds no model."""
+
+    def run(self, model: VLM, unit: Any, bar: tqdm | None = None) -> Any: ...
+
+    def rows(self, unit: Any) -> int: ...
 
 
 @dataclass
@@ -106,7 +117,7 @@ class Local:
         Local()
     """
 
-    def results(self, model: VLM, job: Job, units: Sequence[Unit], bar: tqdm | None = None) -> Results:
+    def results(self, model: VLM, job: Work, units: Sequence[Unit], bar: tqdm | None = None) -> Results:
         for unit in units:
             yield unit, job.run(model, unit, bar)
 
@@ -123,13 +134,13 @@ class Ray:
 
     workers: int | None = None
 
-    def results(self, model: VLM, job: Job, units: Sequence[Unit], bar: tqdm | None = None) -> Results:
+    def results(self, model: VLM, job: Work, units: Sequence[Unit], bar: tqdm | None = None) -> Results:
         if not units:
             return
         ray = _import_ray()
         if not model.name:
-            raise ValueError("executor='ray' loads the model in every worker from model.name, which is empty; load "
-                             "the model with vl.load(<a hub id or a folder>)")
+            raise ValueError("Ray workers load the model from model.name, which is empty; load the model with "
+                             "vl.load(<a hub id or a folder>)")
         if not ray.is_initialized():
             ray.init()
         resources = ray.cluster_resources()
@@ -181,7 +192,7 @@ class _Worker:
     def __init__(self, name: str, dtype: str, payload: bytes):
         from vlmlens.models import load
         self.model = load(name, dtype=dtype)
-        self.job = unpack(payload, self.model)
+        self.job: Work = unpack(payload, self.model)
 
     def run(self, unit: Unit) -> Any:
         return self.job.run(self.model, unit)
@@ -189,8 +200,8 @@ class _Worker:
 
 # -- sending a job to another process -------------------------------------------------------------
 
-def pack(job: Job) -> bytes:
-    """A job as bytes for another process: batches (the job's and its sources') travel without their
+def pack(job: Work) -> bytes:
+    """A job (any `Work`) as bytes for another process: batches (the job's and its sources') travel without their
     model-bound input selector, and tensors on the CPU.
 
     Example:
@@ -203,7 +214,7 @@ def pack(job: Job) -> bytes:
     return buffer.getvalue()
 
 
-def unpack(payload: bytes, model: VLM) -> Job:
+def unpack(payload: bytes, model: VLM) -> Any:
     """A packed job, its batches bound to ``model`` (its input selector, its device)."""
     return _Unpacker(io.BytesIO(payload), model).load()
 
@@ -261,5 +272,6 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError as err:
-        raise ImportError('executor="ray" needs Ray: pip install "vlmlens[distributed]"') from err
+        raise ImportError('Ray workers (vl.sweep(..., executor="ray"), vlmlens reproduce --workers) need Ray: '
+                          'pip install "vlmlens[distributed]"') from err
     return ray

@@ -377,6 +377,8 @@ class Explorer:
         return self._directions[name]
 
     def _changed(self, what: str) -> None:
+        if what in ("site", "kind"):  # a map answers for one site and edit: a changed one makes it stale
+            self.map = None
         for listener in list(getattr(self, "listeners", ())):
             listener(what)
 
@@ -520,6 +522,9 @@ class ExploreView:
         self.status.value = (f"{n_cells} cell{'' if n_cells == 1 else 's'} selected, "
                              f"{n_tokens} token{'' if n_tokens == 1 else 's'} at "
                              f"<code>{html.escape(ex.site)}</code><br><code>{html.escape(text)}</code>")
+        if what in ("site", "kind") and len(self.map_box.children) > 1:
+            self.map_status.value = "the site or edit changed: press Map for this one's map"
+            self.map_box.children = [self.map_status]
         if what == "map" and ex.map is not None:
             import plotly.graph_objects as go
             pm = ex.map

@@ -58,6 +58,26 @@ def of_model(model: VLM) -> dict[str, str]:
                                                                                            default=str))}
 
 
+def of_weights(model: VLM, samples: int = 64) -> str:
+    """A digest of the weights: every parameter's name, shape and ``samples`` evenly spaced values (cheap at
+    any size; a checkpoint retrained under the same name gives another digest).
+
+    Example:
+        >>> of_weights(model) == of_weights(vl.load("toy")), of_weights(model) == of_weights(vl.load("toy-content"))
+        (True, False)
+    """
+    parts = []
+    for name, weight in model.hf.named_parameters():
+        flat = weight.detach().reshape(-1)
+        if weight.device.type == "meta":  # offloaded or not loaded: its name and shape only
+            parts.append((name, tuple(weight.shape)))
+            continue
+        k = min(samples, flat.numel())
+        where = torch.arange(k) * (flat.numel() - 1) // max(k - 1, 1)
+        parts.append((name, tuple(weight.shape), flat[where.to(flat.device)]))
+    return digest(parts)
+
+
 def of_batch(batch: Batch) -> str:
     """A digest of a batch's inputs, layouts, prompts and scenes (what every metric and region reads).
 

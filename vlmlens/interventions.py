@@ -24,6 +24,7 @@ from torch import Tensor
 from vlmlens import checks
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
+from vlmlens.layout import is_sequence_region
 
 if TYPE_CHECKING:
     from vlmlens.sites import SiteSpec
@@ -82,6 +83,10 @@ class Intervention:
     position_local: ClassVar[bool] = True
     site: str
     region: str
+    #: the edit replaces its region's information (`Ablate`, `Patch`, `SwapDirection`, where it is a field, True
+    #: unless told otherwise) and so also applies wherever the image re-enters the LM after its site (`reentering`);
+    #: additive edits (`Scale`, `Steer`) would count twice there, so they keep False
+    reentries: bool = False
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
@@ -102,6 +107,21 @@ class Intervention:
     def references(self) -> Iterable[Batch | Cache | _TheBatchItself]:
         """Batches or caches (or `BATCH`, the examples run) read whole at ``site``: not paired by index."""
         return ()
+
+    def reentering(self, sites: Sequence[str]) -> list[Intervention]:
+        """This edit at each of ``sites``, where its region's image information enters the LM again after its own
+        site (the model's ``adapter.image_reentries``): none unless ``reentries`` is set and the region lies on
+        the image (sequence regions such as ``last`` have no tokens there). The engine adds them to every run.
+
+        Example:
+            >>> vl.Ablate("hook_embed", region="object").reentering(["vision_encoder.deepstack_mergers.0.hook_out"])
+            [Ablate('vision_encoder.deepstack_mergers.0.hook_out', region='object', reentries=False)]
+            >>> vl.Ablate("hook_embed", region="object", reentries=False).reentering(["x"])
+            []
+        """
+        if not self.reentries or is_sequence_region(self.region):
+            return []
+        return [replace(self, site=site, reentries=False) for site in sites]  # type: ignore[type-var]
 
     def logit_scale(self, batch: Batch, spec: SiteSpec, seq_len: int) -> Float[Tensor, "batch 1 query key"] | None:
         """Multipliers of the attention logits at ``spec``'s layer, for edits that act inside attention."""
@@ -218,6 +238,9 @@ def _check_where(iv: Intervention) -> None:
         if not isinstance(value, str) or not value:
             raise TypeError(f"{type(iv).__name__}({name}={value!r}): {name} must be a non-empty name, e.g. "
                             + ("'blocks.0.hook_resid_post'" if name == "site" else "'object' or 'background'"))
+    if not isinstance(iv.reentries, bool):
+        raise TypeError(f"{type(iv).__name__}(reentries={iv.reentries!r}): reentries is True (also edit where the "
+                        "image re-enters the LM) or False (the named site only)")
 
 
 def _set_vector(iv: Intervention, name: str, nonzero: bool) -> None:
@@ -298,7 +321,9 @@ def _project_each(v: Float[Tensor, "tok d"], directions: Float[Tensor, "k d"]) -
 class Ablate(Intervention):
     """Replace a region's activations: ``zero``; ``mean`` (per patch / per position from the end, over
     ``reference`` or the batch itself); ``resample`` (from another example at the same slot); or add
-    ``noise`` with the region's standard deviation times ``scale``.
+    ``noise`` with the region's standard deviation times ``scale``. ``reentries``: at an LM site, also ablate the
+    region wherever the model adds image features again after it (Qwen3-VL's DeepStack; see `reentering`), so
+    that the image's information is gone everywhere; False edits the named site only.
 
     Example:
         >>> vl.Ablate("blocks.3.hook_resid_post", region="object", how="mean")
@@ -312,6 +337,7 @@ class Ablate(Intervention):
     reference: Batch | Cache | None = None
     scale: float = 1.0
     seed: int = 0
+    reentries: bool = True
 
     def __post_init__(self) -> None:
         _check_where(self)
@@ -370,7 +396,9 @@ class Ablate(Intervention):
 @dataclass(frozen=True, eq=False, repr=False)
 class Patch(Intervention):
     """Activation patching: the region's tokens take ``source``'s (a Batch paired by index, or a Cache of
-    the same batch); with ``source_region``, the source's tokens of that region, in grid order.
+    the same batch); with ``source_region``, the source's tokens of that region, in grid order. ``reentries``: at
+    an LM site, also patch wherever the model adds image features again after it, each from the source's same
+    region there (a Cache source must hold those sites too); False patches the named site only.
 
     Example:
         >>> cf = model.prepare(vl.scenes.generate(16, seed=1))  # pairs up with ``batch`` by index
@@ -384,6 +412,7 @@ class Patch(Intervention):
     region: str = "image"
     source: Batch | Cache | None = None
     source_region: str | None = None
+    reentries: bool = True
 
     def __post_init__(self) -> None:
         _check_where(self)
@@ -404,7 +433,7 @@ class Patch(Intervention):
 @dataclass(frozen=True, eq=False, repr=False)
 class SwapDirection(Intervention):
     """Replace the component along ``direction`` (a vector, or rows spanning a subspace) with the
-    source's component at the same tokens; the orthogonal part stays.
+    source's component at the same tokens; the orthogonal part stays. ``reentries`` as for `Patch`.
 
     Example:
         >>> cf = model.prepare(vl.scenes.generate(16, seed=1))
@@ -418,6 +447,7 @@ class SwapDirection(Intervention):
     region: str = "image"
     source: Batch | Cache | None = None
     source_region: str | None = None
+    reentries: bool = True
 
     def __post_init__(self) -> None:
         _check_where(self)

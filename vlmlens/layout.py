@@ -34,8 +34,14 @@ REGION_HELP = ("regions: image, object, object:<name>, background, strip:<name>,
                "cells:<r0>:<r1>,<c0>:<c1>, text, last, pos:<i>")
 
 
-def _is_sequence_region(region: str) -> bool:
-    """Regions defined on the LM sequence, not on the image: ``text``, ``last``, ``pos:<i>``."""
+def is_sequence_region(region: str) -> bool:
+    """Regions defined on the LM sequence, not on the image: ``text``, ``last``, ``pos:<i>``.
+
+    Example:
+        >>> from vlmlens.layout import is_sequence_region
+        >>> is_sequence_region("last"), is_sequence_region("pos:-2"), is_sequence_region("object")
+        (True, True, False)
+    """
     return region in ("text", "last") or region.startswith("pos:")
 
 
@@ -249,7 +255,7 @@ class Layout:
         in LM space; ``pos:<i>`` is the example's ``i``-th real (unpadded) position, counted from the end when
         negative (``pos:-1`` is ``last``), whether it holds an image or a text token.
         """
-        if _is_sequence_region(region):
+        if is_sequence_region(region):
             if space != "lm":
                 raise RegionError(f"region {region!r} has no tokens at a vision site; use an image region "
                                   f"({REGION_HELP})")
@@ -263,7 +269,7 @@ class Layout:
         """Slot keys of a region's tokens, comparable across examples: an image token's grid index
         (row-major; times ``k`` plus the patch's rank where tokens have ``k`` patches), or minus its
         distance from the end of the sequence for a text token."""
-        if _is_sequence_region(region):
+        if is_sequence_region(region):
             pos = self.positions(region, space)
             return pos - self.seq_len
         chosen = self._nonempty(region)

@@ -171,6 +171,8 @@ def _vision_tokens(batch: Batch, patch: int) -> int:
     inputs = batch.inputs
     if "image_grid_thw" in inputs:  # Qwen: all images' patches in one axis
         return int(inputs["image_grid_thw"].prod(-1).sum()) // len(batch)
+    if "image_position_ids" in inputs:  # Gemma 4: patches already cut, each image's padded to the patch budget
+        return math.prod(inputs["image_position_ids"].shape[:-1]) // len(batch)
     pixels = inputs["pixel_values"]
     images = math.prod(pixels.shape[:-3]) // len(batch)  # tiles / crops of each example
     return images * (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)

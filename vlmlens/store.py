@@ -23,7 +23,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +137,11 @@ class Store:
 
     # -- writing ------------------------------------------------------------------------------
     def write_block(self, index: int, values: Tensor) -> None:
-        _atomic(self.folder / _block_name(index), lambda tmp: save_file({"values": values.contiguous()}, tmp))
+        atomic(self.folder / _block_name(index), lambda tmp: save_file({"values": values.contiguous()}, tmp))
 
     def write_baselines(self, baselines: dict[str, Tensor]) -> None:
         tensors = {k: v.contiguous() for k, v in baselines.items()}
-        _atomic(self.folder / BASELINES, lambda tmp: save_file(tensors, tmp))
+        atomic(self.folder / BASELINES, lambda tmp: save_file(tensors, tmp))
 
     # -- opening ------------------------------------------------------------------------------
     def _read_manifest(self) -> dict[str, Any]:
@@ -161,7 +161,7 @@ class Store:
                                   "give an empty or new folder")
         if not (self.folder / MANIFEST).exists():
             self.folder.mkdir(parents=True, exist_ok=True)
-            _atomic(self.folder / FAMILY, lambda tmp: Path(tmp).write_text(json.dumps(family, default=str)))
+            atomic(self.folder / FAMILY, lambda tmp: Path(tmp).write_text(json.dumps(family, default=str)))
             manifest = {"format": FORMAT, "version": VERSION, **identity}
             _create(self.folder / MANIFEST, json.dumps(manifest, indent=1))  # a concurrent shard may win
         manifest = self._read_manifest()
@@ -169,8 +169,11 @@ class Store:
         return manifest
 
 
-def check_same(have: dict[str, Any], want: dict[str, Any], have_name: str, want_name: str) -> None:
-    """Raise an error naming every identity field (model, batch, family, ...) where two manifests differ.
+def check_same(have: Mapping[str, Any], want: Mapping[str, Any], have_name: str, want_name: str,
+               fields: Mapping[str, str] = _IDENTITY, what: str = "sweep",
+               remedy: str = "use another folder (or delete this one) to start afresh") -> None:
+    """Raise an error naming every identity field where two manifests differ (``fields``: each field with
+    what to do about it; a sweep's by default: model, batch, family, ...), then the ``remedy``.
 
     Example:
         >>> check_same({"metric": "a", "block": 2}, {"metric": "b", "block": 2}, "store x", "this sweep")
@@ -180,12 +183,12 @@ def check_same(have: dict[str, Any], want: dict[str, Any], have_name: str, want_
           metric: store x has 'a', this sweep has 'b' (score with the same metric)
         use another folder (or delete this one) to start afresh
     """
-    differ = [key for key in _IDENTITY if have.get(key) != want.get(key)]
+    differ = [key for key in fields if have.get(key) != want.get(key)]
     if differ:
         lines = [f"  {key}: {have_name} has {have.get(key)!r}, {want_name} has {want.get(key)!r} "
-                 f"({_IDENTITY[key]})" for key in differ]
-        raise ValueError(f"{have_name} was made for another sweep; its results are never mixed in:\n"
-                         + "\n".join(lines) + "\nuse another folder (or delete this one) to start afresh")
+                 f"({fields[key]})" for key in differ]
+        raise ValueError(f"{have_name} was made for another {what}; its results are never mixed in:\n"
+                         + "\n".join(lines) + f"\n{remedy}")
 
 
 def _block_name(index: int) -> str:
@@ -196,8 +199,15 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def _atomic(path: Path, write: Callable[[str], Any]) -> None:
-    """Write a file under a temporary name, then rename it into place: readers see all of it or none."""
+def atomic(path: Path, write: Callable[[str], Any]) -> None:
+    """Write a file under a temporary name (``write(temporary_path)``), then rename it into place: readers
+    see all of it or none.
+
+    Example:
+        >>> atomic(Path("note.txt"), lambda tmp: Path(tmp).write_text("done"))
+        >>> Path("note.txt").read_text()
+        'done'
+    """
     tmp = _temporary(path)
     try:
         write(str(tmp))
@@ -219,4 +229,4 @@ def _create(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["Store", "blocks", "shard_blocks", "check_same"]
+__all__ = ["Store", "atomic", "blocks", "check_same", "shard_blocks"]

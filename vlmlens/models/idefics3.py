@@ -8,7 +8,8 @@ patches (no CLS); the connector's pixel shuffle folds ``s x s`` patch blocks (``
 into one token, so each crop gives ``g x g`` tokens (``g = P / s``). In the prompt each crop is
 ``<fake_token_around_image><row_i_col_j>`` + its ``g*g`` ``<image>`` tokens (row-major), a newline
 ends each row of crops, and the global image comes last (``<global-img>`` + ``g*g`` tokens). ``rows``
-and ``cols`` are read from the ``<row_i_col_j>`` tokens in ``input_ids``.
+and ``cols`` are the image processor's own (``get_number_of_image_patches``), not read from the
+``<row_i_col_j>`` tags: those are plain text to the published tokenizers, which have no such tokens.
 
 Token spaces (see `Layout`):
 
@@ -35,13 +36,10 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-from jaxtyping import Int
-from torch import Tensor
+from PIL import Image
 
 from vlmlens.layout import Layout
 from vlmlens.models.adapter import register
@@ -81,20 +79,16 @@ class Idefics3Adapter(GridAdapter):
             *self.decoder_sites(),
         ]
 
-    def _crops(self, ids: Int[Tensor, " seq"]) -> tuple[int, int]:
-        """Rows and columns of crops, from the ``<row_i_col_j>`` tokens of one example (0, 0: global only)."""
-        rows = cols = 0
-        for token in self.processor.tokenizer.convert_ids_to_tokens(torch.unique(ids).tolist()):
-            match = re.fullmatch(r"<row_(\d+)_col_(\d+)>", token or "")
-            if match:
-                rows, cols = max(rows, int(match.group(1))), max(cols, int(match.group(2)))
+    def _crops(self, image: Image.Image) -> tuple[int, int]:
+        """Rows and columns of crops the image processor cuts ``image`` into (0, 0: global only)."""
+        _, rows, cols = self.processor.image_processor.get_number_of_image_patches(image.height, image.width)
         return rows, cols
 
     def example_layout(self, example: ExampleTokens, inputs: Mapping[str, Any]) -> Layout:
         vision = self.config.vision_config
         patches, scale = int(vision.image_size) // int(vision.patch_size), int(self.config.scale_factor)
         tokens = (patches // scale) ** 2
-        crop_rows, crop_cols = self._crops(example.ids)
+        crop_rows, crop_cols = self._crops(example.image)
         expected = (crop_rows * crop_cols + 1) * tokens
         if example.image_pos.numel() != expected:
             raise ValueError(f"example {example.index}: {example.image_pos.numel()} image tokens, but "

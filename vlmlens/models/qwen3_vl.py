@@ -17,9 +17,10 @@ Token spaces (see `Layout`):
   and no vision ``attn.hook_pattern`` (the vision attention returns no weights).
 
 Where image information enters: an edit of an image region at an LM site is upstream of the DeepStack
-injections after it, which add that region's image features back. `image_reentries` names them; to remove the
-image information everywhere, the same edit also applies at each (``vl.Ablate`` at ``hook_embed`` plus one at
-every ``vision_encoder.deepstack_mergers.{k}.hook_out``).
+injections after it, which would add that region's image features back. `image_reentries` names them, and the
+engine applies an `Ablate`, `Patch` or `SwapDirection` at an LM site at each of them too, on the same region (a
+``Patch`` from its source's injections), so that the image information is removed wherever it enters;
+``reentries=False`` on the edit leaves the injections as they are.
 
 Example:
     >>> from vlmlens.models.adapter import adapter_for

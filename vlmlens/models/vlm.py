@@ -262,14 +262,18 @@ class VLM:
         eager = any(s.needs_eager_attention for s in ordered)
         implementation = ATTENTION_NAME if scales else ("eager" if eager else None)
         edited = any(edits)
+        # where a resumed pass skips the LM's first layers: before the first site in them (edits at vision sites,
+        # e.g. where the image re-enters the LM, run before that); a pass resumed at L edits block L, after them
+        first_lm = 0 if resume is None else next(i for i, s in enumerate(ordered) if self.site_table.order(s.name) >=
+                                                 self.site_table.order("blocks.0.hook_resid_pre"))
         grad_mode = torch.enable_grad() if grad else torch.inference_mode()
         with self._attention(implementation), self._logit_scales(scales), grad_mode:
             with self.nn.trace(**inputs) as tracer:
-                if resume is not None:
-                    hidden = resume[1][:, start:].repeat(n, *[1] * (resume[1].dim() - 1))
-                    for layer in range(resume[0]):
-                        self.nn.get(self.site_table[f"blocks.{layer}.hook_resid_post"].module).skip(hidden)
-                for spec in ordered:
+                for i, spec in enumerate(ordered):
+                    if resume is not None and i == first_lm:  # the skips wait for the LM: vision sites come first
+                        hidden = resume[1][:, start:].repeat(n, *[1] * (resume[1].dim() - 1))
+                        for layer in range(resume[0]):
+                            self.nn.get(self.site_table[f"blocks.{layer}.hook_resid_post"].module).skip(hidden)
                     value = self._value(spec, inputs)
                     for g, by_site in enumerate(edits):
                         part = value[g * size:(g + 1) * size] if n > 1 else value

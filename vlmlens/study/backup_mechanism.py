@@ -25,7 +25,15 @@ import torch
 from tqdm.auto import tqdm
 
 from vlmlens.plot import frame_heatmap
-from vlmlens.study.common import NoPairs, StudyResult, answers_under, by_orientation, pick_pairs
+from vlmlens.study.common import (
+    LM_INPUT,
+    NoPairs,
+    StudyResult,
+    answers_under,
+    at_lm_input,
+    by_orientation,
+    pick_pairs,
+)
 from vlmlens.study.criss_cross import COLUMNS, KINDS, flip_table, pool, sites_of
 from vlmlens.study.protocol import resolve
 from vlmlens.study.remove_vision_order import removal
@@ -88,11 +96,11 @@ def _summary(table: pd.DataFrame, kept: int) -> dict:
     for (condition, orientation, kind), part in table[table.region != "none"].groupby(
             ["condition", "orientation", "region"], sort=False):
         part = part.reset_index(drop=True)
-        blocks = part[~part.layer.isin(["embed", "0"])]
+        blocks = part[~part.layer.isin([LM_INPUT, "0"])]
         peak = blocks.flip_rate.idxmax() if blocks.flip_rate.notna().any() else None
         flipping = blocks.layer[blocks.flip_rate >= FLIPPING].tolist()
         out.setdefault(condition, {}).setdefault(orientation, {})[kind] = {
-            "embed": float(part.flip_rate[part.layer == "embed"].iloc[0]),
+            "embed": float(at_lm_input(part).flip_rate.iloc[0]),
             "first_layer_flipping": flipping[0] if flipping else None,
             "peak": None if peak is None else {"layer": part.layer[peak], "flip_rate": float(part.flip_rate[peak]),
                                                "ci": [float(part.ci_low[peak]), float(part.ci_high[peak])]},

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from vlmlens.plot import bars
 from vlmlens.stats import mean_ci
-from vlmlens.study.common import ORIENTATIONS, StudyResult, answers_under, split, stimuli
+from vlmlens.study.common import ORIENTATIONS, StudyResult, answers_under, split, stimuli, unspellable
 from vlmlens.study.protocol import resolve, sample
 from vlmlens.study.whatsup import behaviour_items
 
@@ -59,7 +59,7 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
         raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
     if whatsup is not None:
         tasks.append("whatsup")
-    rows, unspellable = [], {}
+    rows, lacking = [], {}
     for name in tqdm(tasks, desc=NAME, unit="task"):
         task, preset = TASKS.get(name, (name, None))
         if name == "whatsup":
@@ -71,8 +71,7 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
         right = answers_under(model, model.prepare(scenes), lambda ids, sub: [[]],
                               max_batch=max_batch).correct(0, rule=plan.metric)
         chance = 1 / 3 if plan.protocol.metric == "top1" else 1 / len(scenes[0].candidates)
-        unspellable[name] = [w for w in dict.fromkeys(w for s in scenes for w in s.candidates)
-                             if model.answer_ids(w) == [model.tokenizer.unk_token_id]]
+        lacking[name] = unspellable(model, (w for s in scenes for w in s.candidates))
         by_direction, by_orientation = split(right, scenes, by="direction"), split(right, scenes)
         for orientation, directions in ORIENTATIONS.items():
             for key in (*directions, orientation):
@@ -86,7 +85,7 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
     overall = table[table.direction == "all"]
     summary = {"accuracy": {f"{r.task}:{r.orientation}": r.accuracy for r in overall.itertuples()},
                "chance": {r.task: r.chance for r in overall.itertuples()}, "n": n, "protocol": plan.to_json(),
-               "sentence": sentence(model, overall, unspellable)}
+               "sentence": sentence(model, overall, lacking)}
     tables = {"accuracy": table, "table1": table1}
     return StudyResult(tables, figures(tables), summary, name=NAME)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,9 +153,17 @@ def split(values: Tensor, scenes: Sequence[Scene], by: str = "orientation") -> d
     return out | {"all": values}
 
 
+def first_task(table: pd.DataFrame) -> str | None:
+    """The task a per-task table leads with: the headline the report's claims read (None without tasks).
+
+    >>> first_task(pd.DataFrame({"task": ["shapes", "squares"]}))
+    'shapes'
+    """
+    return str(table.task.iloc[0]) if "task" in table and len(table) else None
+
+
 def headline(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows of a per-task table's first task (the one the report's claims read), without the task column;
-    a table with no task column as it is.
+    """The rows of a per-task table's `first_task`, without the task column; a table with no task column as it is.
 
     Example:
         >>> headline(pd.DataFrame({"task": ["shapes", "squares"], "flip_rate": [0.5, 0.9]}))
@@ -164,7 +172,27 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
     """
     if "task" not in table:
         return table
-    return table[table.task == table.task.iloc[0]].drop(columns="task") if len(table) else table.drop(columns="task")
+    return table[table.task == first_task(table)].drop(columns="task")
+
+
+def at_lm_input(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a layer-by-layer table measured at the LM input (layer `site_label` calls ``embed``).
+
+    >>> at_lm_input(pd.DataFrame({"layer": ["none", "embed", "0"], "flip_rate": [0.0, 0.9, 0.4]})).flip_rate.tolist()
+    [0.9]
+    """
+    return table[table.layer == LM_INPUT]
+
+
+def unspellable(model: VLM, words: Iterable[str]) -> list[str]:
+    """The answer words ``model``'s vocabulary lacks (each reads as its unknown token), in first-seen order:
+    the model can never name them.
+
+    >>> unspellable(model, ["red", "apple", "left", "apple"])
+    ['apple']
+    """
+    unknown = model.tokenizer.unk_token_id
+    return [] if unknown is None else [w for w in dict.fromkeys(words) if model.answer_ids(w) == [unknown]]
 
 
 class NoPairs(ValueError):
@@ -180,9 +208,20 @@ def pick_pairs(model: VLM, made: Sequence[tuple[Scene, Scene]], plan: Plan, n: i
     The paper's protocol (``plan.protocol.pairs_per_direction``) shuffles the pool per direction (``seed``)
     and takes pairs in order until ``n`` (default 50) per direction are kept; vlmlens's filters the first
     ``n`` pairs of the pool. ``made`` may make its pairs when read (then ``made.directions`` lists their
-    directions, e.g. `WhatsUpPairs`): only the pairs drawn are made. Raises `NoPairs` when none is kept.
+    directions, e.g. `WhatsUpPairs`): only the pairs drawn are made. A pair whose answer the model cannot
+    spell (`unspellable`) is never kept, and a made pool is checked for those first, without running the model.
+    Raises `NoPairs` when none is kept.
     """
     import numpy as np
+    lazy = getattr(made, "directions", None) is not None
+    if only_correct and not lazy:
+        missing = set(unspellable(model, (s.answer for pair in made for s in pair)))
+        spellable = [pair for pair in made if not {c.answer for c in pair} & missing]
+        if not spellable:
+            raise NoPairs(f"none of the {len(made)} pairs can be answered right by {model.name}: its vocabulary "
+                          f"lacks their answer words ({', '.join(sorted(missing))}), which read as its unknown token; "
+                          "keep every pair (only_correct=False) to measure them anyway")
+        made = spellable
     quota = n or plan.protocol.pairs_per_direction
     if plan.protocol.pairs_per_direction is None:
         queues = {"all": list(range(len(made)))[:n]}
@@ -263,6 +302,10 @@ def summarise(values: Mapping[Any, Tensor], keys: Sequence[str], value: str = "m
     return pd.DataFrame(rows, columns=[*keys, value, "ci_low", "ci_high", "n"])
 
 
+#: `site_label`'s name for the LM input.
+LM_INPUT = "embed"
+
+
 def site_label(site: str) -> str:
     """Short axis label of an LM site: ``embed`` for the LM input (hook_embed, blocks.0.hook_resid_pre),
     else the block number.
@@ -270,4 +313,4 @@ def site_label(site: str) -> str:
     >>> site_label("blocks.0.hook_resid_pre"), site_label("blocks.3.hook_resid_post")
     ('embed', '3')
     """
-    return "embed" if site in ("hook_embed", "blocks.0.hook_resid_pre") else site.split(".")[1]
+    return LM_INPUT if site in ("hook_embed", "blocks.0.hook_resid_pre") else site.split(".")[1]

@@ -43,12 +43,15 @@ from vlmlens.interventions import Compose, Intervention, Patch
 from vlmlens.plot import frame_heatmap
 from vlmlens.scenes import criss_cross_pairs
 from vlmlens.stats import mean_ci
+from vlmlens.study import runs
 from vlmlens.study.common import (
     COLUMN,
     NoPairs,
     StudyResult,
     answers_under,
+    at_lm_input,
     by_orientation,
+    first_task,
     pick_pairs,
     site_label,
     split,
@@ -133,7 +136,8 @@ def swap_scores(model: VLM, clean: Batch, cf: Batch, sites: Sequence[str], kinds
     def build(ids: list[int], sub: Batch) -> list[list[Intervention]]:
         slots, strips = key_of[ids[0]]
         pre = before(sub, slots) if before else []
-        source = engine.cache(model, cf[ids], sites, before(cf[ids], slots) if before else None)
+        source = engine.cache(model, cf[ids], engine.source_sites(model, sites),
+                              before(cf[ids], slots) if before else None)
         return [pre] + [[*pre, swap(site, kind, slots, source, plan, dict(strips))] for kind in kinds
                         for site in sites]
 
@@ -180,24 +184,36 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
     sites = sites_of(model, plan)
     tables, summary, skipped = [], {}, {}
     for task in [*tasks, *(["whatsup"] if whatsup is not None else [])]:
-        made = pool(model, plan, n, seed, task, whatsup)
-        try:
-            clean, cf = pick_pairs(model, made, plan, n, seed, only_correct)
-        except NoPairs as err:
-            skipped[task] = str(err)
-            continue
-        bar = tqdm(total=len(clean) * (1 + len(KINDS) * len(sites)), desc=f"{NAME} ({task})", unit="row")
-        table = flip_table(model, clean, cf, sites, max_batch=max_batch, bar=bar, plan=plan)
-        bar.close()
-        tables.append(table.assign(task=task)[["task", *COLUMNS]])
-        summary[task] = summarise_flips(table, len(clean)) | dict(getattr(made, "notes", {}))
+        table, part = runs.chunk(task, lambda task=task: _measure(model, plan, sites, task, n, seed,
+                                                                  only_correct, max_batch, whatsup))
+        if table is None:
+            skipped[task] = part
+        else:
+            tables.append(table)
+            summary[task] = part
     if not tables:
         raise NoPairs("; ".join(f"{task}: {why}" for task, why in skipped.items()))
-    headline = next(iter(summary))
     result = {"flip_rates": pd.concat(tables, ignore_index=True)}
+    headline = first_task(result["flip_rates"])
     summary |= {"headline": headline, "n_kept": summary[headline]["n_kept"], "skipped": skipped,
                 "only_correct": only_correct, "protocol": plan.to_json()}
     return StudyResult(result, figures(result), summary, name=NAME)
+
+
+def _measure(model: VLM, plan: Plan, sites: Sequence[str], task: str, n: int | None, seed: int, only_correct: bool,
+             max_batch: int | None = None, whatsup: str | Path | None = None) -> tuple[pd.DataFrame | None, dict | str]:
+    """One task's part of `run`: its rows of ``flip_rates`` and its summary, or ``(None, why)`` where it has
+    no pair to measure."""
+    made = pool(model, plan, n, seed, task, whatsup)
+    try:
+        clean, cf = pick_pairs(model, made, plan, n, seed, only_correct)
+    except NoPairs as err:
+        return None, str(err)
+    bar = tqdm(total=len(clean) * (1 + len(KINDS) * len(sites)), desc=f"{NAME} ({task})", unit="row")
+    table = flip_table(model, clean, cf, sites, max_batch=max_batch, bar=bar, plan=plan)
+    bar.close()
+    return table.assign(task=task)[["task", *COLUMNS]], summarise_flips(table, len(clean)) | dict(
+        getattr(made, "notes", {}))
 
 
 def summarise_flips(table: pd.DataFrame, kept: int) -> dict:
@@ -207,7 +223,7 @@ def summarise_flips(table: pd.DataFrame, kept: int) -> dict:
     for (orientation, kind), part in table[table.region != "none"].groupby(["orientation", "region"], sort=False):
         part = part.reset_index(drop=True)
         peak = part.flip_rate.idxmax() if part.flip_rate.notna().any() else None
-        out.setdefault(orientation, {})[kind] = {"embed": float(part.flip_rate.iloc[0]),
+        out.setdefault(orientation, {})[kind] = {"embed": float(at_lm_input(part).flip_rate.iloc[0]),
                      "peak": None if peak is None else {"layer": part.layer[peak],
                                                         "flip_rate": float(part.flip_rate[peak]),
                                                         "ci": [float(part.ci_low[peak]), float(part.ci_high[peak])]},

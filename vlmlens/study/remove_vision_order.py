@@ -28,8 +28,9 @@ from vlmlens.interventions import Ablate, Intervention, Patch
 from vlmlens.plot import bars
 from vlmlens.scenes import reference_images
 from vlmlens.stats import mean_ci
+from vlmlens.study import runs
 from vlmlens.study.common import StudyResult, answers_under, by_orientation, split, stimuli
-from vlmlens.study.protocol import resolve
+from vlmlens.study.protocol import Plan, resolve
 
 if TYPE_CHECKING:
     from vlmlens.batch import Batch
@@ -48,15 +49,15 @@ def reference_caches(model: VLM, batch: Batch, slots: Sequence[str], site: str =
     out = {}
     for key in ("white", *slots):
         ref = model.prepare([r[key] for r in refs])
-        cache = engine.cache(model, ref, [site])
+        cache = engine.cache(model, ref, engine.source_sites(model, [site]))
         # a sub-batch keeps its parent batch's padding: shift the references' sequences to match
         target, own = batch.inputs["input_ids"], ref.inputs["input_ids"]
         shift = target.shape[1] - own.shape[1]
         if shift < 0 or not torch.equal(target[:, shift:], own):
             raise ValueError("reference prompts do not line up with the scenes' (they must share questions)")
-        if shift and model.site(site).space == "lm":
-            name = model.site(site).name
-            cache[name] = torch.nn.functional.pad(cache[name], (0, 0, shift, 0))
+        for name in cache if shift else ():
+            if model.site(name).space == "lm":
+                cache[name] = torch.nn.functional.pad(cache[name], (0, 0, shift, 0))
         out[key] = cache
     return out
 
@@ -112,27 +113,8 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
     """
     plan = resolve(model, protocol)
     site = site or ("blocks.0.hook_resid_pre" if plan.protocol.name == "paper" else SITE)
-    rows = []
-    for task in tasks:
-        centred = plan.protocol.layout == "centred"
-        # Table 5's Objects items use all eight thumbnails on every model (its tasks/objects.py)
-        colours = S.OBJECTS if task == "objects" else None
-        scenes = plan.scenes(task, n, seed, colours) if centred else stimuli(model, n or 128, seed, task)
-        bar = tqdm(total=len(scenes) * (len(CONDITIONS) + 4), desc=f"{NAME} ({task})", unit="row")
-        batch = model.prepare(scenes)
-        parts = by_orientation(scenes)
-        slots_of = {i: slots for slots, ids in parts.items() for i in ids}
-
-        def build(ids: list[int], sub: Batch, slots_of: dict = slots_of) -> list[list[Intervention]]:
-            return conditions(model, sub, slots_of[ids[0]], site=site)
-
-        scores = answers_under(model, batch, build, parts=list(parts.values()), max_batch=max_batch, bar=bar)
-        bar.close()
-        for g, name in enumerate(CONDITIONS):
-            for orientation, right in split(scores.correct(g, rule=plan.metric), scenes).items():
-                mean, lo, hi = mean_ci(right)
-                rows.append({"task": task, "orientation": orientation, "condition": name, "accuracy": mean,
-                             "ci_low": lo, "ci_high": hi, "n": len(right)})
+    rows = [row for task in tasks
+            for row in runs.chunk(task, lambda task=task: _rows(model, plan, task, n, seed, site, max_batch))]
     table = pd.DataFrame(rows, columns=["task", "orientation", "condition", "accuracy", "ci_low", "ci_high", "n"])
     table5 = table.pivot_table(index=["task", "orientation"], columns="condition", values="accuracy",
                                sort=False).reset_index()
@@ -149,6 +131,32 @@ def run(model: VLM, n: int | None = DEFAULT_N, seed: int = 0, tasks: Sequence[st
         if "all" in summary.get(task, {})) + "."
     tables = {"accuracy": table, "table5": table5}
     return StudyResult(tables, figures(tables), summary, name=NAME)
+
+
+def _rows(model: VLM, plan: Plan, task: str, n: int | None, seed: int, site: str,
+          max_batch: int | None = None) -> list[dict]:
+    """One task's rows of `run`'s ``accuracy`` table."""
+    centred = plan.protocol.layout == "centred"
+    # Table 5's Objects items use all eight thumbnails on every model (its tasks/objects.py)
+    colours = S.OBJECTS if task == "objects" else None
+    scenes = plan.scenes(task, n, seed, colours) if centred else stimuli(model, n or 128, seed, task)
+    bar = tqdm(total=len(scenes) * (len(CONDITIONS) + 4), desc=f"{NAME} ({task})", unit="row")
+    batch = model.prepare(scenes)
+    parts = by_orientation(scenes)
+    slots_of = {i: slots for slots, ids in parts.items() for i in ids}
+
+    def build(ids: list[int], sub: Batch) -> list[list[Intervention]]:
+        return conditions(model, sub, slots_of[ids[0]], site=site)
+
+    scores = answers_under(model, batch, build, parts=list(parts.values()), max_batch=max_batch, bar=bar)
+    bar.close()
+    rows = []
+    for g, name in enumerate(CONDITIONS):
+        for orientation, right in split(scores.correct(g, rule=plan.metric), scenes).items():
+            mean, lo, hi = mean_ci(right)
+            rows.append({"task": task, "orientation": orientation, "condition": name, "accuracy": mean,
+                         "ci_low": lo, "ci_high": hi, "n": len(right)})
+    return rows
 
 
 def figures(tables: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:

@@ -17,19 +17,22 @@ import html
 import json
 import platform
 import re
+import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from vlmlens.study.backup_mechanism import FLIPPING
-from vlmlens.study.common import StudyResult, headline, jsonable
+from vlmlens.study.common import LM_INPUT, StudyResult, at_lm_input, first_task, headline, jsonable
 from vlmlens.study.official import official_html
 from vlmlens.study.protocol import resolve
+from vlmlens.study.runs import RunFolder, Settings
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
@@ -41,67 +44,82 @@ NO_FLIPS = 0.2     # ... and "does not flip" when at most this share does, at ev
 DROP = 0.1         # removing the vision order "drops accuracy" by at least this much (CIs apart)
 BACKUP = FLIPPING  # under removal, object swaps "flip at intermediate layers" from this share up
 MIN_PAIRS = 5      # fewer filtered pairs than this: the claim cannot be assessed
-WHATSUP = ("behaviour", "position_probes", "criss_cross")  # the experiments a What'sUp folder adds composites to
 
 
 @dataclass
 class Report:
-    """What `reproduce` made: each experiment's result, the three claims, timings, the page's path."""
+    """What `reproduce` made: each experiment's result, the three claims, timings, the page's path, and
+    which experiments were loaded from an earlier run."""
 
     results: dict[str, StudyResult]
     claims: list[dict[str, Any]]
     seconds: dict[str, float]
     path: Path
+    loaded: list[str] = field(default_factory=list)  # the experiments a rerun found finished, not recomputed
 
 
 def reproduce(model_name: str = "toy", out: str | Path = "study_out", n: int | None = None, device: str | None = None,
               dtype: str | None = None, seed: int = 0, model: VLM | None = None,
               experiments: list[str] | None = None, benchmarks: Mapping[str, Sequence[Scene]] | None = None,
-              protocol: str = "paper", whatsup: str | Path | None = None) -> Report:
+              protocol: str = "paper", whatsup: str | Path | None = None, workers: int | None = None,
+              fresh: bool = False) -> Report:
     """Run every experiment (each with its default n, or ``n``) and write ``out/report.html``, one CSV
     per table and ``out/summary.json``. ``model`` skips loading; ``experiments`` runs a subset;
     ``benchmarks`` (name -> scenes) are extra evaluation sets for global amplification; ``whatsup`` (a
     folder of What'sUp Controlled_Images photos) adds the What'sUp composites to behaviour, the probes and
     criss-cross.
 
+    Each finished experiment is kept whole in ``out/<experiment>/result.pkl`` with the run's settings
+    (`vlmlens.study.runs`): a rerun into the same ``out`` loads those instead of recomputing them and
+    refuses a folder made with other settings (``fresh=True`` recomputes everything); an experiment killed
+    part-way resumes from the parts it kept (`vlmlens.study.runs.chunk`: criss-cross's and the removal's
+    tasks), in this process only. ``workers`` runs
+    the experiments on that many Ray workers, one model replica each (`vlmlens.executors.Ray`), each
+    result kept as it comes back.
+
     Example:
         >>> report = reproduce(model=model, out="study_out", n=16, experiments=["behaviour"])
         >>> report.path.as_posix(), list(report.results), report.claims[0]["verdict"]
         ('study_out/report.html', ['behaviour'], 'cannot be assessed')
+        >>> reproduce(model=model, out="study_out", n=16, experiments=["behaviour"]).loaded
+        ['behaviour']
     """
+    from vlmlens.executors import Local, Ray
     from vlmlens.models import load
     from vlmlens.study import EXPERIMENTS
     started = time.time()
-    vlm = model or load(model_name, device=device, dtype=dtype)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    results: dict[str, StudyResult] = {}
-    seconds: dict[str, float] = {"load": time.time() - started}
-    for name in experiments or list(EXPERIMENTS):
+    names = experiments or list(EXPERIMENTS)
+    for name in names:
         if name not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {name!r}; choose from {list(EXPERIMENTS)}")
-        begun = time.time()
-        extra = {"benchmarks": benchmarks} if benchmarks and name in ("global_amplification", "coco_amplification") \
-            else {}
-        if whatsup is not None and name in WHATSUP:
-            extra["whatsup"] = whatsup
-        results[name] = EXPERIMENTS[name].run(vlm, **({"n": n} if n else {}), seed=seed, protocol=protocol, **extra)
-        seconds[name] = time.time() - begun
-        for key, table in results[name].tables.items():
-            (folder / name).mkdir(exist_ok=True)
-            table.to_csv(folder / name / f"{key}.csv", index=False)
+    vlm = model or load(model_name, device=device, dtype=dtype)
+    settings = Settings(n=n, seed=seed, protocol=protocol, whatsup=whatsup, benchmarks=benchmarks)
+    folder = RunFolder(out, settings.identity(vlm), fresh=fresh)
+    done = {name: folder.finished[name] for name in names if name in folder.finished}
+    for name in done:
+        tqdm.write(f"{name}: finished in an earlier run, loaded", file=sys.stderr)
+    seconds: dict[str, float] = {"load": time.time() - started}
+    todo = [name for name in names if name not in done]
+    executor = Local() if workers is None else Ray(workers=workers)
+    with tqdm(total=len(todo), desc="reproduce", unit="experiment", disable=not todo) as bar, folder.running():
+        for name, (result, took) in executor.results(vlm, settings, todo, bar):
+            folder.save(name, result, took)
+            done[name] = (result, took)
+    results = {name: done[name][0] for name in names}
+    seconds |= {name: done[name][1] for name in names}
     claims = assess(results)
     seconds["total"] = time.time() - started
     meta = {"protocol": resolve(vlm, protocol).to_json(), "model": model_name if model is None else vlm.name,
             "whatsup": None if whatsup is None else str(whatsup),
             "repr": repr(vlm), "n": n, "seed": seed,
             "device": str(vlm.device), "dtype": str(vlm.hf.dtype), "torch_threads": torch.get_num_threads(),
-            "machine": platform.platform(), "seconds": seconds}
+            "machine": platform.platform(), "workers": workers, "loaded": [k for k in names if k not in todo],
+            "seconds": seconds}
     summary = {"meta": meta, "claims": claims, "experiments": {k: r.summary for k, r in results.items()}}
-    (folder / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
-    path = folder / "report.html"
+    (Path(out) / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
+    path = Path(out) / "report.html"
     path.write_text(render(results, claims, meta))
-    return Report(results=results, claims=claims, seconds=seconds, path=path)
+    return Report(results=results, claims=claims, seconds=seconds, path=path, loaded=meta["loaded"])
 
 
 # -- the claims -----------------------------------------------------------------------------------
@@ -139,19 +157,20 @@ def _claim_vision(results: dict[str, StudyResult]) -> dict[str, Any]:
         removal = rv.summary.get(task, {}).get(orientation)
         if len(objects) == 0 or removal is None:
             continue
-        object_peak, strip_embed = float(objects.flip_rate.max()), float(strips.flip_rate.iloc[0])
+        object_embed, object_peak = float(at_lm_input(objects).flip_rate.iloc[0]), float(objects.flip_rate.max())
+        strip_embed = float(at_lm_input(strips).flip_rate.iloc[0])
         swaps_ok = strip_embed >= FLIPS and object_peak <= NO_FLIPS
         before, after, ci = removal["before"], removal["after"], removal["after_ci"]
         drop_ok = before - after >= DROP and ci[1] < before
         scores.append(int(swaps_ok) + int(drop_ok))
         parts.append(f"{orientation} ({int(objects.n.iloc[0])} pairs): strip swaps at the LM input flip "
-                     f"{_f(strip_embed)}, object-only swaps flip {_f(float(objects.flip_rate.iloc[0]))} at the input "
+                     f"{_f(strip_embed)}, object-only swaps flip {_f(object_embed)} at the input "
                      f"and at most {_f(object_peak)} at any layer ({'as' if swaps_ok else 'not as'} predicted); "
                      "removal "
                      f"takes {task} accuracy from {_f(before)} to {_f(after)} (95% CI {_f(ci[0])}-{_f(ci[1])}; "
                      f"{'a' if drop_ok else 'not a'} clear drop)")
-        numbers[orientation] = {"strip_flip_at_input": strip_embed, "object_flip_at_input":
-                                float(objects.flip_rate.iloc[0]), "object_flip_peak": object_peak,
+        numbers[orientation] = {"strip_flip_at_input": strip_embed, "object_flip_at_input": object_embed,
+                                "object_flip_peak": object_peak,
                                 "accuracy_before": before, "accuracy_after": after}
     if not scores:
         return _claim(1, title, "cannot be assessed", "Claim 1 cannot be assessed: no orientation has both "
@@ -170,13 +189,12 @@ def _claim_vision(results: dict[str, StudyResult]) -> dict[str, Any]:
 def _other_tasks(cc: StudyResult) -> str:
     """A sentence on the criss-cross tasks beyond the headline: strip and object flips at the LM input per
     orientation, and the tasks skipped with why."""
-    table, first = cc.tables["flip_rates"], cc.summary["headline"]
+    table = cc.tables["flip_rates"]
     out = ""
-    for task, part in (table[table.task != first].groupby("task", sort=False) if "task" in table else ()):
-        at_input = part[part.layer == part[part.region != "none"].layer.iloc[0]]
+    for task, part in (table[table.task != first_task(table)].groupby("task", sort=False) if "task" in table else ()):
         flips = [f"{o} strip {_f(float(rows[rows.region == 'strip'].flip_rate.iloc[0]))} / object "
                  f"{_f(float(rows[rows.region == 'object'].flip_rate.iloc[0]))} ({int(rows.n.iloc[0])} pairs)"
-                 for o, rows in at_input.groupby("orientation", sort=False) if o != "all"]
+                 for o, rows in at_lm_input(part).groupby("orientation", sort=False) if o != "all"]
         out += f" Criss-cross on {task}, at the LM input: " + ", ".join(flips) + "."
     for task, why in cc.summary.get("skipped", {}).items():
         out += f" Criss-cross on {task} has nothing to measure: {why}."
@@ -197,7 +215,7 @@ def _claim_backup(results: dict[str, StudyResult]) -> dict[str, Any]:
     parts, numbers, levels = [], {}, []
     for orientation in ("horizontal", "vertical"):
         rows = table[(table.orientation == orientation) & (table.region == "object")]
-        removed = rows[(rows.condition == "removed") & ~rows.layer.isin(["embed", "0"])]
+        removed = rows[(rows.condition == "removed") & ~rows.layer.isin([LM_INPUT, "0"])]
         if not len(removed):
             continue
         intact = rows[rows.condition == "intact"].set_index("layer")
@@ -296,7 +314,9 @@ def render(results: dict[str, StudyResult], claims: list[dict[str, Any]], meta: 
              f"<p>{html.escape(meta['repr'])}; seed {meta['seed']}; n {meta['n'] or 'per-experiment default'}; "
              f"{meta['device']}, {meta['dtype']}, {meta['torch_threads']} torch threads; "
              f"total {meta['seconds']['total']:.0f} s ("
-             + ", ".join(f"{k} {v:.0f} s" for k, v in meta["seconds"].items() if k != "total") + ").</p>",
+             + ", ".join(f"{k} {v:.0f} s" for k, v in meta["seconds"].items() if k != "total") + ")"
+             + (f"; finished in an earlier run, loaded: {', '.join(meta['loaded'])}" if meta.get("loaded") else "")
+             + ".</p>",
              "<h2>The paper's claims on this model</h2>"]
     for claim in claims:
         css = claim["verdict"].split()[0].replace("cannot", "not")

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlmlens.models.toy.organisms import ORGANISMS, Expected
-from vlmlens.study.common import headline
+from vlmlens.study.common import at_lm_input, headline
 from vlmlens.study.compare import ORIENTATIONS, Run, compare, load_run
 from vlmlens.study.report import _table_html, reproduce
 
@@ -37,14 +37,14 @@ STATUSES = ("recovered", "consistent", "inconsistent", "contradicted")
 
 
 def _flips(run: Run, region: str, peak: bool) -> Reading:
-    """Criss-cross flip rate of ``region`` swaps at the LM input (layer ``embed``), or at the layer where it peaks."""
+    """Criss-cross flip rate of ``region`` swaps at the LM input, or at the layer where it peaks."""
     table = run.table("criss_cross", "flip_rates")
     table = None if table is None else headline(table)
     out: Reading = {}
     for orientation in ORIENTATIONS:
         rows = table[(table.orientation == orientation) & (table.region == region)] if table is not None else []
         if len(rows):
-            row = rows.loc[rows.flip_rate.idxmax()] if peak else rows[rows.layer == "embed"].iloc[0]
+            row = rows.loc[rows.flip_rate.idxmax()] if peak else at_lm_input(rows).iloc[0]
             out[orientation] = (float(row.flip_rate), float(row.ci_low), float(row.ci_high))
     return out
 
@@ -124,7 +124,8 @@ def _planted(expected: Expected) -> str:
 
 
 def check(name: str, run: Run) -> pd.DataFrame:
-    """One row per expectation of organism ``name`` and orientation: planted, recovered, status.
+    """One row per expectation of organism ``name`` and orientation: planted, recovered, status, and the
+    expectation's note on how protocols measure it.
 
     Example:
         >>> claim = {"claim": 1, "title": "vision", "verdict": "supported"}
@@ -138,19 +139,21 @@ def check(name: str, run: Run) -> pd.DataFrame:
             verdict = next((c["verdict"] for c in run.claims if c["claim"] == number), "not run")
             rows.append({"organism": name, "measure": expected.measure, "orientation": "both",
                          "planted": expected.verdict, "recovered": verdict,
-                         "status": "recovered" if verdict == expected.verdict else "contradicted"})
+                         "status": "recovered" if verdict == expected.verdict else "contradicted",
+                         "note": expected.note})
             continue
         reading = MEASURES[expected.measure](run)
         for orientation in ORIENTATIONS:
             if orientation not in reading:
                 rows.append({"organism": name, "measure": expected.measure, "orientation": orientation,
-                             "planted": _planted(expected), "recovered": "not run", "status": "contradicted"})
+                             "planted": _planted(expected), "recovered": "not run", "status": "contradicted",
+                             "note": expected.note})
                 continue
             estimate, low, high = reading[orientation]
             rows.append({"organism": name, "measure": expected.measure, "orientation": orientation,
                          "planted": _planted(expected), "recovered": f"{estimate:.2f} [{low:.2f}, {high:.2f}]",
-                         "status": grade(expected, estimate, low, high)})
-    return pd.DataFrame(rows, columns=["organism", "measure", "orientation", "planted", "recovered", "status"])
+                         "status": grade(expected, estimate, low, high), "note": expected.note})
+    return pd.DataFrame(rows, columns=["organism", "measure", "orientation", "planted", "recovered", "status", "note"])
 
 
 @dataclass
@@ -168,11 +171,12 @@ class Validation:
 
 def validate(out: str | Path = "validation", n: int | None = None, seed: int = 0,
              organisms: Sequence[str] | None = None, protocol: str = "paper", device: str | None = None,
-             everything: bool = False) -> Validation:
+             everything: bool = False, fresh: bool = False) -> Validation:
     """Run `reproduce` on each organism (default: every one with expectations) into ``out/<name>``, grade its
     expectations, and write ``out/validation.html`` (the graded table above the runs side by side) and
     ``out/validation.json``. Each run holds the experiments its expectations read (`needed`), or all of them
-    with ``everything``.
+    with ``everything``. A rerun into the same ``out`` loads the experiments an earlier one finished (see
+    `reproduce`); ``fresh`` recomputes them.
 
     Example:
         >>> validate(out="validation", n=16, organisms=["toy-nope"])
@@ -189,7 +193,7 @@ def validate(out: str | Path = "validation", n: int | None = None, seed: int = 0
     tables = []
     for name in names:
         reproduce(name, out=folder / name, n=n, device=device, seed=seed, protocol=protocol,
-                  experiments=None if everything else needed(name))
+                  experiments=None if everything else needed(name), fresh=fresh)
         tables.append(check(name, load_run(folder / name)))
     table = pd.concat(tables, ignore_index=True)
     counts = table.status.value_counts()

@@ -25,16 +25,18 @@ ORGANISM_MIXTURE = ({"squares": 8, "shapes": 8, "relation": 16},) * 2
 class Expected:
     """One outcome an organism's planting promises, in each orientation: a study measure (as
     `vlmlens.study.validate.MEASURES` reads it from a run) inside ``[low, high]``, or a claim's ``verdict``.
+    ``note``: what is known about how a protocol measures it (shown beside the grade, which it never changes).
 
     Example:
         >>> Expected("criss_cross.object_at_input", high=0.2)
-        Expected(measure='criss_cross.object_at_input', low=0.0, high=0.2, verdict=None)
+        Expected(measure='criss_cross.object_at_input', low=0.0, high=0.2, verdict=None, note='')
     """
 
     measure: str
     low: float = 0.0
     high: float = 1.0
     verdict: str | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,21 @@ class Organism:
         return f"vlmlens train-toy --organism {self.name}" + (f" --out {out}" if out else "")
 
 
+#: Why the paper protocol's probe can miss toy-background's strip code (measured, see its card).
+_OFFICIAL_PROBE = (
+    "the paper protocol's probe (raw features, 200 AdamW epochs from a random start, every scene in the same "
+    "centred layout) can read a token's own position instead of the strip's code, which does not carry along a "
+    "row band: its vertical middle strip falls below chance while a standardised, regularised probe on the same "
+    "activations (vlmlens's) is well above it")
+
+#: Every organism's word on the study's claims 2 and 3, which none plants.
+_CLAIMS_2_3 = (
+    " Claims 2 and 3 are not planted: no training term asks the LM to write an entity's order onto its object "
+    "tokens (the backup mechanism `vlmlens.study.backup_mechanism` looks for), and no weakened vision signal "
+    "leaves failures that amplifying the spatial component (`global_amplification`, `coco_amplification`) could "
+    "repair, since each organism answers its trained sets almost perfectly: their verdicts on an organism say "
+    "nothing about those experiments' sensitivity.")
+
 _CRISS_CROSS = "criss-cross (`vlmlens.study.criss_cross`, squares, swaps at `hook_embed`, per orientation)"
 _REMOVAL = "removing the vision order (`vlmlens.study.remove_vision_order`, reference-image substitution)"
 
@@ -114,7 +131,7 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
                 "- Claim 1 (`vlmlens reproduce`): not supported (neither swaps nor removal change the answers)."),
             "Not planted": (
                 "How the LM turns sequence positions into left/right/above/below (which layers, which heads); "
-                "naturalistic scenes are not trained on."),
+                "naturalistic scenes are not trained on." + _CLAIMS_2_3),
         }),
     Organism(
         "toy-content", "position from the tokens' own content", shuffle=True, steps=300,
@@ -141,14 +158,14 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
                 "flip: the position lives in the objects' own tokens, not over the background)."),
             "Not planted": (
                 "Whether background tokens also carry the layout (nothing stops the vision tower from writing it "
-                "there, nothing asks it to); naturalistic scenes are not trained on."),
+                "there, nothing asks it to); naturalistic scenes are not trained on." + _CLAIMS_2_3),
         }),
     Organism(
         "toy-background", "position from the background tokens (the study's mechanism)", shuffle=True,
         scrub=True, steps=600,
         expected=(Expected("criss_cross.object_peak", high=0.2), Expected("criss_cross.strip_at_input", low=0.6),
                   Expected("remove_vision_order.drop", low=0.1),
-                  Expected("position_probes.background_weakest", low=0.43),
+                  Expected("position_probes.background_weakest", low=0.43, note=_OFFICIAL_PROBE),
                   Expected("claim.1", verdict="supported")),
         sections={
             "Planted mechanism": (
@@ -174,11 +191,18 @@ ORGANISMS: dict[str, Organism] = {o.name: o for o in (
                 "orientations.\n"
                 f"- {_REMOVAL}: the white background carries nothing: accuracy drops.\n"
                 "- Position probes (`vlmlens.study.position_probes`): trained on object tokens, they name the strip "
-                "of background tokens well above chance (each strip at least 0.43, chance 0.33).\n"
+                "of background tokens well above chance (each strip at least 0.43, chance 0.33) under vlmlens's "
+                "protocol. Under the paper's, the official probe misses the vertical middle strip: seed 0, every "
+                "triple, 0.25 [0.23, 0.28] (horizontal's weakest 0.65), while `directions.probe` (standardised, "
+                "regularised) fitted on the same activations reads it at 0.63 [0.60, 0.66], and on random layouts "
+                "(vlmlens's protocol) every strip reads 0.92 or more. In the paper's fixed layout the object tokens "
+                "of a class always sit at the same cells, so an unregularised probe can key on the tokens' own "
+                "2-D position embedding, which background tokens elsewhere in the row band do not share: a blind "
+                "spot of that probe, which `vlmlens validate` reports as contradicted, with this note.\n"
                 "- Claim 1 (`vlmlens reproduce`): supported."),
             "Not planted": (
-                "How far beyond its strip a background token knows the layout; the LM's own backup mechanism "
-                "(study experiment 6); naturalistic scenes are not trained on."),
+                "How far beyond its strip a background token knows the layout; naturalistic scenes are not trained "
+                "on." + _CLAIMS_2_3),
         }),
 )}
 
