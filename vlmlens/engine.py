@@ -44,6 +44,7 @@ from vlmlens import checks
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
 from vlmlens.interventions import BATCH, Intervention, Sources, flatten
+from vlmlens.prefix_cache import prefix_past
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
@@ -284,7 +285,7 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], traced:
     for layer, start, members in plan_passes(first, starts, edited, max(1, max_batch // len(sub)),
                                              len(model.lm_layers), length):
         resume = (layer, resid[f"blocks.{layer - 1}.hook_resid_post"]) if layer > 0 else None
-        past = _prefix_past(resid.past, start, len(members)) if start > 0 else None
+        past = prefix_past(resid.past, start, len(members)) if start > 0 else None
         logits, _ = model.trace_pass(sub, [traced[i] for i in members], (), inputs=inputs, last_only=True,
                                      resume=resume, sources=sources, start=start, past=past)
         per_group = rearrange(logits[:, -1], "(group example) vocab -> group example vocab", group=len(members))
@@ -355,15 +356,6 @@ def first_position(model: VLM, edits: Sequence[Intervention], batch: Batch) -> i
             return 0
         first.append(min(int(w.min()) for w in batch.positions(edit.region, spec)))
     return min(first)
-
-
-def _prefix_past(past: Any, start: int, copies: int) -> Any:
-    """A fresh transformers cache of the clean run's keys and values before ``start``, for ``copies`` copies
-    of the chunk stacked on the batch axis (a pass appends to it, so each pass gets its own)."""
-    from transformers import DynamicCache
-    return DynamicCache(ddp_cache_data=[
-        (layer.keys[:, :, :start].repeat(copies, 1, 1, 1), layer.values[:, :, :start].repeat(copies, 1, 1, 1))
-        for layer in past.layers])
 
 
 class _SourceStore:
