@@ -1,4 +1,4 @@
-"""Shared helpers for benchmarks: side-by-side timing and the closing JSON line."""
+"""Shared helpers for benchmarks: side-by-side timing, tables and the closing JSON line, random models."""
 
 from __future__ import annotations
 
@@ -25,11 +25,16 @@ def interleaved_times(fns: Mapping[str, Callable[[], object]], repeats: int, war
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def report(rows: list[tuple[str, ...]], header: tuple[str, ...], figures: Mapping[str, float]) -> None:
-    """Print a readable table, then one JSON object of the figures as the last line."""
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+    """Print a readable table: a header, a rule, the rows."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+def report(rows: list[tuple[str, ...]], header: tuple[str, ...], figures: Mapping[str, float]) -> None:
+    """Print a readable table, then one JSON object of the figures as the last line."""
+    table(rows, header)
     print(json.dumps({k: round(v, 4) for k, v in figures.items()}))
 
 
@@ -76,6 +81,22 @@ def widened_toy(path: Path, width: int = 4, seed: int = 0) -> Path:
     LlavaForConditionalGeneration(config).save_pretrained(path)
     AutoProcessor.from_pretrained(TOY_CHECKPOINT).save_pretrained(path)
     return path
+
+
+#: LLaVA-1.5's conversation template (its system message, the image, the question, an answer format)
+LLAVA15_PROMPT = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                  "helpful, detailed, and polite answers to the human's questions. USER: <image>\n{question} Answer "
+                  "with a single word. ASSISTANT:")
+
+
+def llava15_scenes(n: int, seed: int, size: int) -> list:
+    """``n`` relation scenes of ``size`` px asked in LLaVA-1.5's template (with the toy's tokenizer, ~50 text
+    tokens around the image's, as with LLaVA-1.5's own)."""
+    import dataclasses
+
+    import vlmlens as vl
+    return [dataclasses.replace(s, question=LLAVA15_PROMPT.format(question=s.question))
+            for s in vl.scenes.generate(n, seed=seed, task="relation", image_size=(size, size))]
 
 
 def llava15_shaped(path: Path, lm_layers: int = 4, width: int = 512, seed: int = 0) -> Path:

@@ -8,30 +8,38 @@ For an activation-patching sweep over every LM layer x {object, background} (cle
     each edit's first layer to the end, packed into passes of the same rows as the sweep's);
 (2) attribution patching (`vl.attribute`, integrated along the clean-to-counterfactual path in
     ATTRIBUTION_STEPS steps; plain AtP beside it) vs the exact sweep: time ratio and Spearman correlation of
-    the mean effects, over the same family, and on the toy also over every layer x sequence position;
-(3) prefix reuse (issue 16) on the toy and on a LLaVA-1.5-shaped random model (576 image tokens, 4 LM blocks):
-    the same sweeps with the engine recomputing only the positions from each edit's first on, against the
-    engine recomputing every position (``adapter.prefix_reuse`` off): last-position patching at every layer,
-    and a layer x position grid (every POSITION_STRIDE-th position on the big model, every position on the toy);
+    the mean effects, over the same family; and over the toy's every layer x sequence position, plain and as
+    GRID_ATTRIBUTION sets it (the path's first half, then exact patches of the cheapest cells);
+(3) prefix reuse (issue 16) on the toy and on LLaVA-1.5-shaped random models (576 image tokens in LLaVA-1.5's
+    prompt, 627 positions; 4 LM blocks 512 wide, and LLaVA-1.5-7B's 32 blocks at 128 wide): sweeps with the
+    counterfactual as baseline and source, on the engine recomputing only the positions from each edit's first
+    on, against the engine recomputing every position (``adapter.prefix_reuse`` off): last-position patching at
+    every layer, end to end and the passes that carry edits alone, and a layer x position grid (every
+    POSITION_STRIDE-th position on the 4-block model, every position on the toy);
 (4) peak memory of the sweep vs a clean forward of one chunk (separate processes; on CPU the peak resident
     memory above the level before the workload, sampled every millisecond; `max_memory_allocated` on GPU).
 
-Run: python benchmarks/sweep.py [--n 16] [--repeats 3] [--device cpu]
+Run: python benchmarks/sweep.py [--n 16] [--repeats 3] [--device cpu] [--sections speed,attribution,prefix,memory]
 Targets: sweep <= 0.6x the faster of naive / TransformerLens and <= 1.3x the floor; attribution Spearman >= 0.9
-on the toy; prefix reuse >= 10x on last-position patching and >= 1.8x on the layer x position grid (big model).
+on the toy, and over its full layer x position grid at <= 0.1x the exact sweep's time; prefix reuse >= 10x on
+last-position patching and >= 1.8x on the layer x position grid (big model).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from common import interleaved_times, llava15_shaped, peak_bytes, report, widened_toy
+from common import interleaved_times, llava15_scenes, llava15_shaped, peak_bytes, report, table, widened_toy
 from scipy.stats import spearmanr
 
 import vlmlens as vl
@@ -41,7 +49,12 @@ from vlmlens.models.toy import TOY_CHECKPOINT
 
 ATTRIBUTION_STEPS = 5
 MAX_BATCH = 64  # rows per forward pass of the sweep: one chunk
-POSITION_STRIDE = 48  # the big model's layer x position grid: every 48th position (13 of ~590)
+POSITION_STRIDE = 48  # the big model's layer x position grid: every 48th position (14 of 627)
+#: attribution over the toy's full layer x position grid: the path's first half in 3 steps, then exact patches
+#: of the cheapest cells worth 2% of the exact sweep
+GRID_ATTRIBUTION = {"steps": 3, "span": 0.5, "exact": 0.02}
+#: the LLaVA-1.5-shaped models: 4 blocks 512 wide, and LLaVA-1.5-7B's depth, 32 blocks, at 128 wide
+LLAVA15 = {"llava15": {"lm_layers": 4, "width": 512}, "llava15_32": {"lm_layers": 32, "width": 128}}
 
 
 def setup(model_path: str, n: int, device: str | None):
@@ -142,54 +155,90 @@ def speed(model_path: str, label: str, n: int, repeats: int, device: str | None)
     }
 
 
-def per_position(model_path: str, n: int, device: str | None) -> dict[str, float]:
-    """Every layer x sequence position (positions every example has): exact vs attribution."""
+def per_position(model_path: str, n: int, repeats: int, device: str | None) -> dict[str, float]:
+    """Every layer x sequence position (positions every example has): the exact sweep vs attribution, plain
+    (the whole path in ATTRIBUTION_STEPS steps) and as GRID_ATTRIBUTION sets it (the path's first half, the
+    cheapest patches run exactly), timed side by side."""
     model, clean, cf, _ = setup(model_path, n, device)
     metric = vl.LogitDiff()
     regions = [f"pos:{-i}" for i in range(1, int(clean.inputs["attention_mask"].sum(1).min()) + 1)]
     family = vl.grid(vl.Patch, site="blocks.{layer}.hook_resid_pre", layer=model.lm_layers, region=regions,
                      source=cf)
-    started = time.perf_counter()
-    exact = vl.sweep(model, clean, family, metric, max_batch=MAX_BATCH, progress=False)
-    exact_s = time.perf_counter() - started
-    started = time.perf_counter()
-    estimate = vl.attribute(model, clean, "blocks.*.hook_resid_pre", regions, metric, baseline=cf,
-                            steps=ATTRIBUTION_STEPS)
-    estimate_s = time.perf_counter() - started
-    return {"toy_positions_interventions": len(family), "toy_positions_attribution_time_vs_exact": estimate_s / exact_s,
-            "toy_positions_attribution_spearman": spearman(exact, estimate)}
+    runs = {"exact": lambda: vl.sweep(model, clean, family, metric, max_batch=MAX_BATCH, progress=False),
+            "plain": lambda: vl.attribute(model, clean, "blocks.*.hook_resid_pre", regions, metric, baseline=cf,
+                                          steps=ATTRIBUTION_STEPS),
+            "hybrid": lambda: vl.attribute(model, clean, "blocks.*.hook_resid_pre", regions, metric, baseline=cf,
+                                           max_batch=MAX_BATCH, **GRID_ATTRIBUTION)}
+    results: dict[str, vl.Effects] = {}
+
+    def kept(name: str):
+        return lambda: results.__setitem__(name, runs[name]())
+    times = interleaved_times({name: kept(name) for name in runs}, repeats=repeats, warmup=0)
+    return {"toy_positions_interventions": len(family), "toy_positions_exact_s": times["exact"]} | {
+        f"toy_positions_{kind}_{figure}": value for kind in ("plain", "hybrid") for figure, value in (
+            ("time_vs_exact", times[kind] / times["exact"]), ("spearman", spearman(results["exact"], results[kind])))
+    } | {"toy_positions_hybrid_exact_patches": sum(label["exact"] for label in results["hybrid"].labels)}
 
 
-def prefix_reuse(model_path: str, label: str, n: int, repeats: int, device: str | None,
-                 stride: int) -> dict[str, float]:
-    """Speed-up of recomputing only the positions an edit can change, side by side with full recomputation,
-    and the largest difference between the two results."""
+@contextlib.contextmanager
+def timed_edits(model: vl.VLM, spent: list[float]) -> Iterator[None]:
+    """Add to ``spent[-1]`` the seconds of every pass that carries edits (not the clean and source passes)."""
+    trace_pass = model.trace_pass
+
+    def timed(batch, groups, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return trace_pass(batch, groups, *args, **kwargs)
+        finally:
+            if any(groups):
+                spent[-1] += time.perf_counter() - started
+    model.trace_pass = timed  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del model.trace_pass
+
+
+def prefix_reuse(model_path: str, label: str, n: int, repeats: int, device: str | None, stride: int | None,
+                 llava_prompt: bool) -> dict[str, float]:
+    """Sweeps with baseline=cf and sources from cf, on the engine recomputing only the positions an edit can
+    change vs recomputing every position (prefix reuse off), side by side: end to end, and the passes that
+    carry edits alone (the clean and source passes, which both run alike, left out); the largest difference
+    between the two results. Last-position patching at every layer, and with ``stride`` a layer x position
+    grid (every ``stride``-th position)."""
     model = vl.load(model_path, device=device)
     size = model.processor.image_processor.crop_size["height"]
-    scenes = vl.scenes.generate(n, seed=7, task="relation", image_size=(size, size))
-    clean = model.prepare(scenes)
-    cf = model.prepare(vl.scenes.generate(n, seed=8, task="relation", image_size=(size, size)))
+    scenes = llava15_scenes if llava_prompt else (
+        lambda n, seed, size: vl.scenes.generate(n, seed=seed, task="relation", image_size=(size, size)))
+    clean, cf = (model.prepare(scenes(n, seed, size)) for seed in (7, 8))
     length = int(clean.inputs["attention_mask"].sum(1).min())
-    families = {
-        "last": vl.grid(vl.Patch, site="blocks.{layer}.hook_resid_pre", layer=model.lm_layers, region=["last"],
-                        source=cf),
-        "grid": vl.grid(vl.Patch, site="blocks.{layer}.hook_resid_pre", layer=model.lm_layers,
-                        region=[f"pos:{-i}" for i in range(1, length + 1, stride)], source=cf),
-    }
-    out: dict[str, float] = {}
+    families = {"last": vl.grid(vl.Patch, site="blocks.{layer}.hook_resid_pre", layer=model.lm_layers,
+                                region=["last"], source=cf)}
+    if stride is not None:
+        families["grid"] = vl.grid(vl.Patch, site="blocks.{layer}.hook_resid_pre", layer=model.lm_layers,
+                                   region=[f"pos:{-i}" for i in range(1, length + 1, stride)], source=cf)
+    out: dict[str, float] = {f"{label}_positions": length, f"{label}_layers": len(model.lm_layers)}
     for kind, family in families.items():
-        def run(reuse: bool, family=family):
-            model.adapter.prefix_reuse = reuse
+        edited: dict[str, list[float]] = {"prefix": [], "full": []}
+
+        def run(mode: str, family=family, edited=edited) -> vl.Effects:
+            model.adapter.prefix_reuse = mode == "prefix"
+            edited[mode].append(0.0)
             try:
-                return vl.sweep(model, clean, family, vl.LogitDiff(), max_batch=MAX_BATCH, progress=False)
+                with timed_edits(model, edited[mode]):
+                    return vl.sweep(model, clean, family, vl.LogitDiff(), baseline=cf, max_batch=MAX_BATCH,
+                                    progress=False)
             finally:
                 model.adapter.prefix_reuse = type(model.adapter).prefix_reuse
-        times = interleaved_times({"prefix": lambda: run(True), "full": lambda: run(False)}, repeats=repeats,
-                                  warmup=1)
-        out |= {f"{label}_{kind}_prefix_s": times["prefix"], f"{label}_{kind}_full_s": times["full"],
-                f"{label}_{kind}_speedup": times["full"] / times["prefix"],
-                f"{label}_{kind}_patches": len(family),
-                f"{label}_{kind}_max_abs_diff": float((run(True).values - run(False).values).abs().max())}
+        times = interleaved_times({mode: functools.partial(run, mode) for mode in edited}, repeats=repeats, warmup=1)
+        marginal = {mode: statistics.median(spent[1:]) for mode, spent in edited.items()}  # after the warm-up
+        key = f"{label}_{kind}"
+        out |= {f"{key}_prefix_s": times["prefix"], f"{key}_full_s": times["full"],
+                f"{key}_speedup": times["full"] / times["prefix"],
+                f"{key}_edited_prefix_s": marginal["prefix"], f"{key}_edited_full_s": marginal["full"],
+                f"{key}_edited_speedup": marginal["full"] / marginal["prefix"],
+                f"{key}_shared_s": times["prefix"] - marginal["prefix"], f"{key}_patches": len(family),
+                f"{key}_max_abs_diff": float((run("prefix").values - run("full").values).abs().max())}
     return out
 
 
@@ -215,60 +264,111 @@ def memory_ratio(model_path: str, n: int, device: str | None) -> float:
     return child("sweep") / max(child("forward"), 1.0)
 
 
+SECTIONS = ("speed", "attribution", "prefix", "memory")
+#: the figures the closing JSON object names first, where their section ran
+HEADLINE = {"sweep_vs_naive": "toy_sweep_vs_naive", "sweep_vs_transformerlens": "toy_sweep_vs_transformerlens",
+            "sweep_vs_floor": "toy_sweep_vs_floor",
+            "prefix_reuse_last_speedup": "llava15_last_speedup",
+            "prefix_reuse_last_speedup_32_layers": "llava15_32_last_speedup",
+            "prefix_reuse_last_edited_speedup": "llava15_last_edited_speedup",
+            "prefix_reuse_last_edited_speedup_32_layers": "llava15_32_last_edited_speedup",
+            "prefix_reuse_grid_speedup": "llava15_grid_speedup",
+            "attribution_time_vs_exact": "toy_attribution_time_vs_exact",
+            "attribution_spearman": "toy_attribution_spearman",
+            "grid_attribution_spearman": "toy_positions_hybrid_spearman",
+            "grid_attribution_time_vs_exact": "toy_positions_hybrid_time_vs_exact",
+            "peak_memory_vs_forward": "peak_memory_vs_forward"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--memory-child", choices=["forward", "sweep"])
     parser.add_argument("--model-path")
     args = parser.parse_args()
     if args.memory_child:
         print(peak_memory(args.model_path, args.n, args.device, args.memory_child))
         return
+    sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
     torch.manual_seed(0)
     figures: dict[str, float] = {}
+    rows: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"toy": str(TOY_CHECKPOINT), "wide": str(widened_toy(Path(tmp) / "wide"))}
-        for label, path in models.items():
-            figures |= speed(path, label, args.n, args.repeats, args.device)
-        figures |= per_position(models["toy"], args.n, args.device)
-        big = str(llava15_shaped(Path(tmp) / "llava15"))
-        figures |= prefix_reuse(models["toy"], "toy", args.n, args.repeats, args.device, stride=1)
-        figures |= prefix_reuse(big, "llava15", 2, args.repeats, args.device, stride=POSITION_STRIDE)
-        figures["peak_memory_vs_forward"] = memory_ratio(models["toy"], args.n, args.device)
-    rows = [(label, f"{figures[f'{label}_interventions']:.0f}", f"{figures[f'{label}_sweep_s']:.2f}",
-             f"{figures[f'{label}_naive_s']:.2f}", f"{figures[f'{label}_transformerlens_s']:.2f}",
-             f"{figures[f'{label}_floor_s']:.2f}", f"{figures[f'{label}_sweep_vs_naive']:.2f}",
-             f"{figures[f'{label}_sweep_vs_transformerlens']:.2f}", f"{figures[f'{label}_sweep_vs_floor']:.2f}",
-             f"{figures[f'{label}_attribution_s']:.2f}", f"{figures[f'{label}_attribution_spearman']:.2f}",
-             f"{figures[f'{label}_atp_spearman']:.2f}")
-            for label in models]
-    headline = {
-        "sweep_vs_naive": figures["toy_sweep_vs_naive"],
-        "sweep_vs_transformerlens": figures["toy_sweep_vs_transformerlens"],
-        "sweep_vs_floor": figures["toy_sweep_vs_floor"],
-        "prefix_reuse_last_speedup": figures["llava15_last_speedup"],
-        "prefix_reuse_grid_speedup": figures["llava15_grid_speedup"],
-        "attribution_time_vs_exact": figures["toy_attribution_time_vs_exact"],
-        "attribution_spearman": figures["toy_attribution_spearman"],
-        "peak_memory_vs_forward": figures["peak_memory_vs_forward"],
-    }
-    print(f"toy, every layer x position ({figures['toy_positions_interventions']:.0f} patches): attribution "
-          f"{figures['toy_positions_attribution_time_vs_exact']:.3f}x the exact sweep's time, Spearman "
-          f"{figures['toy_positions_attribution_spearman']:.2f}; peak memory of the sweep "
-          f"{figures['peak_memory_vs_forward']:.2f}x a clean forward's")
-    for label in ("toy", "llava15"):
-        print(f"{label}: prefix reuse, last-position patching x{figures[f'{label}_last_speedup']:.1f} "
-              f"({figures[f'{label}_last_patches']:.0f} patches, {figures[f'{label}_last_full_s']:.2f} s -> "
-              f"{figures[f'{label}_last_prefix_s']:.2f} s), "
-              f"layer x position grid x{figures[f'{label}_grid_speedup']:.2f} "
-              f"({figures[f'{label}_grid_patches']:.0f} patches); results differ by at most "
-              f"{max(figures[f'{label}_last_max_abs_diff'], figures[f'{label}_grid_max_abs_diff']):.1e}")
+        toy = str(TOY_CHECKPOINT)
+        if "speed" in sections:
+            for label, path in {"toy": toy, "wide": str(widened_toy(Path(tmp) / "wide"))}.items():
+                figures |= speed(path, label, args.n, args.repeats, args.device)
+                rows.append(speed_row(figures, label))
+        if "attribution" in sections:
+            figures |= per_position(toy, args.n, args.repeats, args.device)
+        if "prefix" in sections:
+            figures |= prefix_reuse(toy, "toy", args.n, args.repeats, args.device, stride=1, llava_prompt=False)
+            for label, shape in LLAVA15.items():
+                path = str(llava15_shaped(Path(tmp) / label, **shape))
+                figures |= prefix_reuse(path, label, 2, args.repeats, args.device, llava_prompt=True,
+                                        stride=POSITION_STRIDE if label == "llava15" else None)
+        if "memory" in sections:
+            figures["peak_memory_vs_forward"] = memory_ratio(toy, args.n, args.device)
+    if "attribution" in sections:
+        print_grid_attribution(figures)
+    if "prefix" in sections:
+        print_prefix_reuse(figures)
+    if "memory" in sections:
+        print(f"peak memory of the sweep {figures['peak_memory_vs_forward']:.2f}x a clean forward's\n")
+    headline = {name: figures[key] for name, key in HEADLINE.items() if key in figures}
     report(rows, ("model", "interventions", "sweep s", "naive s", "TL s", "floor s", "sweep/naive", "sweep/TL",
-                  "sweep/floor",
-                  "attribution s", "spearman", "AtP spearman"),
-           headline | {k: v for k, v in figures.items() if k not in headline})
+                  "sweep/floor", "attribution s", "spearman", "AtP spearman"),
+           headline | {k: v for k, v in figures.items() if k not in HEADLINE.values()})
+
+
+def speed_row(figures: dict[str, float], label: str) -> tuple[str, ...]:
+    return (label, f"{figures[f'{label}_interventions']:.0f}", f"{figures[f'{label}_sweep_s']:.2f}",
+            f"{figures[f'{label}_naive_s']:.2f}", f"{figures[f'{label}_transformerlens_s']:.2f}",
+            f"{figures[f'{label}_floor_s']:.2f}", f"{figures[f'{label}_sweep_vs_naive']:.2f}",
+            f"{figures[f'{label}_sweep_vs_transformerlens']:.2f}", f"{figures[f'{label}_sweep_vs_floor']:.2f}",
+            f"{figures[f'{label}_attribution_s']:.2f}", f"{figures[f'{label}_attribution_spearman']:.2f}",
+            f"{figures[f'{label}_atp_spearman']:.2f}")
+
+
+def print_grid_attribution(figures: dict[str, float]) -> None:
+    print(f"Attribution over the toy's every layer x position ({figures['toy_positions_interventions']:.0f} patches; "
+          f"the exact sweep {figures['toy_positions_exact_s']:.1f} s), against exact patching:")
+    settings = {"plain": f"integrated gradients, whole path, {ATTRIBUTION_STEPS} steps",
+                "hybrid": ", ".join(f"{k}={v}" for k, v in GRID_ATTRIBUTION.items()) +
+                f" ({figures['toy_positions_hybrid_exact_patches']:.0f} exact patches)"}
+    table([(kind, setting, f"{figures[f'toy_positions_{kind}_spearman']:.3f}",
+            f"{figures[f'toy_positions_{kind}_time_vs_exact']:.3f}") for kind, setting in settings.items()],
+          ("attribution", "setting", "Spearman", "time / exact"))
+    print()
+
+
+def print_prefix_reuse(figures: dict[str, float]) -> None:
+    print("Prefix reuse: sweeps with baseline=cf, sources from cf; full = the engine with prefix reuse off (it still "
+          "skips the layers before an edit). 'edited' = the passes that carry edits alone (the marginal cost; the "
+          "clean pass and the counterfactual's pass, which gives sources and corrupt scores, are shared by both: "
+          "'shared s'). End to end the ratio is at most (shared + edited full) / shared.")
+    rows = []
+    for label in ("toy", *LLAVA15):
+        for kind in ("last", "grid"):
+            key = f"{label}_{kind}"
+            if f"{key}_speedup" not in figures:
+                continue
+            rows.append((f"{label} ({figures[f'{label}_layers']:.0f} blocks, {figures[f'{label}_positions']:.0f} "
+                         f"positions)", {"last": "last position x every layer", "grid": "layer x position grid"}[kind],
+                         f"{figures[f'{key}_patches']:.0f}", f"{figures[f'{key}_full_s']:.2f}",
+                         f"{figures[f'{key}_prefix_s']:.2f}", f"{figures[f'{key}_speedup']:.2f}",
+                         f"{figures[f'{key}_shared_s']:.2f}", f"{figures[f'{key}_edited_full_s']:.3f}",
+                         f"{figures[f'{key}_edited_prefix_s']:.3f}", f"{figures[f'{key}_edited_speedup']:.1f}",
+                         f"{figures[f'{key}_max_abs_diff']:.1e}"))
+    table(rows, ("model", "family", "patches", "full s", "prefix s", "end to end", "shared s", "edited full s",
+                 "edited prefix s", "edited", "max |diff|"))
+    print()
 
 
 if __name__ == "__main__":

@@ -124,3 +124,53 @@ def test_cache_in_chunks_equals_one_pass(toy, batch):
 def test_max_batch_must_be_a_positive_row_count(toy, batch, bad):
     with pytest.raises(ValueError, match="max_batch"):
         engine.run(toy, batch, [[]], logits_of, max_batch=bad)
+
+
+def passes_seen(model, monkeypatch) -> list[bool]:
+    """Whether each pass the engine runs stops early (a source pass that reads sites only)."""
+    seen: list[bool] = []
+    trace_pass = model.trace_pass
+
+    def spy(*args, **kwargs):
+        seen.append(bool(kwargs.get("stop")))
+        return trace_pass(*args, **kwargs)
+
+    monkeypatch.setattr(model, "trace_pass", spy)
+    return seen
+
+
+@pytest.mark.parametrize("max_batch", [4, 64])
+def test_a_scored_source_batch_gives_its_answers_from_the_source_pass(toy, batch, source, monkeypatch, max_batch):
+    groups = [[], *([vl.Patch(f"blocks.{layer}.hook_resid_pre", region="last", source=source)] for layer in (1, 3))]
+    unscored = engine.run(toy, batch, groups, logits_of, max_batch=max_batch)
+    answers = engine.run(toy, source, [[]], logits_of, max_batch=max_batch)[0]
+    seen = passes_seen(toy, monkeypatch)
+    engine.run(toy, batch, groups, logits_of, max_batch=max_batch)
+    alone = list(seen)
+    seen.clear()
+    got = engine.run(toy, batch, groups, logits_of, max_batch=max_batch, score=source)
+    assert torch.allclose(got[:-1], unscored, atol=1e-5) and torch.allclose(got[-1], answers, atol=1e-5)
+    assert not torch.allclose(got[-1], got[0], atol=1e-2)  # the source's answers, not the batch's
+    # as many passes as without scoring: the source passes run to the end instead of stopping at the last site
+    assert len(seen) == len(alone) and sum(alone) > 0 and sum(seen) == 0
+
+
+def test_a_scored_batch_no_edit_reads_runs_on_its_own(toy, batch, source, monkeypatch):
+    answers = engine.run(toy, source, [[]], logits_of)[0]
+    seen = passes_seen(toy, monkeypatch)
+    got = engine.run(toy, batch, [[vl.Ablate("hook_embed", region="object")]], logits_of, score=source)
+    assert got.shape[0] == 2 and torch.allclose(got[1], answers, atol=1e-5)
+    assert len(seen) == 3  # the batch unedited, edited, and the scored batch
+    with pytest.raises(ValueError, match="score has 3 examples"):
+        engine.run(toy, batch, [[]], logits_of, score=source[[0, 1, 2]])
+
+
+def test_a_sweep_scores_its_baseline_batch_with_the_source_pass(toy, batch, source, monkeypatch):
+    family = vl.grid(vl.Patch, site="blocks.{layer}.hook_resid_pre", layer=toy.lm_layers, region=["last"],
+                     source=source)
+    corrupt = engine.run(toy, source, [[]], lambda logits, sub, unedited: vl.LogitDiff()(logits, sub, toy))[0]
+    seen = passes_seen(toy, monkeypatch)
+    effects = vl.sweep(toy, batch, family, vl.LogitDiff(), baseline=source, progress=False)
+    assert torch.allclose(effects.corrupt, corrupt, atol=1e-5)
+    assert not any(seen)  # no pass stopped early: the source pass gave the corrupt scores
+    assert len(seen) == 3  # source, clean, and one short pass for every layer's last-position patch

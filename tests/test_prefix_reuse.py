@@ -68,6 +68,22 @@ def test_edits_that_are_not_local_in_position_run_every_position(toy, monkeypatc
     assert engine.first_position(toy, groups[0], batch) == 0
 
 
+def test_last_position_patches_at_every_layer_share_one_short_pass(toy, monkeypatch):
+    batch = toy.prepare(vl.scenes.generate(4, seed=2, task="squares"))
+    source = toy.prepare(vl.scenes.generate(4, seed=3, task="squares"))
+    groups = [[vl.Patch(f"blocks.{layer}.hook_resid_pre", region="last", source=source)] for layer in toy.lm_layers]
+    seen = starts_seen(toy, monkeypatch)
+    engine.run(toy, batch, groups, logits_of)
+    assert sorted(seen) == [0, 0, batch.inputs["input_ids"].shape[1] - 1]  # source, clean, one edited pass
+
+
+def test_passes_split_where_their_members_start_far_apart():
+    # one pass would run the late member's rows from position 1; two passes run 99 + 1 positions, plus a pass
+    assert engine.plan_passes([2, 2], [1, 99], [0, 1], per_pass=8, layers=4, length=100) == [(2, 1, [0]), (2, 99, [1])]
+    # close starts share a pass: a second pass costs more than the positions it saves
+    assert engine.plan_passes([2, 2], [90, 99], [0, 1], per_pass=8, layers=4, length=100) == [(2, 90, [0, 1])]
+
+
 @pytest.fixture(scope="module", params=FAMILIES, ids=FAMILY_IDS)
 def loaded(request, tmp_path_factory):
     family = request.param
@@ -85,3 +101,12 @@ def test_prefix_reuse_equals_full_recomputation_on_every_family(loaded, monkeypa
     got = engine.run(model, batch, groups, logits_of)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
     assert (max(seen) > 0) == model.adapter.prefix_reuse  # families that opt out run every position
+
+
+def test_a_scored_source_batch_gives_what_its_own_run_gives_on_every_family(loaded):
+    model, batch = loaded
+    source = batch[list(reversed(range(len(batch))))]
+    groups = [[], [vl.Patch(f"blocks.{model.lm_layers[-1]}.hook_resid_pre", region="last", source=source)]]
+    got = engine.run(model, batch, groups, logits_of, score=source)
+    assert torch.allclose(got[:-1], engine.run(model, batch, groups, logits_of), atol=1e-5)
+    assert torch.allclose(got[-1], engine.run(model, source, [[]], logits_of)[0], atol=1e-5)

@@ -8,9 +8,10 @@ Example:
 """
 
 from vlmlens import directions, probes, scenes
+from vlmlens.attribution import attribute
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
-from vlmlens.effects import Effects, attribute, sweep
+from vlmlens.effects import Effects, sweep
 from vlmlens.evaluate import Evaluation, evaluate, where_correct
 from vlmlens.explore import explore
 from vlmlens.interventions import (

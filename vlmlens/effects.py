@@ -29,13 +29,12 @@ from vlmlens import checks, engine, fingerprint
 from vlmlens.batch import Batch
 from vlmlens.executors import Job, Local, Ray, executor_for
 from vlmlens.interventions import Intervention, Labelled, flatten
-from vlmlens.metrics import as_metric, call_metric, metric_name
+from vlmlens.metrics import metric_name
 from vlmlens.stats import bootstrap_ci
 from vlmlens.store import Store, blocks, check_same, shard_blocks
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
-    from vlmlens.sites import SiteSpec
 
 
 @dataclass(frozen=True)
@@ -235,13 +234,13 @@ def sweep(model: VLM, batch: Batch, interventions: Sequence[Intervention | Label
 
 def _whole(model: VLM, job: Job, family: list[Labelled], progress: bool) -> Effects:
     """The whole family in one engine run: the passes packed over all of it."""
-    groups = [[], *job.groups] + ([flatten(job.baseline)] if isinstance(job.baseline, Intervention) else [])
-    bar = tqdm(total=len(groups) * len(job.batch), desc="sweep", unit="row", disable=not progress)
-    read = job.reader(model)
-    values = engine.run(model, job.batch, groups, read, max_batch=job.max_batch, bar=bar)
-    corrupt = values[-1] if isinstance(job.baseline, Intervention) else None
-    if isinstance(job.baseline, Batch):
-        corrupt = engine.run(model, job.baseline, [[]], read, max_batch=job.max_batch, bar=bar)[0]
+    groups = [[], *job.groups, *job.corrupting()]
+    bar = tqdm(total=job.rows(None) + len(job.groups) * len(job.batch), desc="sweep", unit="row",
+               disable=not progress)
+    # a baseline batch is scored by the engine with the pass that gives the family its sources from it
+    values = engine.run(model, job.batch, groups, job.reader(model), max_batch=job.max_batch, bar=bar,
+                        score=job.scored())
+    corrupt = values[-1] if job.baseline is not None else None
     bar.close()
     return _effects(job, family, values[1:1 + len(family)], {"clean": values[0], "corrupt": corrupt})
 
@@ -334,89 +333,3 @@ def _merged(effects: list[Effects]) -> Effects:
     return Effects(values=values, labels=[effects[p].labels[k] for p, k in order], clean=first.clean,
                    corrupt=first.corrupt, metric=first.metric,
                    interventions=[effects[p].interventions[k] for p, k in order] if keep else [])
-
-
-def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: str | Sequence[str],
-              metric: Callable[..., Tensor], baseline: Batch | str = "zero", steps: int = 1) -> Effects:
-    """Attribution patching: the first-order estimate of each (site, region) patch's effect on the
-    metric, from one forward and one backward pass (plus one for a baseline batch).
-
-    ``baseline`` is a corrupt batch (patching its activations in) or ``"zero"`` / ``"mean"`` (ablation).
-    The estimate is ``sum over the region's tokens of (a_baseline - a) . d metric / d a``, with the gradient
-    taken on the clean run (``steps=1``, AtP), or averaged over ``steps`` points on the straight path from
-    the clean to the baseline batch's LM input embeddings (integrated gradients, as in EAP-IG: closer to the
-    exact effect where a patch saturates the answer; LM sites and a baseline batch of the same layout only).
-
-    Example:
-        >>> est = vl.attribute(model, batch, "blocks.*.hook_resid_post", ["object", "background"], vl.LogitDiff())
-    """
-    _check_inputs(model, batch, metric)
-    regions = [regions] if isinstance(regions, str) else list(regions)
-    checks.not_empty("attribute's list of regions", regions, "give at least one, e.g. ['object', 'background']")
-    score = as_metric(metric)
-    specs = model.site_table.expand(sites)
-    names = [s.name for s in specs]
-    if isinstance(baseline, Batch):
-        _, base_cache = model.run_with_cache(baseline, sites=names)
-    elif baseline not in ("zero", "mean"):
-        raise ValueError(f"baseline must be a Batch, 'zero' or 'mean'; got {baseline!r}")
-    paths = _embedding_path(model, batch, baseline, specs, steps)
-    grads: dict[str, Tensor] = {}
-    for inputs in paths:
-        logits, cache = model.run_with_cache(batch, sites=names, grad=True, inputs=inputs)
-        total = torch.as_tensor(call_metric(metric, logits[:, -1], batch, model)).sum()
-        if not total.requires_grad:
-            raise ValueError(f"metric {metric_name(metric)} gives no gradient with respect to the logits (it is "
-                             "built with argmax, .item(), .detach() or comparisons, e.g. Accuracy); attribute "
-                             "needs a differentiable metric such as vl.LogitDiff() or vl.Prob()")
-        total.backward()
-        if inputs is None:  # the clean run itself (steps=1)
-            clean, acts = score(logits[:, -1].detach(), batch, model), {n: cache[n].detach() for n in names}
-        blind = [n for n in names if cache[n].grad is None]
-        if blind:
-            raise ValueError(f"attribute gets no gradient at {blind}: on this model the site is a per-example view of "
-                             "the tower's stack (tiles, or every image's patches on one axis), which the forward "
-                             "pass does not read on; attribute at an LM site (e.g. hook_embed), or run the exact "
-                             "sweep there")
-        grads = {n: grads.get(n, 0) + cache[n].grad / len(paths) for n in names}
-        model.hf.zero_grad(set_to_none=True)
-    if paths[0] is not None:
-        logits, acts = model.run_with_cache(batch, sites=names)
-        clean = score(logits[:, -1], batch, model)
-    values, labels = [], []
-    for spec in specs:
-        act = acts[spec.name]
-        if isinstance(baseline, Batch):
-            delta = base_cache[spec.name] - act
-        elif baseline == "zero":
-            delta = -act
-        else:
-            delta = act.mean(0, keepdim=True) - act
-        contrib = (delta * grads[spec.name]).sum(-1)  # (batch, pos)
-        for region in regions:
-            where = batch.positions(region, spec)
-            values.append(torch.stack([contrib[b, w.to(contrib.device)].sum() for b, w in enumerate(where)]).cpu())
-            labels.append({"site": spec.name, "region": region})
-    return Effects(values=torch.stack(values).detach().cpu() + clean, labels=labels, clean=clean,
-                   metric=f"attribution:{metric_name(metric)}" + (f"(ig{steps})" if steps > 1 else ""))
-
-
-def _embedding_path(model: VLM, batch: Batch, baseline: Batch | str, specs: Sequence[SiteSpec],
-                    steps: int) -> list[dict[str, Any] | None]:
-    """LM inputs at ``steps`` midpoints from the clean to the baseline embeddings ([None]: the clean run)."""
-    checks.count("steps", steps)
-    if steps == 1:
-        return [None]
-    if not isinstance(baseline, Batch):
-        raise ValueError("steps > 1 integrates along the path to a baseline batch; pass baseline=<Batch>")
-    early = [s.name for s in specs if model.site_table.order(s.name) < model.site_table.order("hook_embed")]
-    if early:
-        raise ValueError(f"steps > 1 interpolates the LM input, so it cannot attribute vision sites {early}; "
-                         "use steps=1 for them")
-    _, ends = zip(*(model.run_with_cache(b, sites=["hook_embed"], stop=True) for b in (batch, baseline)))
-    start, end = (c["hook_embed"] for c in ends)
-    if start.shape != end.shape or not torch.equal(batch.inputs["attention_mask"], baseline.inputs["attention_mask"]):
-        raise ValueError(f"steps > 1 needs the baseline's sequences laid out like the batch's (embeddings "
-                         f"{tuple(end.shape)} vs {tuple(start.shape)}, or different padding)")
-    alphas = [(k + 0.5) / steps for k in range(steps)]
-    return [model.adapter.lm_inputs(batch.inputs, (start + a * (end - start)).requires_grad_(True)) for a in alphas]

@@ -4,12 +4,15 @@ Given a batch and groups of interventions (a group is the edits of one run of th
 
 - splits the examples into parts (examples that share region names) and chunks of at most ``max_batch``,
 - adds to each edit its copies wherever the image re-enters the LM after its site (`with_reentries`),
-- computes every source once: paired sources sliced per chunk, references whole, `BATCH` per part,
+- computes every source once: paired sources sliced per chunk, references whole, `BATCH` per part; a
+  source pass stops at the last site its edits read, unless its batch is also scored (``score``: a sweep's
+  corrupt baseline), when the one pass gives the sources and the answers,
 - runs the vision tower once per chunk when every edit sits at a language-model site,
 - runs the unedited pass once per chunk and starts each group at the first LM layer it edits and, where the
   LM is causal (``adapter.prefix_reuse``) and the edits local in position, at the first sequence position
   they touch: earlier positions keep the clean run's keys and values, so they are never recomputed,
-- packs groups into passes of at most ``max_batch`` rows (the chunk repeated once per group),
+- packs groups into passes of at most ``max_batch`` rows (the chunk repeated once per group), the packing a
+  cost model of layers times positions finds cheapest (`plan_passes`),
 - hands each pass's answer-position logits to ``read``, which keeps only what its caller needs.
 
 `forward` is one pass over a whole batch (``model.run`` and ``model.run_with_cache``), `cache` a chunked
@@ -41,6 +44,7 @@ from vlmlens import checks
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
 from vlmlens.interventions import BATCH, Intervention, Sources, flatten
+from vlmlens.prefix_cache import prefix_past
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
@@ -81,14 +85,16 @@ def checked_max_batch(model: VLM, max_batch: int | None) -> int:
 
 def run(model: VLM, batch: Batch, groups: Sequence[Group] | Build, read: Read,
         parts: Sequence[Sequence[int]] | None = None, max_batch: int | None = None,
-        bar: tqdm | None = None) -> Tensor:
+        bar: tqdm | None = None, score: Batch | None = None) -> Tensor:
     """``read``'s output for every group of interventions on every example: ``(group, example, ...)``, as
     float32 on the CPU.
 
     ``groups`` is a list of groups (each a list of interventions, or one, or ``[]`` for the unedited run),
     or ``build(ids, sub_batch)`` returning them per chunk, for sources made per chunk (a `Cache` of the
     same sub-batch). ``parts`` splits the examples into sets that share region names (each example in
-    one part); chunks never mix parts.
+    one part); chunks never mix parts. ``score``, a batch paired with ``batch`` by index (a sweep's corrupt
+    baseline), adds one last group: ``read`` of its unedited answers; where edits take sources from it, the
+    pass that computes them gives these answers too, so the batch runs once.
 
     Example:
         >>> from vlmlens import engine
@@ -100,7 +106,11 @@ def run(model: VLM, batch: Batch, groups: Sequence[Group] | Build, read: Read,
     max_batch = checked_max_batch(model, max_batch)
     parts = _checked_parts(parts, len(batch))
     static = None if callable(groups) else [flatten(g) for g in groups]
-    store = _SourceStore(model, batch, max_batch)
+    if score is not None:
+        checks.kind("score", score, Batch, "a Batch from model.prepare(scenes), paired with the batch by index")
+        if len(score) != len(batch):
+            raise ValueError(f"score has {len(score)} examples but the batch has {len(batch)}; it pairs up by index")
+    store = _SourceStore(model, batch, max_batch, score)
     out: Tensor | None = None
     for p, part in enumerate(parts):
         for start in range(0, len(part), max_batch):
@@ -110,22 +120,28 @@ def run(model: VLM, batch: Batch, groups: Sequence[Group] | Build, read: Read,
             traced = [with_reentries(model, g) for g in edits]
             sources = store.for_chunk(traced, chunk, sub, p, part, list(range(start, start + len(chunk))))
             values = _run_chunk(model, sub, edits, traced, sources, read, max_batch, bar).float()
+            if score is not None:
+                answers = store.answers(chunk)
+                values = torch.cat([values, torch.as_tensor(read(answers, score[chunk], answers)).cpu().float()[None]])
+                if bar is not None:
+                    bar.update(len(chunk))
             if out is None:
-                out = torch.full((len(edits), len(batch), *values.shape[2:]), float("nan"))
+                out = torch.full((values.shape[0], len(batch), *values.shape[2:]), float("nan"))
             if values.shape[0] != out.shape[0]:
                 raise ValueError(f"build() gave {values.shape[0]} groups for examples {chunk[:3]}..., but "
                                  f"{out.shape[0]} for earlier ones; every chunk needs the same groups")
             out[:, chunk] = values
     if out is None:
-        n_groups = 0 if static is None else len(static)
+        n_groups = 0 if static is None else len(static) + (score is not None)
         return torch.zeros((n_groups, 0))
     return out
 
 
 def forward(model: VLM, batch: Batch, interventions: Intervention | Iterable[Intervention] | None = None,
             sites: str | Iterable[str] = (), grad: bool = False, stop: bool = False,
-            inputs: dict[str, Any] | None = None) -> tuple[Tensor | None, Cache]:
-    """One pass over the whole batch with its sources computed: what ``model.run_with_cache`` does.
+            inputs: dict[str, Any] | None = None, last_only: bool = False) -> tuple[Tensor | None, Cache]:
+    """One pass over the whole batch with its sources computed: what ``model.run_with_cache`` does
+    (``last_only``: logits at the last position only).
 
     Example:
         >>> from vlmlens import engine
@@ -138,7 +154,8 @@ def forward(model: VLM, batch: Batch, interventions: Intervention | Iterable[Int
     store = _SourceStore(model, batch, max(len(batch), 1))
     ids = list(range(len(batch)))
     sources = store.for_chunk([edits], ids, batch, 0, ids, ids)
-    return model.trace_pass(batch, [edits], sites, grad=grad, stop=stop, inputs=inputs, sources=sources)
+    return model.trace_pass(batch, [edits], sites, grad=grad, stop=stop, inputs=inputs, sources=sources,
+                            last_only=last_only)
 
 
 def cache(model: VLM, batch: Batch, sites: str | Iterable[str],
@@ -151,19 +168,23 @@ def cache(model: VLM, batch: Batch, sites: str | Iterable[str],
         >>> engine.cache(model, batch, ["hook_embed"], max_batch=3)["hook_embed"].shape[0] == len(batch)
         True
     """
-    size = checked_max_batch(model, max_batch)
-    edits = flatten(interventions)
-    if len(batch) <= size:
-        return forward(model, batch, edits, sites, stop=True)[1]
-    if any(e.sources() for e in edits):
+    return _chunked(model, batch, sites, flatten(interventions), checked_max_batch(model, max_batch))[0]
+
+
+def _chunked(model: VLM, batch: Batch, sites: str | Iterable[str], edits: list[Intervention], size: int,
+             answers: bool = False) -> tuple[Cache, AnswerLogits | None]:
+    """A `Cache` of ``sites`` after ``edits``, in passes of at most ``size`` examples that stop at the last
+    site, or with ``answers`` run to the end for the answer-position logits too."""
+    if len(batch) > size and any(e.sources() for e in edits):
         raise ValueError("a cache after paired-source edits is computed in one pass: give max_batch >= the batch "
                          f"({len(batch)})")
-    pieces = [forward(model, batch[list(range(i, min(i + size, len(batch))))], edits, sites, stop=True)[1]
-              for i in range(0, len(batch), size)]
+    pieces = [forward(model, batch[list(range(i, min(i + size, len(batch))))] if len(batch) > size else batch,
+                      edits, sites, stop=not answers, last_only=answers)
+              for i in range(0, max(len(batch), 1), size)]
     out = Cache()
-    for name in pieces[0]:
-        out[name] = torch.cat([piece[name] for piece in pieces])
-    return out
+    for name in pieces[0][1]:
+        out[name] = torch.cat([piece[name] for _, piece in pieces])
+    return out, torch.cat([logits[:, -1] for logits, _ in pieces]) if answers else None
 
 
 def with_reentries(model: VLM, edits: Sequence[Intervention]) -> list[Intervention]:
@@ -260,9 +281,11 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], traced:
         results[i] = read(unedited, sub, unedited)  # type: ignore[arg-type]
     if bar is not None and len(edited) < len(groups):
         bar.update(len(sub) * (len(groups) - len(edited)))
-    for layer, start, members in plan_passes(first, starts, edited, max(1, max_batch // len(sub))):
+    length = (sub.inputs["input_ids"] if "input_ids" in sub.inputs else sub.inputs["inputs_embeds"]).shape[1]
+    for layer, start, members in plan_passes(first, starts, edited, max(1, max_batch // len(sub)),
+                                             len(model.lm_layers), length):
         resume = (layer, resid[f"blocks.{layer - 1}.hook_resid_post"]) if layer > 0 else None
-        past = _prefix_past(resid.past, start, len(members)) if start > 0 else None
+        past = prefix_past(resid.past, start, len(members)) if start > 0 else None
         logits, _ = model.trace_pass(sub, [traced[i] for i in members], (), inputs=inputs, last_only=True,
                                      resume=resume, sources=sources, start=start, past=past)
         per_group = rearrange(logits[:, -1], "(group example) vocab -> group example vocab", group=len(members))
@@ -273,23 +296,46 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], traced:
     return torch.stack([torch.as_tensor(r).cpu() for r in results])  # type: ignore[misc]
 
 
-def plan_passes(first: Sequence[int], starts: Sequence[int], edited: Sequence[int],
-                per_pass: int) -> list[tuple[int, int, list[int]]]:
-    """``(layer, start, groups)`` per pass: groups sharing their first edited layer, sorted by the first
-    position they edit and packed ``per_pass`` at a time; a pass starts at its earliest member's position.
+def plan_passes(first: Sequence[int], starts: Sequence[int], edited: Sequence[int], per_pass: int,
+                layers: int, length: int) -> list[tuple[int, int, list[int]]]:
+    """``(layer, start, groups)`` per pass: the groups packed at most ``per_pass`` to a pass, each pass starting
+    at its members' first edited layer and position, the packing that costs least where a pass of ``k`` groups
+    from layer ``l`` and position ``p`` costs ``k (layers - l)(length - p)``, plus ``length`` for the pass itself.
+
+    Two packings compete, each split into runs of consecutive starts at the best places (`_split`): groups
+    sharing their first edited layer, or all groups together sorted by start (the layers before a member's own
+    first edit recompute its clean values at the pass's positions: one short pass for every layer's last-position
+    patch).
 
     Example:
         >>> from vlmlens.engine import plan_passes
-        >>> plan_passes(first=[0, 2, 2, 2], starts=[0, 9, 3, 5], edited=[1, 2, 3], per_pass=2)
+        >>> plan_passes(first=[0, 2, 2, 2], starts=[0, 9, 3, 5], edited=[1, 2, 3], per_pass=2, layers=4, length=12)
         [(2, 3, [2, 3]), (2, 9, [1])]
+        >>> plan_passes(first=[0, 1, 2, 3], starts=[99] * 4, edited=[0, 1, 2, 3], per_pass=4, layers=4, length=100)
+        [(0, 99, [0, 1, 2, 3])]
     """
-    out = []
-    for layer in sorted({first[i] for i in edited}):
-        same = sorted((i for i in edited if first[i] == layer), key=lambda i: (starts[i], i))
-        for k in range(0, len(same), per_pass):
-            members = same[k:k + per_pass]
-            out.append((layer, min(starts[i] for i in members), members))
-    return out
+    def split(members: list[int]) -> tuple[float, list[list[int]]]:
+        return _split(sorted(members, key=lambda i: (starts[i], first[i], i)), first, starts, per_pass, layers, length)
+    per_layer = [split([i for i in edited if first[i] == layer]) for layer in sorted({first[i] for i in edited})]
+    together = split(list(edited))
+    runs = together[1] if together[0] < sum(cost for cost, _ in per_layer) else [r for _, rs in per_layer for r in rs]
+    return [(min(first[i] for i in run), min(starts[i] for i in run), run) for run in runs]
+
+
+def _split(members: list[int], first: Sequence[int], starts: Sequence[int], per_pass: int, layers: int,
+           length: int) -> tuple[float, list[list[int]]]:
+    """The cheapest split of ``members`` (in this order) into runs of at most ``per_pass`` (dynamic programming
+    over where runs end), with `plan_passes`'s cost: its cost and its runs."""
+    best: list[tuple[float, list[list[int]]]] = [(0.0, [])]
+    for end in range(1, len(members) + 1):
+        options, layer, position = [], layers, length
+        for begin in range(end - 1, max(0, end - per_pass) - 1, -1):
+            layer, position = min(layer, first[members[begin]]), min(position, starts[members[begin]])
+            cost = best[begin][0] + (end - begin) * (layers - layer) * (length - position) + length
+            options.append((cost, begin))
+        cost, begin = min(options)
+        best.append((cost, [*best[begin][1], members[begin:end]]))
+    return best[-1]
 
 
 def first_position(model: VLM, edits: Sequence[Intervention], batch: Batch) -> int:
@@ -312,22 +358,21 @@ def first_position(model: VLM, edits: Sequence[Intervention], batch: Batch) -> i
     return min(first)
 
 
-def _prefix_past(past: Any, start: int, copies: int) -> Any:
-    """A fresh transformers cache of the clean run's keys and values before ``start``, for ``copies`` copies
-    of the chunk stacked on the batch axis (a pass appends to it, so each pass gets its own)."""
-    from transformers import DynamicCache
-    return DynamicCache(ddp_cache_data=[
-        (layer.keys[:, :, :start].repeat(copies, 1, 1, 1), layer.values[:, :, :start].repeat(copies, 1, 1, 1))
-        for layer in past.layers])
-
-
 class _SourceStore:
     """Source activations for one engine call, each computed once: a source batch runs once for all
     chunks (in chunks itself) and all the sites its edits read, `BATCH` once per part."""
 
-    def __init__(self, model: VLM, batch: Batch, max_batch: int):
-        self.model, self.batch, self.max_batch = model, batch, max_batch
+    def __init__(self, model: VLM, batch: Batch, max_batch: int, score: Batch | None = None):
+        self.model, self.batch, self.max_batch, self.score = model, batch, max_batch, score
         self.full: dict[tuple[Any, ...], Tensor] = {}
+        self.scored: AnswerLogits | None = None  # the unedited answers of ``score``, once run
+
+    def answers(self, chunk: list[int]) -> AnswerLogits:
+        """``score``'s unedited answer logits on ``chunk``: from its source pass, or its own where no edit
+        reads it."""
+        if self.scored is None:
+            self.scored = _chunked(self.model, self.score, (), [], self.max_batch, answers=True)[1]  # type: ignore[arg-type]
+        return self.scored[torch.as_tensor(chunk, device=self.scored.device)]  # type: ignore[index]
 
     def for_chunk(self, groups: Sequence[Sequence[Intervention]], chunk: list[int], sub: Batch, part_id: int,
                   part: list[int], rows: list[int]) -> Sources:
@@ -364,8 +409,11 @@ class _SourceStore:
                 if (*key, site) not in self.full:
                     wanted.setdefault(key, (batch, set()))[1].add(site)
         for key, (batch, sites) in wanted.items():
-            computed = cache(self.model, batch, sorted(sites), max_batch=self.max_batch)
+            scored = batch is self.score
+            computed, answers = _chunked(self.model, batch, sorted(sites), [], self.max_batch, answers=scored)
             self.full.update({(*key, site): computed[site] for site in sites})
+            if scored:
+                self.scored = answers
 
     def _paired(self, out: Sources, source: Batch | Cache, site: str, chunk: list[int]) -> None:
         size = _n_examples(source)

@@ -79,14 +79,17 @@ class Job:
         read = self.reader(model)
         if unit is not None:
             return engine.run(model, self.batch, self.groups[unit[0]:unit[1]], read, max_batch=self.max_batch, bar=bar)
-        if isinstance(self.baseline, Intervention):
-            clean, corrupt = engine.run(model, self.batch, [[], flatten(self.baseline)], read,
-                                        max_batch=self.max_batch, bar=bar)
-            return {"clean": clean, "corrupt": corrupt}
-        out = {"clean": engine.run(model, self.batch, [[]], read, max_batch=self.max_batch, bar=bar)[0]}
-        if isinstance(self.baseline, Batch):
-            out["corrupt"] = engine.run(model, self.baseline, [[]], read, max_batch=self.max_batch, bar=bar)[0]
-        return out
+        values = engine.run(model, self.batch, [[], *self.corrupting()], read, max_batch=self.max_batch, bar=bar,
+                            score=self.scored())
+        return {"clean": values[0]} | ({"corrupt": values[1]} if self.baseline is not None else {})
+
+    def corrupting(self) -> list[list[Intervention]]:
+        """The group of a baseline intervention (the corrupt run), or none."""
+        return [flatten(self.baseline)] if isinstance(self.baseline, Intervention) else []
+
+    def scored(self) -> Batch | None:
+        """A baseline batch, which the engine scores unedited (`vlmlens.engine.run`'s ``score``), or None."""
+        return self.baseline if isinstance(self.baseline, Batch) else None
 
     def reader(self, model: VLM) -> engine.Read:
         """The engine's ``read``: the metric's score of each group's answer logits."""

@@ -3,7 +3,7 @@
 `patch_map` builds one intervention per region of the image and scores it on the one engine: exactly, one row
 per region and example (`vlmlens.effects.sweep` over ``cells:<r0>:<r1>,<c0>:<c1>``, ``object:<name>`` or
 ``strip:<name>`` regions), or by the first-order estimate of one forward and one backward pass
-(`vlmlens.effects.attribute`). The `PatchMap` it returns holds that `Effects`, each token's effect per
+(`vlmlens.attribution.attribute`). The `PatchMap` it returns holds that `Effects`, each token's effect per
 example, their mean and CI over examples, and the layouts that put every token on the original image's
 pixels (`vlmlens.layout.Layout.pixels`), so `PatchMap.heatmap` draws the map over the image itself.
 
@@ -29,8 +29,9 @@ from PIL import Image
 from torch import Tensor
 
 from vlmlens import checks
+from vlmlens.attribution import attribute
 from vlmlens.batch import Batch
-from vlmlens.effects import Effects, attribute, sweep
+from vlmlens.effects import Effects, sweep
 from vlmlens.interventions import Ablate, Labelled, Patch
 from vlmlens.layout import Box, Layout
 from vlmlens.metrics import LogitDiff
