@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +39,20 @@ def time_limit():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def kill_once_written() -> Callable[..., str]:
+    """Start ``command`` (a subprocess), kill it as soon as ``path`` exists (or after 300 s, or when it ends by
+    itself) and return its stderr: how the resume tests interrupt a job at a known point."""
+    def run(command: Sequence[str], path: Path, env: dict[str, str] | None = None) -> str:
+        job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 300
+            while not path.exists() and job.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            job.kill()
+        finally:
+            _, err = job.communicate(timeout=60)
+        return err.decode()
+    return run

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -58,19 +57,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_a_killed_reproduce_resumes_to_the_uninterrupted_csvs(toy, one_thread, tmp_path):
+def test_a_killed_reproduce_resumes_to_the_uninterrupted_csvs(toy, one_thread, tmp_path, kill_once_written):
     whole, out = tmp_path / "whole", tmp_path / "resumed"
     reproduce(model=toy, out=whole, n=4, experiments=EXPERIMENTS)
     first = out / EXPERIMENTS[0] / RESULT
-    job = subprocess.Popen(command(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while not first.exists() and job.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        job.kill()
-    finally:
-        _, err = job.communicate(timeout=60)
-    assert first.exists(), err.decode()[-3000:]
+    err = kill_once_written(command(out), first, env=ENV)
+    assert first.exists(), err[-3000:]
     assert not (out / EXPERIMENTS[-1] / RESULT).exists()  # killed before the last experiment finished
     assert not (out / "summary.json").exists()
     kept = stamps(out / EXPERIMENTS[0])

@@ -3,9 +3,7 @@ made for another sweep, naming what differs."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -50,18 +48,12 @@ def whole(toy, batch, family, tmp_path_factory):
     return folder, vl.sweep(toy, batch, family, vl.LogitDiff(), store=folder, block=2, progress=False)
 
 
-def test_a_killed_sweep_resumes_to_the_uninterrupted_result(toy, batch, family, whole, tmp_path, monkeypatch):
+def test_a_killed_sweep_resumes_to_the_uninterrupted_result(toy, batch, family, whole, tmp_path, monkeypatch,
+                                                            kill_once_written):
     folder = tmp_path / "store"
     first = folder / "block-000000.safetensors"
-    job = subprocess.Popen([sys.executable, "-c", JOB, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while not first.exists() and job.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        job.kill()
-    finally:
-        _, err = job.communicate(timeout=60)
-    assert first.exists(), err.decode()[-2000:]
+    err = kill_once_written([sys.executable, "-c", JOB, str(folder)], first)
+    assert first.exists(), err[-2000:]
     finished = Store.read(folder).done()
     assert 0 in finished and len(finished) < 4, finished  # killed after its first block, before the last
     written = first.stat().st_mtime_ns
