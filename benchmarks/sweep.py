@@ -241,7 +241,10 @@ def prefix_reuse(model_path: str, label: str, n: int, repeats: int, device: str 
                                     progress=False)
             finally:
                 model.adapter.prefix_reuse = type(model.adapter).prefix_reuse
-        times = interleaved_times({mode: functools.partial(run, mode) for mode in edited}, repeats=repeats, warmup=1)
+        contenders = {mode: functools.partial(run, mode) for mode in edited}
+        if kind == "last":  # what a peer runs: every position of every layer, once per patch
+            contenders["transformerlens"] = transformerlens_patching(model_path, model, clean, cf, family)
+        times = interleaved_times(contenders, repeats=repeats, warmup=1)
         marginal = {mode: statistics.median(spent[1:]) for mode, spent in edited.items()}  # after the warm-up
         key = f"{label}_{kind}"
         out |= {f"{key}_prefix_s": times["prefix"], f"{key}_full_s": times["full"],
@@ -249,7 +252,11 @@ def prefix_reuse(model_path: str, label: str, n: int, repeats: int, device: str 
                 f"{key}_edited_prefix_s": marginal["prefix"], f"{key}_edited_full_s": marginal["full"],
                 f"{key}_edited_speedup": marginal["full"] / marginal["prefix"],
                 f"{key}_shared_s": times["prefix"] - marginal["prefix"], f"{key}_patches": len(family),
+                f"{key}_cap": times["full"] / (times["prefix"] - marginal["prefix"]),
                 f"{key}_max_abs_diff": float((run("prefix").values - run("full").values).abs().max())}
+        if "transformerlens" in times:
+            out |= {f"{key}_transformerlens_s": times["transformerlens"],
+                    f"{key}_vs_transformerlens": times["transformerlens"] / times["prefix"]}
     return out
 
 
@@ -284,6 +291,7 @@ HEADLINE = {"sweep_vs_naive": "toy_sweep_vs_naive", "sweep_vs_transformerlens": 
             "prefix_reuse_last_edited_speedup": "llava15_last_edited_speedup",
             "prefix_reuse_last_edited_speedup_32_layers": "llava15_32_last_edited_speedup",
             "prefix_reuse_grid_speedup": "llava15_grid_speedup",
+            "prefix_reuse_last_vs_transformerlens_32_layers": "llava15_32_last_vs_transformerlens",
             "attribution_time_vs_exact": "toy_attribution_time_vs_exact",
             "attribution_spearman": "toy_attribution_spearman",
             "grid_attribution_spearman": "toy_positions_hybrid_spearman",
@@ -368,7 +376,9 @@ def print_prefix_reuse(figures: dict[str, float]) -> None:
     print("Prefix reuse: sweeps with baseline=cf, sources from cf; full = the engine with prefix reuse off (it still "
           "skips the layers before an edit). 'edited' = the passes that carry edits alone (the marginal cost; the "
           "clean pass and the counterfactual's pass, which gives sources and corrupt scores, are shared by both: "
-          "'shared s'). End to end the ratio is at most (shared + edited full) / shared.")
+          "'shared s'). End to end the ratio is at most (shared + edited full) / shared ('cap'). 'TL s': "
+          "TransformerLens's bridge, one run_with_hooks forward per patch (every position of every layer, as peers "
+          "recompute), for last-position patching.")
     rows = []
     for label in ("toy", *LLAVA15):
         for kind in ("last", "grid"):
@@ -379,12 +389,18 @@ def print_prefix_reuse(figures: dict[str, float]) -> None:
                          f"positions)", {"last": "last position x every layer", "grid": "layer x position grid"}[kind],
                          f"{figures[f'{key}_patches']:.0f}", f"{figures[f'{key}_full_s']:.2f}",
                          f"{figures[f'{key}_prefix_s']:.2f}", f"{figures[f'{key}_speedup']:.2f}",
+                         f"{figures[f'{key}_cap']:.1f}", _or_dash(figures, f"{key}_transformerlens_s", ".2f"),
+                         _or_dash(figures, f"{key}_vs_transformerlens", ".1f"),
                          f"{figures[f'{key}_shared_s']:.2f}", f"{figures[f'{key}_edited_full_s']:.3f}",
                          f"{figures[f'{key}_edited_prefix_s']:.3f}", f"{figures[f'{key}_edited_speedup']:.1f}",
                          f"{figures[f'{key}_max_abs_diff']:.1e}"))
-    table(rows, ("model", "family", "patches", "full s", "prefix s", "end to end", "shared s", "edited full s",
-                 "edited prefix s", "edited", "max |diff|"))
+    table(rows, ("model", "family", "patches", "full s", "prefix s", "end to end", "cap", "TL s", "vs TL", "shared s",
+                 "edited full s", "edited prefix s", "edited", "max |diff|"))
     print()
+
+
+def _or_dash(figures: dict[str, float], key: str, spec: str) -> str:
+    return format(figures[key], spec) if key in figures else "-"
 
 
 if __name__ == "__main__":
