@@ -68,9 +68,9 @@ def train_toy(organism: str = typer.Option("toy", help="which toy: toy, toy-sequ
               threads: int = typer.Option(2, min=1, help="CPU threads (results are reproducible for a fixed count)"),
               init_from: str | None = typer.Option(None, help="start from this checkpoint folder's (or toy's) weights")
               ) -> None:
-    """Train a toy VLM on synthetic scenes (CPU is fine) and write it with its card; toy-sequence and
-    toy-background start from the shipped toy's weights, toy and toy-content from scratch, unless --init-from.
-    Rerun the same command to resume."""
+    """Train a toy VLM on synthetic scenes (CPU is fine) and write it with its card; each toy starts where
+    its recipe says (from scratch, or from the shipped toy's weights), unless --init-from. Rerun the same command
+    to resume."""
     from vlmlens.models.toy import train_toy as run
     results = run(organism, out, steps=steps, seed=seed, threads=threads, init_from=init_from)
     for name, row in results.items():
