@@ -246,13 +246,12 @@ def prefix_reuse(model_path: str, label: str, n: int, repeats: int, device: str 
             contenders["transformerlens"] = transformerlens_patching(model_path, model, clean, cf, family)
         times = interleaved_times(contenders, repeats=repeats, warmup=1)
         marginal = {mode: statistics.median(spent[1:]) for mode, spent in edited.items()}  # after the warm-up
-        key = f"{label}_{kind}"
+        key, shared = f"{label}_{kind}", times["prefix"] - marginal["prefix"]
         out |= {f"{key}_prefix_s": times["prefix"], f"{key}_full_s": times["full"],
                 f"{key}_speedup": times["full"] / times["prefix"],
                 f"{key}_edited_prefix_s": marginal["prefix"], f"{key}_edited_full_s": marginal["full"],
                 f"{key}_edited_speedup": marginal["full"] / marginal["prefix"],
-                f"{key}_shared_s": times["prefix"] - marginal["prefix"], f"{key}_patches": len(family),
-                f"{key}_cap": times["full"] / (times["prefix"] - marginal["prefix"]),
+                f"{key}_shared_s": shared, f"{key}_patches": len(family), f"{key}_cap": times["full"] / shared,
                 f"{key}_max_abs_diff": float((run("prefix").values - run("full").values).abs().max())}
         if "transformerlens" in times:
             out |= {f"{key}_transformerlens_s": times["transformerlens"],
