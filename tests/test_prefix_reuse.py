@@ -3,12 +3,15 @@ values before them, and gives what full recomputation gives, on the toy and on e
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from test_families import FAMILIES, FAMILY_IDS, QUESTIONS
 
 import vlmlens as vl
-from vlmlens import engine
+from vlmlens import engine, prefix_cache
+from vlmlens.models import vlm
 
 
 def logits_of(logits, sub, unedited):
@@ -110,3 +113,22 @@ def test_a_scored_source_batch_gives_what_its_own_run_gives_on_every_family(load
     got = engine.run(model, batch, groups, logits_of, score=source)
     assert torch.allclose(got[:-1], engine.run(model, batch, groups, logits_of), atol=1e-5)
     assert torch.allclose(got[-1], engine.run(model, source, [[]], logits_of)[0], atol=1e-5)
+
+
+def test_folded_copies_equal_the_prefix_laid_out_per_copy(toy, monkeypatch):
+    # questions of different lengths: padded rows, so the folded mask carries padding as well as causality
+    batch = toy.prepare(vl.scenes.generate(4, seed=2, task="relation") + vl.scenes.generate(2, seed=4, task="squares"))
+    source = batch[list(reversed(range(len(batch))))]
+    groups = [[vl.Patch(f"blocks.{layer}.hook_resid_pre", region="last", source=source)] for layer in toy.lm_layers]
+    folds: list[int] = []
+    fold_mask = prefix_cache.fold_mask
+    monkeypatch.setattr(prefix_cache, "fold_mask", lambda *a, **k: folds.append(a[1]) or fold_mask(*a, **k))
+    got = engine.run(toy, batch, groups, logits_of)
+    assert folds and set(folds) == {len(groups)}  # every layer folded the pass's copies
+    with monkeypatch.context() as patch:
+        patch.setattr(vlm, "folded_attention", lambda past, implementation: contextlib.nullcontext())
+        laid_out = engine.run(toy, batch, groups, logits_of)
+    assert len(folds) == len(toy.lm_layers)
+    assert torch.allclose(got, laid_out, atol=1e-5), (got - laid_out).abs().max()
+    assert torch.allclose(got, full_recomputation(toy, batch, groups, monkeypatch), atol=1e-5)
+    assert (got[1:] - got[0]).abs().max() > 1e-3  # the patches act, differently by layer

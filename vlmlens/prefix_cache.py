@@ -1,6 +1,11 @@
 """The clean run's keys and values before a pass's first position, as the transformers cache a prefix-reusing
-pass appends to (`vlmlens.engine`): held once for the chunk, laid out for every copy of it by the layer that
-reads them, in one copy (a layer the pass skips never makes one).
+pass appends to (`vlmlens.engine`): held once for the chunk, read by every copy of it.
+
+Each copy of the chunk in a pass (copy-major on the batch axis) attends to the same prefix. Under SDPA, where a
+pass's new positions over all copies are no more than the prefix (last-position patching: one per copy),
+`folded_attention` folds the copies into the query axis instead of laying the prefix out once per copy: each
+example's queries of every copy attend to its one prefix and, by a block-diagonal mask, to their own copy's new
+keys only; elsewhere (eager attention, long passes) each layer lays the prefix out for every copy, in one copy.
 
 Example:
     >>> import torch
@@ -17,14 +22,19 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from jaxtyping import Float
-from torch import Tensor
-from transformers import DynamicCache
+import torch
+from einops import rearrange
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 Prefix = Float[Tensor, "example head pos head_dim"]
+States = Float[Tensor, "copy_example head new head_dim"]
 
 
 def prefix_past(past: DynamicCache, start: int, copies: int) -> DynamicCache:
@@ -38,7 +48,8 @@ def prefix_past(past: DynamicCache, start: int, copies: int) -> DynamicCache:
 
 class PrefixLayer(DynamicLayer):
     """A cache layer whose first update puts the chunk's prefix before the pass's own keys and values for each
-    copy of the chunk; until then its tensors are views of the right shape (what masks and positions read)."""
+    copy of the chunk (or, while ``fold`` is set, keeps them apart for `folded_attention`); until then its
+    tensors are views of the right shape (what masks and positions read)."""
 
     def __init__(self, keys: Prefix, values: Prefix, copies: int):
         super().__init__()
@@ -46,10 +57,18 @@ class PrefixLayer(DynamicLayer):
         self.copies = copies
         self.keys, self.values = (t[:1].expand(copies * t.shape[0], *t.shape[1:]) for t in (keys, values))
         self.device, self.is_initialized = keys.device, True
+        self.fold = False
+        #: the prefix and the new keys and values, from the update until the attention that folds them
+        self.pending: tuple[Prefix, Prefix, States, States] | None = None
 
     def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         if self.prefix is None:
             return super().update(key_states, value_states, *args, **kwargs)
+        if self.fold and self.copies * key_states.shape[2] <= self.prefix[0].shape[2]:
+            self.pending = (*self.prefix, key_states, value_states)
+            _PENDING.append(self)
+            self.prefix = None
+            return key_states, value_states
         whole = []
         for prefix, new in zip(self.prefix, (key_states, value_states)):
             length = prefix.shape[2]
@@ -60,3 +79,78 @@ class PrefixLayer(DynamicLayer):
         self.keys, self.values = whole
         self.prefix = None
         return self.keys, self.values
+
+
+#: the layers whose last update left their keys and values for the attention that follows it
+_PENDING: list[PrefixLayer] = []
+
+
+@contextlib.contextmanager
+def folded_attention(past: Any, implementation: str | None) -> Iterator[None]:
+    """Within it, a pass on ``past`` (a `prefix_past` cache) folds the copies into the query axis where its
+    language model's attention is ``implementation`` "sdpa"; other passes run as they would.
+
+    Example:
+        >>> with folded_attention(None, "sdpa"):
+        ...     pass
+    """
+    layers = [layer for layer in getattr(past, "layers", ()) if isinstance(layer, PrefixLayer)]
+    if implementation != "sdpa" or not layers:
+        yield
+        return
+    mapping = AttentionInterface._global_mapping
+    inner = mapping["sdpa"]
+    mapping["sdpa"] = _folding(inner)
+    for layer in layers:
+        layer.fold = True
+    try:
+        yield
+        if _PENDING:
+            raise RuntimeError(f"{len(_PENDING)} attention layers did not run through SDPA after their cache update; "
+                               "prefix reuse cannot fold their copies")
+    finally:
+        mapping["sdpa"] = inner
+        _PENDING.clear()
+        for layer in layers:
+            layer.fold = False
+
+
+def _folding(inner: Callable[..., tuple[Tensor, Any]]) -> Callable[..., tuple[Tensor, Any]]:
+    """``inner`` attention, which folds the copies of a pending `PrefixLayer` into the query axis."""
+    def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                  *args: Any, **kwargs: Any) -> tuple[Tensor, Any]:
+        if not _PENDING:
+            return inner(module, query, key, value, attention_mask, *args, **kwargs)
+        layer = _PENDING.pop()
+        prefix_keys, prefix_values, new_keys, new_values = layer.pending  # type: ignore[misc]
+        layer.pending = None
+        copies, length, new = layer.copies, prefix_keys.shape[2], query.shape[2]
+        fold = "(copy example) head new dim -> example head (copy new) dim"
+        keys, values = (torch.cat([p, rearrange(n, fold, copy=copies)], dim=2)
+                        for p, n in ((prefix_keys, new_keys), (prefix_values, new_values)))
+        mask = fold_mask(attention_mask, copies, length, new, query)
+        out, _ = inner(module, rearrange(query, fold, copy=copies), keys, values, mask, *args, **kwargs)
+        return rearrange(out, "example (copy new) head dim -> (copy example) new head dim", copy=copies), None
+    return attention
+
+
+def fold_mask(mask: Tensor | None, copies: int, length: int, new: int, query: Tensor) -> Tensor:
+    """The attention mask of the folded queries: each copy's ``new`` queries see what ``mask`` (copy-major rows,
+    the ``length`` prefix keys then the copy's new keys; None: causal, no padding) lets them see of the prefix and
+    of their own copy's keys, and none of the other copies'.
+
+    Example:
+        >>> fold_mask(None, copies=2, length=1, new=1, query=torch.zeros(2, 1, 1, 4)).int()[0, 0]
+        tensor([[1, 1, 0],
+                [1, 0, 1]], dtype=torch.int32)
+    """
+    if mask is None:
+        mask = torch.ones(1, 1, new, length + new, dtype=torch.bool, device=query.device).tril(length)
+    mask = mask.expand(query.shape[0], *mask.shape[1:])
+    blocked = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+    own: Bool[Tensor, "1 1 copy 1 copy 1"] = torch.eye(copies, dtype=torch.bool, device=mask.device)[
+        None, None, :, None, :, None]
+    news = rearrange(mask[..., length:length + new], "(copy example) h q k -> example h copy q 1 k", copy=copies)
+    news = torch.where(own, news, blocked).flatten(-2).flatten(2, 3)
+    prefix = rearrange(mask[..., :length], "(copy example) h q k -> example h (copy q) k", copy=copies)
+    return torch.cat([prefix, news], dim=-1)

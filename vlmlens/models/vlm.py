@@ -35,6 +35,7 @@ from vlmlens.attention import SCALE_ATTR
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
 from vlmlens.models.adapter import Adapter
+from vlmlens.prefix_cache import folded_attention
 from vlmlens.sites import SiteSpec, SiteTable
 
 if TYPE_CHECKING:
@@ -267,7 +268,8 @@ class VLM:
         first_lm = 0 if resume is None else next(i for i, s in enumerate(ordered) if self.site_table.order(s.name) >=
                                                  self.site_table.order("blocks.0.hook_resid_pre"))
         grad_mode = torch.enable_grad() if grad else torch.inference_mode()
-        with self._attention(implementation), self._logit_scales(scales), grad_mode:
+        with self._attention(implementation), self._logit_scales(scales), grad_mode, \
+                folded_attention(past, self.hf.config.get_text_config()._attn_implementation):
             with self.nn.trace(**inputs) as tracer:
                 for i, spec in enumerate(ordered):
                     if resume is not None and i == first_lm:  # the skips wait for the LM: vision sites come first
