@@ -34,7 +34,6 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 Prefix = Float[Tensor, "example head pos head_dim"]
-States = Float[Tensor, "copy_example head new head_dim"]
 
 
 def prefix_past(past: DynamicCache, start: int, copies: int) -> DynamicCache:
@@ -58,15 +57,12 @@ class PrefixLayer(DynamicLayer):
         self.keys, self.values = (t[:1].expand(copies * t.shape[0], *t.shape[1:]) for t in (keys, values))
         self.device, self.is_initialized = keys.device, True
         self.fold = False
-        #: the prefix and the new keys and values, from the update until the attention that folds them
-        self.pending: tuple[Prefix, Prefix, States, States] | None = None
 
     def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         if self.prefix is None:
             return super().update(key_states, value_states, *args, **kwargs)
         if self.fold and self.copies * key_states.shape[2] <= self.prefix[0].shape[2]:
-            self.pending = (*self.prefix, key_states, value_states)
-            _PENDING.append(self)
+            _PENDING.append((self.copies, *self.prefix))
             self.prefix = None
             return key_states, value_states
         whole = []
@@ -81,8 +77,9 @@ class PrefixLayer(DynamicLayer):
         return self.keys, self.values
 
 
-#: the layers whose last update left their keys and values for the attention that follows it
-_PENDING: list[PrefixLayer] = []
+#: (copies, prefix keys, prefix values) of the layer whose update left its own keys and values apart, for the
+#: attention that follows it
+_PENDING: list[tuple[int, Prefix, Prefix]] = []
 
 
 @contextlib.contextmanager
@@ -116,18 +113,17 @@ def folded_attention(past: Any, implementation: str | None) -> Iterator[None]:
 
 
 def _folding(inner: Callable[..., tuple[Tensor, Any]]) -> Callable[..., tuple[Tensor, Any]]:
-    """``inner`` attention, which folds the copies of a pending `PrefixLayer` into the query axis."""
+    """``inner`` attention, which folds the copies of a pending `PrefixLayer` (whose update returned only the
+    pass's own keys and values) into the query axis."""
     def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                   *args: Any, **kwargs: Any) -> tuple[Tensor, Any]:
         if not _PENDING:
             return inner(module, query, key, value, attention_mask, *args, **kwargs)
-        layer = _PENDING.pop()
-        prefix_keys, prefix_values, new_keys, new_values = layer.pending  # type: ignore[misc]
-        layer.pending = None
-        copies, length, new = layer.copies, prefix_keys.shape[2], query.shape[2]
+        copies, prefix_keys, prefix_values = _PENDING.pop()
+        length, new = prefix_keys.shape[2], query.shape[2]
         fold = "(copy example) head new dim -> example head (copy new) dim"
         keys, values = (torch.cat([p, rearrange(n, fold, copy=copies)], dim=2)
-                        for p, n in ((prefix_keys, new_keys), (prefix_values, new_values)))
+                        for p, n in ((prefix_keys, key), (prefix_values, value)))
         mask = fold_mask(attention_mask, copies, length, new, query)
         out, _ = inner(module, rearrange(query, fold, copy=copies), keys, values, mask, *args, **kwargs)
         return rearrange(out, "example (copy new) head dim -> (copy example) new head dim", copy=copies), None
