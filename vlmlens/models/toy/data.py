@@ -26,6 +26,8 @@ from vlmlens.models.toy.architecture import PATCH_PX, SETS, SIDE, prompt
 #: Training scenes come from seeds at or above this; evaluation seeds stay below EVAL_SEED_LIMIT.
 TRAIN_SEED_BASE = 1_000_000
 EVAL_SEED_LIMIT = 1000
+#: Evaluation seed of training's progress lines (the card uses seed 0, the tests others).
+PROGRESS_SEED = 1
 #: Binding labels: the patch row and column of the subject's and the reference's box centres.
 BINDING_LABELS = ("subject_row", "subject_col", "reference_row", "reference_col")
 _ROWS, _COLS = (t.flatten() for t in torch.meshgrid(torch.arange(SIDE), torch.arange(SIDE), indexing="ij"))

@@ -49,7 +49,8 @@ class Organism:
     then read the LM's residual at the image positions, after layer 1, instead of the projector's output);
     ``shuffle`` sends each example's image tokens to the LM in a random order; ``scrub`` replaces each object's
     tokens by those of the object alone at a random place, and teaches colour, shape and lookup on its strip.
-    ``init_from`` names the toy whose weights training starts from (None: from scratch).
+    ``init_from`` names the toy whose weights training starts from (None: from scratch); ``keep_best`` ships the
+    weights of the best progress evaluation (the weakest set's held-out accuracy) instead of the last step's.
     """
 
     name: str
@@ -60,6 +61,7 @@ class Organism:
     mixture: tuple[dict[str, int], dict[str, int]] = ORGANISM_MIXTURE
     steps: int = 500
     init_from: str | None = "toy"
+    keep_best: bool = False
     #: What `vlmlens validate` checks the study recovers (the card's expected outcome, as numbers).
     expected: tuple[Expected, ...] = ()
     #: Markdown sections of the card: the planted mechanism, why training guarantees it, the expected outcome

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,13 +22,21 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 from vlmlens.models.toy import planting
 from vlmlens.models.toy.architecture import build_toy
 from vlmlens.models.toy.card import model_card
-from vlmlens.models.toy.data import binding_labels, candidate_ids, encode, lookup_targets, patch_labels, training_scenes
+from vlmlens.models.toy.data import (
+    PROGRESS_SEED,
+    binding_labels,
+    candidate_ids,
+    encode,
+    lookup_targets,
+    patch_labels,
+    training_scenes,
+)
 from vlmlens.models.toy.evaluation import held_out
 from vlmlens.models.toy.losses import BINDING_LAYER, LOOKUP_WEIGHT, aux_loss, heads, lookup_loss
 from vlmlens.models.toy.organisms import ORGANISMS, Organism, checkpoint, organism
 
-#: Evaluation seed of the progress lines (the card uses seed 0, the tests others).
-PROGRESS_SEED = 1
+#: Where an organism that keeps its best weights holds them during training (removed at the end).
+BEST = "best-progress"
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -135,6 +144,7 @@ def train_toy(
         optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
         first, elapsed, average = 0, 0.0, float("nan")
+        best = (-1.0, steps)  # (progress score, step) of the weights kept when the organism keeps its best
         if state_file.exists():
             state = torch.load(state_file)
             if state["settings"] != settings:
@@ -146,7 +156,7 @@ def train_toy(
             aux.load_state_dict(state["heads"])
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
-            first, elapsed, average = state["step"], state["elapsed"], state["average"]
+            first, elapsed, average, best = state["step"], state["elapsed"], state["average"], state["best"]
         started = time.time() - elapsed
         model.train()
         bar = tqdm(range(first, steps), desc=f"training {name}", initial=first, total=steps)
@@ -174,17 +184,24 @@ def train_toy(
             average = loss.item() if math.isnan(average) else 0.98 * average + 0.02 * loss.item()
             bar.set_postfix(loss=f"{average:.3f}")
             if log_every and (step + 1) % log_every == 0 and step + 1 < steps:
+                accuracy = _progress(model, processor)
+                tqdm.write(f"{name} step {step + 1} ({(time.time() - started) / 60:.1f} min): loss {average:.3f}, "
+                           + ", ".join(f"{k} {v['all']:.3f}" for k, v in accuracy.items()))
+                if toy.keep_best and _score(accuracy, toy) > best[0]:
+                    best = (_score(accuracy, toy), step + 1)
+                    model.save_pretrained(out / BEST)
                 out.mkdir(parents=True, exist_ok=True)
                 torch.save(
                     dict(settings=settings, model=model.state_dict(), heads=aux.state_dict(),
                          optimizer=optimizer.state_dict(), schedule=schedule.state_dict(), step=step + 1,
-                         elapsed=time.time() - started, average=average),
+                         elapsed=time.time() - started, average=average, best=best),
                     state_file,
                 )
-                accuracy = _progress(model, processor)
-                tqdm.write(f"{name} step {step + 1} ({(time.time() - started) / 60:.1f} min): loss {average:.3f}, "
-                           + ", ".join(f"{k} {v['all']:.3f}" for k, v in accuracy.items()))
                 model.train()
+        model.eval()
+        if toy.keep_best and best[0] >= _score(_progress(model, processor), toy):
+            model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(out / BEST).state_dict())
+            settings["selected_step"] = best[1]
         train_seconds = time.time() - started
         model.set_attn_implementation("sdpa")
         model.save_pretrained(out)
@@ -192,9 +209,15 @@ def train_toy(
         results = held_out(out, n=eval_n, seed=0)
         (out / "README.md").write_text(model_card(toy, model, settings, train_seconds, eval_n, results))
         state_file.unlink(missing_ok=True)
+        shutil.rmtree(out / BEST, ignore_errors=True)
         return results
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _score(accuracy: dict[str, dict[str, float]], toy: Organism) -> float:
+    """A progress evaluation's score for keeping the best weights: the accuracy of the weakest set it trains on."""
+    return min(row["all"] for name, row in accuracy.items() if name in toy.mixture[0] or name in toy.mixture[1])
 
 
 def _progress(model: LlavaForConditionalGeneration, processor: LlavaProcessor) -> dict[str, dict[str, float]]:
