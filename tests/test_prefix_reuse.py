@@ -18,12 +18,16 @@ def logits_of(logits, sub, unedited):
     return logits
 
 
-def starts_seen(model, monkeypatch) -> list[int]:
+def starts_seen(model, monkeypatch, held: list | None = None) -> list[int]:
+    """Each pass's first position, as the engine runs them (and into ``held``, the positions of passes that run
+    only some)."""
     seen: list[int] = []
     trace_pass = model.trace_pass
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("start", 0))
+        if held is not None and kwargs.get("held") is not None:
+            held.append(kwargs["held"])
         return trace_pass(*args, **kwargs)
 
     monkeypatch.setattr(model, "trace_pass", spy)
@@ -37,11 +41,15 @@ def full_recomputation(model, batch, groups, monkeypatch, **options):
 
 
 def position_edits(model, source):
-    """Last-position patching at every layer, single positions late and early, an edit of the text."""
+    """Last-position patching at every layer, single positions late and early (the first layers, and the last
+    one, which runs only the edited and the answer positions), an edit of the text."""
     last = [[vl.Patch(f"blocks.{layer}.hook_resid_pre", region="last", source=source)] for layer in model.lm_layers]
+    final = model.lm_layers[-1]
     grid = [[vl.Patch(f"blocks.{layer}.hook_resid_pre", region=f"pos:{i}", source=source)]
-            for layer in model.lm_layers[:2] for i in (-2, -6, 1)]
-    return last + grid + [[vl.Ablate("blocks.1.hook_resid_post", region="last", how="mean")],
+            for layer in dict.fromkeys([*model.lm_layers[:2], final]) for i in (-2, -6, 1)]
+    two_sites = [vl.Patch(f"blocks.{final}.hook_resid_pre", region="pos:2", source=source),
+                 vl.Ablate(f"blocks.{final}.hook_resid_post", region="pos:-4")]  # the second changes nothing read
+    return last + grid + [two_sites, [vl.Ablate("blocks.1.hook_resid_post", region="last", how="mean")],
                           [vl.Steer("hook_embed", vector=torch.ones(model.hf.config.get_text_config().hidden_size),
                                     region="pos:-3")]]
 
@@ -100,10 +108,18 @@ def test_prefix_reuse_equals_full_recomputation_on_every_family(loaded, monkeypa
     source = batch[list(reversed(range(len(batch))))]
     groups = position_edits(model, source)
     expected = full_recomputation(model, batch, groups, monkeypatch)
-    seen = starts_seen(model, monkeypatch)
+    held: list = []
+    seen = starts_seen(model, monkeypatch, held)
     got = engine.run(model, batch, groups, logits_of)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
     assert (max(seen) > 0) == model.adapter.prefix_reuse  # families that opt out run every position
+    # the last block's patches ran at their own and the answer's positions only, every copy its own
+    assert bool(held) == model.adapter.prefix_reuse
+    assert all(h.shape[-1] <= 3 for h in held)
+    assert any(len(h.unique(dim=0)) > 1 for h in held) == model.adapter.prefix_reuse
+    unedited = engine.run(model, batch, [[]], logits_of)[0]
+    final = [i for i, g in enumerate(groups) if engine.first_lm_layer(model, g) == model.lm_layers[-1]]
+    assert max((expected[i] - unedited).abs().max() for i in final) > 1e-4  # they act
 
 
 def test_a_scored_source_batch_gives_what_its_own_run_gives_on_every_family(loaded):

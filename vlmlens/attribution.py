@@ -43,10 +43,11 @@ def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: str
     moves the model much less than the whole baseline does, so over a grid of single positions the gradients
     nearer the clean run rank better.
 
-    ``exact`` > 0 makes it a hybrid: the patches the engine runs cheapest (the latest layers and, under prefix
-    reuse, the latest positions: a pass from layer ``l`` and position ``p`` costs about ``(layers - l) x
-    (positions - p)``) are run exactly (`vl.sweep` of `Patch`, or of `Ablate` for ``"zero"`` / ``"mean"``) up
-    to ``exact`` times what all of them would cost, and replace their estimates; labels say ``exact``.
+    ``exact`` > 0 makes it a hybrid: the patches the engine runs cheapest (`vlmlens.engine.pass_cost`: the
+    latest layers and, under prefix reuse, the latest positions, since a pass from layer ``l`` and position ``p``
+    runs ``(layers - l) x (positions - p)``, and in the last block only a patch's own positions) are run exactly
+    (`vl.sweep` of `Patch`, or of `Ablate` for ``"zero"`` / ``"mean"``) up to ``exact`` times what all of them
+    would cost, and replace their estimates; labels say ``exact``.
 
     Example:
         >>> est = vl.attribute(model, batch, "blocks.*.hook_resid_post", ["object", "background"], vl.LogitDiff())
@@ -123,8 +124,7 @@ def attribute(model: VLM, batch: Batch, sites: str | Sequence[str], regions: str
 
 def cheapest(model: VLM, batch: Batch, edits: Sequence[Intervention], budget: float) -> list[int]:
     """The edits the engine runs cheapest, cheapest first, as many as fit in ``budget`` times the cost of
-    running all of them; a pass's cost is taken as ``(LM layers from its first edited one) x (positions from
-    its first edited one)`` (`vlmlens.engine.first_lm_layer`, `vlmlens.engine.first_position`).
+    running all of them; a pass's cost is `vlmlens.engine.pass_cost`: the LM layers x positions it runs.
 
     Example:
         >>> from vlmlens.attribution import cheapest
@@ -132,9 +132,7 @@ def cheapest(model: VLM, batch: Batch, edits: Sequence[Intervention], budget: fl
         >>> cheapest(model, batch, edits, 0.5)  # the last layers cost least
         [3, 2]
     """
-    layers, positions = len(model.lm_layers), batch.inputs["input_ids"].shape[1]
-    cost = [(layers - engine.first_lm_layer(model, [e])) * (positions - engine.first_position(model, [e], batch))
-            for e in edits]
+    cost = [engine.pass_cost(model, [e], batch) for e in edits]
     order = sorted(range(len(edits)), key=lambda i: (cost[i], i))
     spent, chosen = 0, []
     for i in order:

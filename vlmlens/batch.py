@@ -47,6 +47,9 @@ class Batch:
     #: the first sequence position that live tensors at LM sites hold (the engine's prefix reuse runs only the
     #: positions from an edit's first on); `positions` counts LM-site positions from there
     start: int = 0
+    #: per example, the sorted sequence positions that live tensors at LM sites hold instead (a pass that runs
+    #: the last LM layer at its edits' positions and the answer's only); `positions` counts along them
+    held: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.layouts)
@@ -74,7 +77,11 @@ class Batch:
         if spec.space not in ("vision", "lm", "logits"):
             raise RegionError(f"site {spec.name} has no token axis; regions do not apply there")
         where = [layout.positions(region, spec.layout_space, spec.prefix) for layout in self.layouts]
-        return [w - self.start for w in where] if self.start and spec.layout_space == "lm" else where
+        if spec.layout_space != "lm":
+            return where
+        if self.held is not None:
+            return [_along(held, w, region) for held, w in zip(self.held, where)]
+        return [w - self.start for w in where] if self.start else where
 
     def _repr_html_(self) -> str:
         from vlmlens.display import batch_html
@@ -84,6 +91,15 @@ class Batch:
         n_img = sorted({lay.n_image_tokens for lay in self.layouts})
         shapes = {k: tuple(v.shape) for k, v in self.inputs.items() if isinstance(v, Tensor)}
         return f"Batch(n={len(self)}, image_tokens={n_img}, inputs={shapes})"
+
+
+def _along(held: Tensor, where: Tensor, region: str) -> Tensor:
+    """The indices along ``held`` (sorted positions) of the positions ``where``, which it must hold."""
+    index = torch.searchsorted(held, where.to(held.device)).clamp(max=len(held) - 1)
+    if not torch.equal(held[index], where.to(held.device)):
+        raise ValueError(f"region {region!r} sits at positions {where.tolist()}, but this pass holds only "
+                         f"{held.tolist()}: the engine runs a pass at the positions its edits touch")
+    return index.to(where.device)
 
 
 def _ids(index: Any, n: int) -> list[int]:

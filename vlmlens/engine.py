@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from einops import rearrange
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -44,7 +44,7 @@ from vlmlens import checks
 from vlmlens.batch import Batch
 from vlmlens.cache import Cache
 from vlmlens.interventions import BATCH, Intervention, Sources, flatten
-from vlmlens.prefix_cache import prefix_past
+from vlmlens.prefix_cache import held_past, prefix_past
 
 if TYPE_CHECKING:
     from vlmlens.models.vlm import VLM
@@ -262,8 +262,10 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], traced:
     first = [first_lm_layer(model, g) if lm_only else 0 for g in groups]
     starts = [first_position(model, g, sub) if lm_only else 0 for g in groups]
     edited = [i for i, g in enumerate(groups) if g]
+    length = (sub.inputs["input_ids"] if "input_ids" in sub.inputs else sub.inputs["inputs_embeds"]).shape[1]
+    held = {i: h for i in edited if lm_only and (h := _worth_holding(model, groups[i], sub, starts[i])) is not None}
     wants_unedited = bool(getattr(read, "needs_unedited", False))
-    resume_layers = sorted({first[i] for i in edited if first[i] > 0 or starts[i] > 0})
+    resume_layers = sorted({first[i] for i in edited if first[i] > 0 or starts[i] > 0 or i in held})
     need_unedited = wants_unedited or len(edited) < len(groups) or bool(resume_layers)
     inputs, unedited, resid = None, None, Cache()
     if lm_only:
@@ -271,7 +273,7 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], traced:
         # whatever the model adds between blocks, e.g. Qwen3-VL's DeepStack features, is added as in the clean run)
         sites = ["hook_embed", *(f"blocks.{layer - 1}.hook_resid_post" for layer in resume_layers if layer > 0)]
         logits, resid = model.trace_pass(sub, [[]], sites, stop=not need_unedited, last_only=True,
-                                         keep_past=any(starts[i] > 0 for i in edited))
+                                         keep_past=bool(held) or any(starts[i] > 0 for i in edited))
         inputs = model.adapter.lm_inputs(sub.inputs, resid["hook_embed"])
         unedited = None if logits is None else logits[:, -1]
     elif need_unedited:
@@ -281,13 +283,20 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], traced:
         results[i] = read(unedited, sub, unedited)  # type: ignore[arg-type]
     if bar is not None and len(edited) < len(groups):
         bar.update(len(sub) * (len(groups) - len(edited)))
-    length = (sub.inputs["input_ids"] if "input_ids" in sub.inputs else sub.inputs["inputs_embeds"]).shape[1]
-    for layer, start, members in plan_passes(first, starts, edited, max(1, max_batch // len(sub)),
-                                             len(model.lm_layers), length):
+    per_pass = max(1, max_batch // len(sub))
+    planned = plan_passes(first, starts, [i for i in edited if i not in held], per_pass, len(model.lm_layers), length)
+    by_width: dict[int, list[int]] = {}
+    for i in held:
+        by_width.setdefault(held[i].shape[1], []).append(i)
+    planned += [(first[run[0]], 0, run) for same in by_width.values()
+                for run in (same[k:k + per_pass] for k in range(0, len(same), per_pass))]
+    for layer, start, members in planned:
         resume = (layer, resid[f"blocks.{layer - 1}.hook_resid_post"]) if layer > 0 else None
-        past = prefix_past(resid.past, start, len(members)) if start > 0 else None
+        positions = torch.stack([held[i] for i in members]) if members[0] in held else None
+        past = (held_past(resid.past, positions.flatten(0, 1), len(members)) if positions is not None
+                else prefix_past(resid.past, start, len(members)) if start > 0 else None)
         logits, _ = model.trace_pass(sub, [traced[i] for i in members], (), inputs=inputs, last_only=True,
-                                     resume=resume, sources=sources, start=start, past=past)
+                                     resume=resume, sources=sources, start=start, past=past, held=positions)
         per_group = rearrange(logits[:, -1], "(group example) vocab -> group example vocab", group=len(members))
         for i, group_logits in zip(members, per_group):
             results[i] = read(group_logits, sub, unedited if wants_unedited else None)
@@ -356,6 +365,62 @@ def first_position(model: VLM, edits: Sequence[Intervention], batch: Batch) -> i
             return 0
         first.append(min(int(w.min()) for w in batch.positions(edit.region, spec)))
     return min(first)
+
+
+def pass_cost(model: VLM, edits: Sequence[Intervention], batch: Batch) -> int:
+    """What the engine runs for one group of ``edits`` on a batch, in LM layers x positions per example: from
+    their first layer and position to the end (`first_lm_layer`, `first_position`), or in the last block alone
+    its held positions (`held_positions`).
+
+    Example:
+        >>> from vlmlens.engine import pass_cost
+        >>> last = model.lm_layers[-1]
+        >>> [pass_cost(model, [vl.Patch(f"blocks.{layer}.hook_resid_pre", region="pos:3")], batch)
+        ...  for layer in (last - 1, last)]
+        [218, 2]
+    """
+    start = first_position(model, edits, batch)
+    held = _worth_holding(model, edits, batch, start)
+    if held is not None:
+        return held.shape[1]
+    length = batch.inputs["attention_mask"].shape[1]
+    return (len(model.lm_layers) - first_lm_layer(model, edits)) * (length - start)
+
+
+def _worth_holding(model: VLM, edits: Sequence[Intervention], batch: Batch, start: int) -> Tensor | None:
+    """`held_positions`, where they are fewer than the positions from the edits' first on."""
+    held = held_positions(model, edits, batch)
+    return held if held is not None and held.shape[1] < batch.inputs["attention_mask"].shape[1] - start else None
+
+
+def held_positions(model: VLM, edits: Sequence[Intervention], batch: Batch) -> Int[Tensor, "example k"] | None:
+    """Per example, the sorted sequence positions a pass of ``edits`` must run when they all sit in the last LM
+    block, local in position, at sites with a position axis, at as many positions in every example: their own and
+    the answer's. There a changed position changes the answer only through its own keys and values, and no other
+    position's output is read, so the others keep the clean run's. None where that does not hold.
+
+    Example:
+        >>> from vlmlens.engine import held_positions
+        >>> last = model.lm_layers[-1]
+        >>> held_positions(model, [vl.Patch(f"blocks.{last}.hook_resid_pre", region="pos:3")], batch)[0].tolist()
+        [3, 111]
+        >>> held_positions(model, [vl.Patch("blocks.0.hook_resid_pre", region="pos:3")], batch) is None
+        True
+    """
+    last = len(model.lm_layers) - 1
+    if not edits or not model.adapter.prefix_reuse or first_lm_layer(model, edits) != last:
+        return None
+    answer = batch.inputs["attention_mask"].shape[1] - 1
+    per_example: list[set[int]] = [{answer} for _ in range(len(batch))]
+    for edit in edits:
+        spec = model.site(edit.site)
+        if not edit.position_local or spec.layout_space != "lm" or not spec.shape.startswith("batch pos"):
+            return None
+        for positions, where in zip(per_example, batch.positions(edit.region, spec)):
+            positions.update(where.tolist())
+    if len({len(p) for p in per_example}) != 1:
+        return None
+    return torch.tensor([sorted(p) for p in per_example])
 
 
 class _SourceStore:

@@ -273,7 +273,7 @@ def _source_tokens(source: Batch | Cache, region: str, batch: Batch, spec: SiteS
         raise ValueError(f"the source has {values.shape[0]} examples but the batch has {len(batch)}; "
                          "sources pair up by index")
     # a cache is read at the target's own (absolute) positions, even when the live tensor starts later
-    where = sources.layouts.get(id(source), replace(batch, start=0)).positions(region, spec)
+    where = sources.layouts.get(id(source), replace(batch, start=0, held=None)).positions(region, spec)
     for b, (w, n) in enumerate(zip(where, n_target)):
         if w.numel() != n:
             raise ValueError(f"example {b}: source region {region!r} has {w.numel()} tokens, target has {n}; "

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from einops import rearrange
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -43,6 +43,48 @@ def prefix_past(past: DynamicCache, start: int, copies: int) -> DynamicCache:
     out = DynamicCache()
     out.layers = [PrefixLayer(layer.keys[:, :, :start], layer.values[:, :, :start], copies) for layer in past.layers]
     return out
+
+
+def held_past(past: DynamicCache, held: Int[Tensor, "row k"], copies: int) -> DynamicCache:
+    """A fresh cache of ``past``'s keys and values at every position, into which a pass that runs only each
+    row's positions ``held`` (rows copy-major over ``copies`` copies of the chunk) writes its own: the
+    attention then sees the clean keys everywhere else, in sequence order.
+
+    >>> from vlmlens.prefix_cache import held_past
+    >>> clean = DynamicCache(ddp_cache_data=[(torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 4))])
+    >>> past = held_past(clean, torch.tensor([[1, 4], [2, 4]]), copies=2)
+    >>> past.get_seq_length()  # what the pass appends to: its answer position comes last
+    3
+    >>> keys, _ = past.layers[0].update(torch.ones(2, 1, 2, 4), torch.ones(2, 1, 2, 4))
+    >>> torch.equal(keys[1, :, [0, 1, 3]], clean.layers[0].keys[0, :, [0, 1, 3]]), bool(keys[1, :, 2].eq(1).all())
+    (True, True)
+    """
+    out = DynamicCache()
+    out.layers = [HeldLayer(layer.keys, layer.values, held, copies) for layer in past.layers]
+    return out
+
+
+class HeldLayer(DynamicLayer):
+    """A cache layer whose update writes a pass's keys and values at each row's held positions into a copy of
+    the clean ones; until then its tensors are views as long as the positions the pass does not run (what
+    masks and positions read: the pass's last position is then the sequence's)."""
+
+    def __init__(self, keys: Prefix, values: Prefix, held: Int[Tensor, "row k"], copies: int):
+        super().__init__()
+        self.clean, self.held, self.copies = (keys, values), held, copies
+        rest = keys.shape[2] - held.shape[1]
+        self.keys, self.values = (t[:1, :, :rest].expand(held.shape[0], *t.shape[1:2], rest, t.shape[3])
+                                  for t in (keys, values))
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if self.clean is None:
+            return super().update(key_states, value_states, *args, **kwargs)
+        index = self.held[:, None, :, None].expand(-1, key_states.shape[1], -1, key_states.shape[3])
+        self.keys, self.values = (clean.repeat(self.copies, 1, 1, 1).scatter(2, index, new)
+                                  for clean, new in zip(self.clean, (key_states, value_states)))
+        self.clean = None
+        return self.keys, self.values
 
 
 class PrefixLayer(DynamicLayer):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from jaxtyping import Int
 from PIL import Image
 from torch import Tensor
 
@@ -135,6 +136,19 @@ class Adapter:
         """Inputs of the batch repeated ``times`` times along the batch axis (one copy per group)."""
         return {k: v.repeat(times, *[1] * (v.dim() - 1)) if isinstance(v, Tensor) else v
                 for k, v in inputs.items()}
+
+    def held_inputs(self, inputs: dict[str, Any], held: Int[Tensor, "row k"]) -> dict[str, Any]:
+        """LM-only ``inputs`` (one row per row of ``held``) at each row's own sequence positions ``held``: the
+        embeddings and position ids gathered there (position ids made from ``held`` where the family leaves them
+        to the model, which counts them from 0 at the first position); the attention mask stays whole, since
+        the keys a pass attends to span the sequence."""
+        out = dict(inputs)
+        embeds = inputs["inputs_embeds"]
+        out["inputs_embeds"] = embeds.gather(1, held[..., None].expand(*held.shape, embeds.shape[-1]))
+        positions = inputs.get("position_ids")
+        out["position_ids"] = held if positions is None else positions.gather(
+            -1, held.expand(*positions.shape[:-2], *held.shape))
+        return out
 
     def lm_inputs(self, inputs: dict[str, Any], embeds: Tensor) -> dict[str, Any] | None:
         """Inputs that run the language model alone on precomputed ``hook_embed`` embeddings (the

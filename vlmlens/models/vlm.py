@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from nnsight import NNsight
 from PIL import Image
 from torch import Tensor
@@ -214,7 +214,8 @@ class VLM:
                    grad: bool = False, inputs: dict[str, Any] | None = None, last_only: bool = False,
                    resume: tuple[int, Tensor] | None = None, stop: bool = False,
                    sources: Sources | None = None, start: int = 0, past: Any = None,
-                   keep_past: bool = False) -> tuple[Logits, Cache]:
+                   keep_past: bool = False, held: Int[Tensor, "group example k"] | None = None
+                   ) -> tuple[Logits, Cache]:
         """One nnsight trace that runs ``batch`` once per group of edits (the copies stacked on the batch
         axis), reading ``sites`` of the first copy; the engine (`vlmlens.engine`) plans these passes.
 
@@ -223,8 +224,9 @@ class VLM:
         clean ``hidden`` (its ``hook_resid_post``; valid when no edit acts before ``layer``); ``sources`` are the
         edits' source activations.
         ``start`` > 0 (with LM-only ``inputs`` and ``past``, the clean run's keys and values before ``start``
-        for every copy) runs only the positions from ``start`` on; ``keep_past`` returns the run's keys and
-        values as ``cache.past``.
+        for every copy) runs only the positions from ``start`` on; ``held`` (with LM-only ``inputs`` and a
+        `vlmlens.prefix_cache.held_past`) runs only each group's and example's own sorted positions; ``keep_past``
+        returns the run's keys and values as ``cache.past``.
         """
         from vlmlens.interventions import Sources
         sources = sources if sources is not None else Sources()
@@ -249,13 +251,17 @@ class VLM:
             # edits at the LM input write into this tensor in place: never into the caller's (the engine
             # feeds one chunk's embeddings to every pass)
             inputs["inputs_embeds"] = inputs["inputs_embeds"].clone()
+        rows = None if held is None else held.flatten(0, 1)
+        if rows is not None:
+            inputs = self.adapter.held_inputs(inputs, rows)
         if last_only:
             inputs["logits_to_keep"] = 1
         if past is not None or keep_past:
             inputs["use_cache"] = True
         if past is not None:
             inputs[self._cache_argument] = past
-        target = replace(batch, start=start) if start else batch
+        targets = ([replace(batch, held=positions) for positions in held] if held is not None
+                   else [replace(batch, start=start) if start else batch] * n)
         cache = Cache()
         finite: list[tuple[Tensor, Intervention, str]] = []  # per edit, whether it left only finite numbers
         scales = self._attention_scales(batch, groups, inputs["input_ids"].shape[1] if "input_ids" in inputs
@@ -274,13 +280,15 @@ class VLM:
                 for i, spec in enumerate(ordered):
                     if resume is not None and i == first_lm:  # the skips wait for the LM: vision sites come first
                         hidden = resume[1][:, start:].repeat(n, *[1] * (resume[1].dim() - 1))
+                        if rows is not None:
+                            hidden = hidden.gather(1, rows[..., None].expand(*rows.shape, hidden.shape[-1]))
                         for layer in range(resume[0]):
                             self.nn.get(self.site_table[f"blocks.{layer}.hook_resid_post"].module).skip(hidden)
                     value = self._value(spec, inputs)
                     for g, by_site in enumerate(edits):
                         part = value[g * size:(g + 1) * size] if n > 1 else value
                         for edit in by_site.get(spec.name, ()):
-                            edit.apply(part, target, spec, sources)
+                            edit.apply(part, targets[g], spec, sources)
                             if part.is_floating_point():
                                 finite.append((torch.isfinite(part).all(), edit, spec.name))
                     if spec.name in read_names:
