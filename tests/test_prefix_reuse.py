@@ -7,6 +7,7 @@ import contextlib
 
 import pytest
 import torch
+from torch import Tensor
 from test_families import FAMILIES, FAMILY_IDS, QUESTIONS
 
 import vlmlens as vl
@@ -148,3 +149,27 @@ def test_folded_copies_equal_the_prefix_laid_out_per_copy(toy, monkeypatch):
     assert torch.allclose(got, laid_out, atol=1e-5), (got - laid_out).abs().max()
     assert torch.allclose(got, full_recomputation(toy, batch, groups, monkeypatch), atol=1e-5)
     assert (got[1:] - got[0]).abs().max() > 1e-3  # the patches act, differently by layer
+
+
+def test_held_last_block_passes_fold_and_equal_the_per_row_layout(toy, monkeypatch):
+    # padded rows again; every position of the last block patched, each pass running two positions per copy
+    batch = toy.prepare(vl.scenes.generate(4, seed=2, task="relation") + vl.scenes.generate(2, seed=4, task="squares"))
+    source = batch[list(reversed(range(len(batch))))]
+    final = toy.lm_layers[-1]
+    shortest = int(batch.inputs["attention_mask"].sum(1).min())
+    groups = [[vl.Patch(f"blocks.{final}.hook_resid_pre", region=f"pos:{-i}", source=source)]
+              for i in range(3, shortest + 1)]
+    masks: list[Tensor] = []
+    held_mask = prefix_cache.held_mask
+    monkeypatch.setattr(prefix_cache, "held_mask", lambda *a, **k: masks.append(held_mask(*a, **k)) or masks[-1])
+    held: list = []
+    starts_seen(toy, monkeypatch, held)
+    got = engine.run(toy, batch, groups, logits_of)
+    assert sum(len(h) for h in held) == len(groups) and len(held) == len(masks) < len(groups) // 4
+    with monkeypatch.context() as patch:
+        patch.setattr(vlm, "folded_attention", lambda past, implementation: contextlib.nullcontext())
+        laid_out = engine.run(toy, batch, groups, logits_of)
+    assert torch.allclose(got, laid_out, atol=1e-5), (got - laid_out).abs().max()
+    assert torch.allclose(got, full_recomputation(toy, batch, groups, monkeypatch), atol=1e-5)
+    unedited = engine.run(toy, batch, [[]], logits_of)[0]
+    assert (got - unedited).abs().amax((1, 2)).max() > 1e-3  # the patches act

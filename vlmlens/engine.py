@@ -288,8 +288,11 @@ def _run_chunk(model: VLM, sub: Batch, groups: list[list[Intervention]], traced:
     by_width: dict[int, list[int]] = {}
     for i in held:
         by_width.setdefault(held[i].shape[1], []).append(i)
-    planned += [(first[run[0]], 0, run) for same in by_width.values()
-                for run in (same[k:k + per_pass] for k in range(0, len(same), per_pass))]
+    for width, same in by_width.items():
+        # folded (SDPA), a held pass reads the clean keys once per example: as many copies as the sequence holds
+        size = max(per_pass, length // width) if model.hf.config.get_text_config()._attn_implementation == "sdpa" \
+            else per_pass
+        planned += [(first[same[0]], 0, same[k:k + size]) for k in range(0, len(same), size)]
     for layer, start, members in planned:
         resume = (layer, resid[f"blocks.{layer - 1}.hook_resid_post"]) if layer > 0 else None
         positions = torch.stack([held[i] for i in members]) if members[0] in held else None

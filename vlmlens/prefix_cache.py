@@ -71,18 +71,28 @@ class HeldLayer(DynamicLayer):
 
     def __init__(self, keys: Prefix, values: Prefix, held: Int[Tensor, "row k"], copies: int):
         super().__init__()
-        self.clean, self.held, self.copies = (keys, values), held, copies
+        self.clean: tuple[Prefix, Prefix] | None = (keys, values)
+        self.held, self.copies = held, copies
         rest = keys.shape[2] - held.shape[1]
         self.keys, self.values = (t[:1, :, :rest].expand(held.shape[0], *t.shape[1:2], rest, t.shape[3])
                                   for t in (keys, values))
         self.device, self.is_initialized = keys.device, True
+        self.fold = False
 
     def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         if self.clean is None:
             return super().update(key_states, value_states, *args, **kwargs)
-        index = self.held[:, None, :, None].expand(-1, key_states.shape[1], -1, key_states.shape[3])
-        self.keys, self.values = (clean.repeat(self.copies, 1, 1, 1).scatter(2, index, new)
-                                  for clean, new in zip(self.clean, (key_states, value_states)))
+        if self.fold and self.copies * key_states.shape[2] <= self.clean[0].shape[2]:
+            _PENDING.append((self.copies, *self.clean, self.held))
+            self.clean = None
+            return key_states, value_states
+        rows = torch.arange(len(self.held), device=self.held.device)[:, None]
+        whole = []
+        for clean, new in zip(self.clean, (key_states, value_states)):
+            out = clean.repeat(self.copies, 1, 1, 1)
+            out[rows, :, self.held] = new.transpose(1, 2)
+            whole.append(out)
+        self.keys, self.values = whole
         self.clean = None
         return self.keys, self.values
 
@@ -104,7 +114,7 @@ class PrefixLayer(DynamicLayer):
         if self.prefix is None:
             return super().update(key_states, value_states, *args, **kwargs)
         if self.fold and self.copies * key_states.shape[2] <= self.prefix[0].shape[2]:
-            _PENDING.append((self.copies, *self.prefix))
+            _PENDING.append((self.copies, *self.prefix, None))
             self.prefix = None
             return key_states, value_states
         whole = []
@@ -119,9 +129,9 @@ class PrefixLayer(DynamicLayer):
         return self.keys, self.values
 
 
-#: (copies, prefix keys, prefix values) of the layer whose update left its own keys and values apart, for the
-#: attention that follows it
-_PENDING: list[tuple[int, Prefix, Prefix]] = []
+#: (copies, prefix keys, prefix values, held positions or None) of the layer whose update left its own keys and
+#: values apart, for the attention that follows it
+_PENDING: list[tuple[int, Prefix, Prefix, Tensor | None]] = []
 
 
 @contextlib.contextmanager
@@ -133,7 +143,7 @@ def folded_attention(past: Any, implementation: str | None) -> Iterator[None]:
         >>> with folded_attention(None, "sdpa"):
         ...     pass
     """
-    layers = [layer for layer in getattr(past, "layers", ()) if isinstance(layer, PrefixLayer)]
+    layers = [layer for layer in getattr(past, "layers", ()) if isinstance(layer, (PrefixLayer, HeldLayer))]
     if implementation != "sdpa" or not layers:
         yield
         return
@@ -161,15 +171,33 @@ def _folding(inner: Callable[..., tuple[Tensor, Any]]) -> Callable[..., tuple[Te
                   *args: Any, **kwargs: Any) -> tuple[Tensor, Any]:
         if not _PENDING:
             return inner(module, query, key, value, attention_mask, *args, **kwargs)
-        copies, prefix_keys, prefix_values = _PENDING.pop()
+        copies, prefix_keys, prefix_values, held = _PENDING.pop()
         length, new = prefix_keys.shape[2], query.shape[2]
         fold = "(copy example) head new dim -> example head (copy new) dim"
         keys, values = (torch.cat([p, rearrange(n, fold, copy=copies)], dim=2)
                         for p, n in ((prefix_keys, key), (prefix_values, value)))
-        mask = fold_mask(attention_mask, copies, length, new, query)
+        mask = fold_mask(attention_mask if held is None else held_mask(attention_mask, held, length, query),
+                         copies, length, new, query)
         out, _ = inner(module, rearrange(query, fold, copy=copies), keys, values, mask, *args, **kwargs)
         return rearrange(out, "example (copy new) head dim -> (copy example) new head dim", copy=copies), None
     return attention
+
+
+def held_mask(mask: Tensor | None, held: Int[Tensor, "row k"], length: int, query: Tensor) -> Tensor:
+    """The mask of a held pass's queries over the ``length`` clean keys then the row's own new keys, per row: what
+    ``mask`` (the pass's, over the whole sequence; None: no padding) lets the answer see, the clean keys at the
+    held positions replaced by the new ones. Every query gets the answer's row (the others are never read).
+
+    Example:
+        >>> held_mask(None, torch.tensor([[1, 2]]), length=3, query=torch.zeros(1, 1, 2, 4)).int()[0, 0, -1]
+        tensor([1, 0, 0, 1, 1], dtype=torch.int32)
+    """
+    answer = (torch.ones(len(held), 1, 1, length, dtype=torch.bool, device=query.device) if mask is None
+              else mask[..., -1:, :length].expand(len(held), -1, -1, -1))
+    blocked = False if answer.dtype == torch.bool else torch.finfo(answer.dtype).min
+    index = held[:, None, None, :].to(answer.device)
+    whole = torch.cat([answer.scatter(-1, index, blocked), answer.gather(-1, index)], dim=-1)
+    return whole.expand(-1, -1, held.shape[1], -1)
 
 
 def fold_mask(mask: Tensor | None, copies: int, length: int, new: int, query: Tensor) -> Tensor:
