@@ -3,6 +3,8 @@ architecture, the planting edits, training that writes a loadable checkpoint wit
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
@@ -140,6 +142,25 @@ def test_train_toy_writes_a_loadable_checkpoint_with_card_where_its_command_says
     card = (tmp_path / name / "README.md").read_text()
     assert "Held-out accuracy" in card and f"vlmlens train-toy --organism {name}" in card
     assert vl.load(name, device="cpu").name == name
+
+
+def test_an_organism_that_keeps_its_best_ships_the_best_progress_lines_weights(tmp_path, monkeypatch) -> None:
+    from vlmlens.models.toy import training
+    keeper = dataclasses.replace(organisms.ORGANISMS["toy-content"], keep_best=True, init_from=None)
+    monkeypatch.setitem(organisms.ORGANISMS, keeper.name, keeper)
+    scores, weights = iter([0.5, 0.9, 0.6, 0.7]), []  # progress lines after steps 1, 2, 3, then the last weights
+
+    def progress(model, processor, organism):
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        score = next(scores)
+        return {name: {"all": score} for name in ("squares", "shapes", "relation")}
+    monkeypatch.setattr(training, "_progress", progress)
+    training.train_toy(keeper.name, tmp_path, steps=4, eval_n=4, log_every=1, threads=1)
+    shipped = LlavaForConditionalGeneration.from_pretrained(tmp_path).state_dict()
+    assert all(torch.equal(shipped[k], weights[1][k]) for k in shipped)  # step 2's, not the last step's
+    assert not all(torch.equal(shipped[k], weights[-1][k]) for k in shipped)
+    assert "holds the weights of step 2" in (tmp_path / "README.md").read_text()
+    assert not (tmp_path / training.BEST).exists() and not (tmp_path / "train_state.pt").exists()
 
 
 @pytest.mark.parametrize("name", list(organisms.ORGANISMS))

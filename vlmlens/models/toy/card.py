@@ -17,7 +17,7 @@ from typing import Any
 from transformers import LlavaForConditionalGeneration
 
 from vlmlens.models.toy.architecture import ARCH, SETS
-from vlmlens.models.toy.data import PROGRESS_SEED, TRAIN_SEED_BASE
+from vlmlens.models.toy.data import PROGRESS_SEED, SELECTION_N, TRAIN_SEED_BASE
 from vlmlens.models.toy.losses import BINDING_LAYER, LOOKUP_WEIGHT, SLOT_WEIGHT
 from vlmlens.models.toy.organisms import CHECKPOINTS, ORGANISMS, Organism
 
@@ -105,8 +105,8 @@ def _selection(settings: dict[str, Any]) -> str:
     """The card's line on which step's weights were kept, when training kept its best."""
     step = settings.get("selected_step")
     return (f"\n  The checkpoint holds the weights of step {step}, the best of the progress lines (the accuracy of\n"
-            f"  the weakest trained set on 64 scenes of evaluation seed {PROGRESS_SEED}, never the card's seed 0 or "
-            "the tests' seeds).") if step else ""
+            f"  the weakest trained set on {SELECTION_N} scenes of evaluation seed {PROGRESS_SEED}, never the card's "
+            "seed 0 or the tests' seeds).") if step else ""
 
 
 def _counts(mixture: dict[str, int]) -> str:

@@ -20,10 +20,12 @@ from tqdm.auto import tqdm
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from vlmlens.models.toy import planting
-from vlmlens.models.toy.architecture import build_toy
+from vlmlens.models.toy.architecture import SETS, build_toy
 from vlmlens.models.toy.card import model_card
 from vlmlens.models.toy.data import (
+    PROGRESS_N,
     PROGRESS_SEED,
+    SELECTION_N,
     binding_labels,
     candidate_ids,
     encode,
@@ -184,7 +186,7 @@ def train_toy(
             average = loss.item() if math.isnan(average) else 0.98 * average + 0.02 * loss.item()
             bar.set_postfix(loss=f"{average:.3f}")
             if log_every and (step + 1) % log_every == 0 and step + 1 < steps:
-                accuracy = _progress(model, processor)
+                accuracy = _progress(model, processor, toy)
                 tqdm.write(f"{name} step {step + 1} ({(time.time() - started) / 60:.1f} min): loss {average:.3f}, "
                            + ", ".join(f"{k} {v['all']:.3f}" for k, v in accuracy.items()))
                 if toy.keep_best and _score(accuracy, toy) > best[0]:
@@ -199,7 +201,7 @@ def train_toy(
                 )
                 model.train()
         model.eval()
-        if toy.keep_best and best[0] >= _score(_progress(model, processor), toy):
+        if toy.keep_best and best[0] >= _score(_progress(model, processor, toy), toy):
             model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(out / BEST).state_dict())
             settings["selected_step"] = best[1]
         train_seconds = time.time() - started
@@ -220,9 +222,14 @@ def _score(accuracy: dict[str, dict[str, float]], toy: Organism) -> float:
     return min(row["all"] for name, row in accuracy.items() if name in toy.mixture[0] or name in toy.mixture[1])
 
 
-def _progress(model: LlavaForConditionalGeneration, processor: LlavaProcessor) -> dict[str, dict[str, float]]:
-    """Held-out accuracy of the current weights, on the card's path (saved, then loaded by `vlmlens.load`)."""
+def _progress(model: LlavaForConditionalGeneration, processor: LlavaProcessor,
+              toy: Organism) -> dict[str, dict[str, float]]:
+    """Held-out accuracy of the current weights, on the card's path (saved, then loaded by `vlmlens.load`): every set
+    on PROGRESS_N scenes, or, where the organism keeps its best weights, its trained sets on SELECTION_N."""
+    trained = [name for name in SETS if name in toy.mixture[0] or name in toy.mixture[1]]
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
-        return held_out(folder, n=64, seed=PROGRESS_SEED, with_blank=False)
+        if toy.keep_best:
+            return held_out(folder, n=SELECTION_N, seed=PROGRESS_SEED, with_blank=False, sets=trained)
+        return held_out(folder, n=PROGRESS_N, seed=PROGRESS_SEED, with_blank=False)
