@@ -10,9 +10,11 @@ Given a batch and groups of interventions (a group is the edits of one run of th
 - runs the vision tower once per chunk when every edit sits at a language-model site,
 - runs the unedited pass once per chunk and starts each group at the first LM layer it edits and, where the
   LM is causal (``adapter.prefix_reuse``) and the edits local in position, at the first sequence position
-  they touch: earlier positions keep the clean run's keys and values, so they are never recomputed,
+  they touch: earlier positions keep the clean run's keys and values, so they are never recomputed; a group
+  whose edits all sit in the last block runs there at its own positions and the answer's only (`held_positions`),
 - packs groups into passes of at most ``max_batch`` rows (the chunk repeated once per group), the packing a
-  cost model of layers times positions finds cheapest (`plan_passes`),
+  cost model of layers times positions finds cheapest (`plan_passes`); held passes, whose rows are a few
+  positions long, fold under SDPA and take as many groups as the sequence has positions,
 - hands each pass's answer-position logits to ``read``, which keeps only what its caller needs.
 
 `forward` is one pass over a whole batch (``model.run`` and ``model.run_with_cache``), `cache` a chunked
