@@ -60,53 +60,24 @@ def held_past(past: DynamicCache, held: Int[Tensor, "row k"], copies: int) -> Dy
     (True, True)
     """
     out = DynamicCache()
-    out.layers = [HeldLayer(layer.keys, layer.values, held, copies) for layer in past.layers]
+    out.layers = [PrefixLayer(layer.keys, layer.values, copies, held) for layer in past.layers]
     return out
 
 
-class HeldLayer(DynamicLayer):
-    """A cache layer whose update writes a pass's keys and values at each row's held positions into a copy of
-    the clean ones; until then its tensors are views as long as the positions the pass does not run (what
-    masks and positions read: the pass's last position is then the sequence's)."""
-
-    def __init__(self, keys: Prefix, values: Prefix, held: Int[Tensor, "row k"], copies: int):
-        super().__init__()
-        self.clean: tuple[Prefix, Prefix] | None = (keys, values)
-        self.held, self.copies = held, copies
-        rest = keys.shape[2] - held.shape[1]
-        self.keys, self.values = (t[:1, :, :rest].expand(held.shape[0], *t.shape[1:2], rest, t.shape[3])
-                                  for t in (keys, values))
-        self.device, self.is_initialized = keys.device, True
-        self.fold = False
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        if self.clean is None:
-            return super().update(key_states, value_states, *args, **kwargs)
-        if self.fold and self.copies * key_states.shape[2] <= self.clean[0].shape[2]:
-            _PENDING.append((self.copies, *self.clean, self.held))
-            self.clean = None
-            return key_states, value_states
-        rows = torch.arange(len(self.held), device=self.held.device)[:, None]
-        whole = []
-        for clean, new in zip(self.clean, (key_states, value_states)):
-            out = clean.repeat(self.copies, 1, 1, 1)
-            out[rows, :, self.held] = new.transpose(1, 2)
-            whole.append(out)
-        self.keys, self.values = whole
-        self.clean = None
-        return self.keys, self.values
-
-
 class PrefixLayer(DynamicLayer):
-    """A cache layer whose first update puts the chunk's prefix before the pass's own keys and values for each
-    copy of the chunk (or, while ``fold`` is set, keeps them apart for `folded_attention`); until then its
-    tensors are views of the right shape (what masks and positions read)."""
+    """A cache layer whose first update puts the chunk's clean keys and values and the pass's own together for
+    each copy of the chunk (or, while ``fold`` is set, keeps them apart for `folded_attention`): the pass's after
+    the prefix, or (``held``, per row) written at the row's held positions into the clean ones. Until then its
+    tensors are views as long as the positions the pass does not run (what masks and positions read: the pass's
+    last position is then the sequence's)."""
 
-    def __init__(self, keys: Prefix, values: Prefix, copies: int):
+    def __init__(self, keys: Prefix, values: Prefix, copies: int, held: Int[Tensor, "row k"] | None = None):
         super().__init__()
         self.prefix: tuple[Prefix, Prefix] | None = (keys, values)
-        self.copies = copies
-        self.keys, self.values = (t[:1].expand(copies * t.shape[0], *t.shape[1:]) for t in (keys, values))
+        self.copies, self.held = copies, held
+        rest = keys.shape[2] - (0 if held is None else held.shape[1])
+        self.keys, self.values = (t[:1, :, :rest].expand(copies * t.shape[0], t.shape[1], rest, t.shape[3])
+                                  for t in (keys, values))
         self.device, self.is_initialized = keys.device, True
         self.fold = False
 
@@ -114,19 +85,25 @@ class PrefixLayer(DynamicLayer):
         if self.prefix is None:
             return super().update(key_states, value_states, *args, **kwargs)
         if self.fold and self.copies * key_states.shape[2] <= self.prefix[0].shape[2]:
-            _PENDING.append((self.copies, *self.prefix, None))
+            _PENDING.append((self.copies, *self.prefix, self.held))
             self.prefix = None
             return key_states, value_states
-        whole = []
-        for prefix, new in zip(self.prefix, (key_states, value_states)):
-            length = prefix.shape[2]
-            out = new.new_empty(*new.shape[:2], length + new.shape[2], new.shape[3])
-            out.view(self.copies, *prefix.shape[:2], *out.shape[2:])[..., :length, :] = prefix
-            out[:, :, length:] = new
-            whole.append(out)
-        self.keys, self.values = whole
+        self.keys, self.values = (self._laid_out(prefix, new)
+                                  for prefix, new in zip(self.prefix, (key_states, value_states)))
         self.prefix = None
         return self.keys, self.values
+
+    def _laid_out(self, prefix: Prefix, new: Tensor) -> Tensor:
+        """The clean ``prefix`` and a pass's ``new`` keys (or values) together, for every copy."""
+        if self.held is not None:
+            out = prefix.repeat(self.copies, 1, 1, 1)
+            out[torch.arange(len(self.held), device=self.held.device)[:, None], :, self.held] = new.transpose(1, 2)
+            return out
+        length = prefix.shape[2]
+        out = new.new_empty(*new.shape[:2], length + new.shape[2], new.shape[3])
+        out.view(self.copies, *prefix.shape[:2], *out.shape[2:])[..., :length, :] = prefix
+        out[:, :, length:] = new
+        return out
 
 
 #: (copies, prefix keys, prefix values, held positions or None) of the layer whose update left its own keys and
@@ -143,7 +120,7 @@ def folded_attention(past: Any, implementation: str | None) -> Iterator[None]:
         >>> with folded_attention(None, "sdpa"):
         ...     pass
     """
-    layers = [layer for layer in getattr(past, "layers", ()) if isinstance(layer, (PrefixLayer, HeldLayer))]
+    layers = [layer for layer in getattr(past, "layers", ()) if isinstance(layer, PrefixLayer)]
     if implementation != "sdpa" or not layers:
         yield
         return
