@@ -35,9 +35,9 @@ def model_card(toy: Organism, model: LlavaForConditionalGeneration, settings: di
     batches = (f"{_counts(early)} for steps < {switch}, then {_counts(late)}" if switch and early != late
                else _counts(late))
     sets = ", ".join(f"`{name}` = task {task!r}, preset {preset!r}" for name, (task, preset) in SETS.items()
-                     if name in early or name in late)
+                     if name in toy.trained)
     header = "| set | " + " | ".join(_COLUMNS[:-1]) + " | blank image |\n|---|---|---|---|---|---|---|\n"
-    untrained = [name for name in results if name not in early and name not in late]
+    untrained = [name for name in results if name not in toy.trained]
     rows = "".join(f"| {name}{' (untrained)' if name in untrained else ''} | "
                    + " | ".join(f"{r[k]:.3f}" for k in _COLUMNS) + " |\n" for name, r in results.items())
     untrained_note = " Sets marked untrained never appear in training." if untrained else ""

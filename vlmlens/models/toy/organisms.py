@@ -69,6 +69,15 @@ class Organism:
     sections: dict[str, str] = field(default_factory=dict)
 
     @property
+    def trained(self) -> set[str]:
+        """The scene sets its training draws from (either mixture).
+
+        >>> sorted(organism("toy-content").trained)
+        ['relation', 'shapes', 'squares']
+        """
+        return {*self.mixture[0], *self.mixture[1]}
+
+    @property
     def checkpoint(self) -> Path:
         """The shipped checkpoint folder."""
         return CHECKPOINTS / self.name

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from vlmlens.models.toy import planting
-from vlmlens.models.toy.architecture import SETS, build_toy
+from vlmlens.models.toy.architecture import build_toy
 from vlmlens.models.toy.card import model_card
 from vlmlens.models.toy.data import (
     PROGRESS_N,
@@ -189,8 +189,8 @@ def train_toy(
                 accuracy = _progress(model, processor, toy)
                 tqdm.write(f"{name} step {step + 1} ({(time.time() - started) / 60:.1f} min): loss {average:.3f}, "
                            + ", ".join(f"{k} {v['all']:.3f}" for k, v in accuracy.items()))
-                if toy.keep_best and _score(accuracy, toy) > best[0]:
-                    best = (_score(accuracy, toy), step + 1)
+                if toy.keep_best and (score := _score(accuracy, toy)) > best[0]:
+                    best = (score, step + 1)
                     model.save_pretrained(out / BEST)
                 out.mkdir(parents=True, exist_ok=True)
                 torch.save(
@@ -200,7 +200,6 @@ def train_toy(
                     state_file,
                 )
                 model.train()
-        model.eval()
         if toy.keep_best and best[0] >= _score(_progress(model, processor, toy), toy):
             model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(out / BEST).state_dict())
             settings["selected_step"] = best[1]
@@ -219,17 +218,16 @@ def train_toy(
 
 def _score(accuracy: dict[str, dict[str, float]], toy: Organism) -> float:
     """A progress evaluation's score for keeping the best weights: the accuracy of the weakest set it trains on."""
-    return min(row["all"] for name, row in accuracy.items() if name in toy.mixture[0] or name in toy.mixture[1])
+    return min(row["all"] for name, row in accuracy.items() if name in toy.trained)
 
 
 def _progress(model: LlavaForConditionalGeneration, processor: LlavaProcessor,
               toy: Organism) -> dict[str, dict[str, float]]:
     """Held-out accuracy of the current weights, on the card's path (saved, then loaded by `vlmlens.load`): every set
     on PROGRESS_N scenes, or, where the organism keeps its best weights, its trained sets on SELECTION_N."""
-    trained = [name for name in SETS if name in toy.mixture[0] or name in toy.mixture[1]]
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         if toy.keep_best:
-            return held_out(folder, n=SELECTION_N, seed=PROGRESS_SEED, with_blank=False, sets=trained)
+            return held_out(folder, n=SELECTION_N, seed=PROGRESS_SEED, with_blank=False, sets=sorted(toy.trained))
         return held_out(folder, n=PROGRESS_N, seed=PROGRESS_SEED, with_blank=False)
